@@ -7,3 +7,4 @@
 //! `str0m`). The tokio layer in `sip-net` drives it.
 
 pub mod message;
+pub mod auth;
