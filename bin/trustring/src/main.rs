@@ -1,1 +1,82 @@
-fn main() {}
+//! `trustring`: one identity, every device rings.
+//!
+//! Subcommands: `serve` (SIP registrar + forking proxy + admin API). More (device, gateway,
+//! demo, admin) come with their issues.
+
+mod serve;
+mod token;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// trustring: a single-number voice service.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server: SIP registrar and forking proxy (UDP and TCP) plus the admin API.
+    Serve(ServeArgs),
+}
+
+/// `trustring serve` options; every one has a default, so no config file is needed.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// SIP listen address (UDP and TCP on the same port).
+    #[arg(long, default_value = "0.0.0.0:5060", env = "TRUSTRING_SIP")]
+    sip: SocketAddr,
+    /// Address written into Via and Record-Route (default: the SIP address, or 127.0.0.1
+    /// with its port when listening on all interfaces).
+    #[arg(long, env = "TRUSTRING_ADVERTISE")]
+    advertise: Option<SocketAddr>,
+    /// Admin HTTP API listen address.
+    #[arg(long, default_value = "127.0.0.1:8080", env = "TRUSTRING_HTTP")]
+    http: SocketAddr,
+    /// Data directory (SQLite database, admin token).
+    #[arg(long, default_value = "./trustring-data", env = "TRUSTRING_DATA")]
+    data: PathBuf,
+    /// The SIP domain: addresses of record are sip:user@DOMAIN; also the digest realm.
+    #[arg(long, default_value = "localhost", env = "TRUSTRING_DOMAIN")]
+    domain: String,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match cli.command {
+        Command::Serve(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(serve::run(args))
+        }
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("TRUSTRING_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

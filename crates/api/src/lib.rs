@@ -1,1 +1,166 @@
-//! Admin HTTP API (placeholder).
+//! trustring's admin HTTP API (SPEC R21): subscribers, their routing profiles and their live
+//! registrations, as JSON over HTTP (axum).
+//!
+//! | method | path | success | errors |
+//! |---|---|---|---|
+//! | GET | `/healthz` | 200 `{"status":"ok"}` (no token) | |
+//! | POST | `/api/v1/subscribers` | 201 subscriber | 400, 409, 413, 415 |
+//! | GET | `/api/v1/subscribers` | 200 list | |
+//! | GET | `/api/v1/subscribers/{user}` | 200 subscriber | 400, 404 |
+//! | DELETE | `/api/v1/subscribers/{user}` | 204 | 400, 404 |
+//! | PUT | `/api/v1/subscribers/{user}/profile` | 200 subscriber | 400, 404, 413, 415 |
+//! | GET | `/api/v1/subscribers/{user}/registrations` | 200 live registrations | 400, 404 |
+//!
+//! Design choices, and why:
+//!
+//! - **Deny by default.** Every request needs `Authorization: Bearer TOKEN` unless its path is
+//!   in [`PUBLIC_ROUTES`]; the check wraps the whole router, so new routes and even unknown
+//!   paths are covered (SECURITY.md threat 10). See the `auth` module for the constant-time
+//!   comparison.
+//! - **One error shape.** Every 4xx/5xx, axum's own included (404 unknown route, 405 wrong
+//!   method, 413, 415, bad JSON), is `{"error":{"code":"…","message":"…"}}`; store failures
+//!   are a generic 500 with the detail logged, never returned (STYLE.md habit 5).
+//! - **Strict input.** Bodies are at most [`BODY_LIMIT`] bytes, unknown JSON fields are
+//!   rejected, and every field is checked before anything is stored (SPEC R26); the rules are
+//!   in the `model` module.
+//! - **Secrets.** The password is turned into the MD5 and SHA-256 digest HA1s (realm = the SIP
+//!   domain) and dropped; neither it nor the HA1s are ever returned or logged.
+//! - **The SIP core stays in step.** The `on_change` callback runs after each committed change.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
+use axum::routing::{get, put};
+use serde_json::{Value, json};
+
+mod auth;
+mod error;
+mod model;
+mod subscribers;
+
+use error::ApiError;
+
+/// Paths served without a bearer token. Everything else, including unknown paths, answers 401
+/// without a valid token.
+pub const PUBLIC_ROUTES: &[&str] = &["/healthz"];
+
+/// Every route of the router as (method, path template), `{user}` standing for a user name.
+/// Tests walk it to check that each one is protected or listed in [`PUBLIC_ROUTES`]; keep it
+/// in step with [`router`].
+pub const ROUTES: &[(&str, &str)] = &[
+    ("GET", "/healthz"),
+    ("POST", "/api/v1/subscribers"),
+    ("GET", "/api/v1/subscribers"),
+    ("GET", "/api/v1/subscribers/{user}"),
+    ("DELETE", "/api/v1/subscribers/{user}"),
+    ("PUT", "/api/v1/subscribers/{user}/profile"),
+    ("GET", "/api/v1/subscribers/{user}/registrations"),
+];
+
+/// Largest accepted request body, in bytes; larger ones get 413.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// Configuration of the admin API.
+#[derive(Clone)]
+pub struct ApiConfig {
+    /// The SIP domain: addresses of record are `sip:user@DOMAIN`, and it is the digest realm
+    /// of the stored HA1s.
+    pub domain: String,
+    /// The bearer token clients must present. Empty means no client gets in.
+    pub token: String,
+}
+
+/// Redacts the token, so logging a config never leaks it.
+impl fmt::Debug for ApiConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiConfig")
+            .field("domain", &self.domain)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A committed change the SIP core must know about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Change {
+    /// A subscriber was created or its routing profile replaced; this is its new state.
+    SubscriberUpserted(store::Subscriber),
+    /// The subscriber with this user name was deleted, with its registrations.
+    SubscriberDeleted(String),
+}
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub(crate) struct AppState {
+    pub(crate) store: Arc<dyn store::Store>,
+    pub(crate) domain: Arc<str>,
+    pub(crate) on_change: Arc<dyn Fn(Change) + Send + Sync>,
+    /// Serializes writes with their `on_change` calls, so changes are reported in commit order.
+    pub(crate) writes: Arc<Mutex<()>>,
+}
+
+/// The admin router. `on_change` is called after each committed change so the SIP core can
+/// update its in-memory directory.
+///
+/// `on_change` is called in commit order, one call at a time, on tokio's blocking pool while
+/// admin writes are held back; keep it quick (e.g. send on a channel) and do not call this API
+/// from it.
+pub fn router(
+    store: Arc<dyn store::Store>,
+    config: ApiConfig,
+    on_change: Arc<dyn Fn(Change) + Send + Sync>,
+) -> Router {
+    let expected = auth::ExpectedToken::new(&config.token);
+    let state = AppState {
+        store,
+        domain: Arc::from(config.domain),
+        on_change,
+        writes: Arc::new(Mutex::new(())),
+    };
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route(
+            "/api/v1/subscribers",
+            get(subscribers::list).post(subscribers::create),
+        )
+        .route(
+            "/api/v1/subscribers/{user}",
+            get(subscribers::get).delete(subscribers::delete),
+        )
+        .route(
+            "/api/v1/subscribers/{user}/profile",
+            put(subscribers::put_profile),
+        )
+        .route(
+            "/api/v1/subscribers/{user}/registrations",
+            get(subscribers::registrations),
+        )
+        // After all routes: it is set on the routes that exist when it is called.
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        // Outermost, so it runs before routing and covers the fallbacks too.
+        .layer(middleware::from_fn_with_state(
+            expected,
+            auth::require_token,
+        ))
+        .with_state(state)
+}
+
+/// `GET /healthz`: the process is up and serving HTTP.
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
+}

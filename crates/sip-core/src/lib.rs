@@ -6,5 +6,7 @@
 //! and bytes, and returns messages to send and timers to arm (the design of `quinn-proto` and
 //! `str0m`). The tokio layer in `sip-net` drives it.
 
-pub mod message;
 pub mod auth;
+pub mod message;
+pub mod proxy;
+pub mod transaction;

@@ -7,13 +7,17 @@
 //! of Via / Route / Record-Route / Contact into one entry per value so the proxy can push and pop
 //! them as plain vector operations.
 
+mod check;
 mod header;
+mod name;
 mod parse;
+mod scan;
 mod serialize;
 mod uri;
 
-pub use header::{CSeq, HeaderName, NameAddr, Param, Via};
-pub use parse::{MAX_HEADERS, MAX_MESSAGE_SIZE, ParseError, frame_stream, parse};
+pub use header::{CSeq, NameAddr, Param, Via};
+pub use name::HeaderName;
+pub use parse::{Frame, MAX_HEADERS, MAX_MESSAGE_SIZE, ParseError, frame_stream, parse};
 pub use uri::{Uri, UriError};
 
 use bytes::Bytes;
@@ -311,13 +315,12 @@ impl Response {
                 }
                 HeaderName::To => {
                     let mut value = h.value.clone();
-                    if let Some(tag) = to_tag {
-                        if status > 100
-                            && NameAddr::parse(&h.value).is_ok_and(|t| t.tag().is_none())
-                        {
-                            value.push_str(";tag=");
-                            value.push_str(tag);
-                        }
+                    if let Some(tag) = to_tag
+                        && status > 100
+                        && NameAddr::parse(&h.value).is_ok_and(|t| t.tag().is_none())
+                    {
+                        value.push_str(";tag=");
+                        value.push_str(tag);
                     }
                     headers.0.push(Header {
                         name: HeaderName::To,

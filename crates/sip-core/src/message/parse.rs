@@ -4,13 +4,16 @@
 //! Limits are fixed and small on purpose (RFC 4475 §3.1.2, threat 11 of SECURITY.md): a
 //! message over [`MAX_MESSAGE_SIZE`] or with more than [`MAX_HEADERS`] headers is refused
 //! before any work is done on it.
+//!
+//! Content-Length is framing, not content: the parser checks it, cuts the body with it and
+//! does not keep it in [`Headers`]; the serializer always writes it from the body. So
+//! `parse(&m.to_bytes()) == Ok(m)` for every parsed message `m`.
 
 use bytes::Bytes;
 
-use super::{
-    CSeq, Header, HeaderName, Headers, Message, Method, NameAddr, Request, Response, Uri, Via,
-    reason_phrase,
-};
+use super::check::{check_headers, reply_headers};
+use super::scan::{find_byte, is_token, parse_decimal, split_unquoted, trim_lws};
+use super::{Header, HeaderName, Headers, Message, Method, Request, Response, Uri, reason_phrase};
 
 /// Largest message accepted on any transport (UDP datagrams cannot be larger anyway).
 pub const MAX_MESSAGE_SIZE: usize = 65_535;
@@ -26,12 +29,13 @@ pub struct ParseError {
     /// The status to answer with (400, 413, 416, 505, …).
     pub status: u16,
     /// Headers needed to build a response (Via, From, To, Call-ID, CSeq), when the message
-    /// was a request whose headers got that far. `None`: drop silently (RFC 3261 §18.3).
+    /// was a request (not an ACK) whose headers got that far. `None`: drop silently
+    /// (RFC 3261 §18.3).
     pub reply_headers: Option<Headers>,
 }
 
 impl ParseError {
-    fn new(reason: &'static str) -> Self {
+    pub(crate) fn new(reason: &'static str) -> Self {
         Self {
             reason,
             status: 400,
@@ -63,6 +67,19 @@ impl ParseError {
         };
         Some(resp)
     }
+
+    /// [`Self::response`] with `;tag=to_tag` added to the To header when it has none, as a
+    /// UAS must (RFC 3261 §8.2.6.2).
+    pub fn response_with_to_tag(&self, to_tag: &str) -> Option<Response> {
+        let mut resp = self.response()?;
+        if let Some(to) = resp.headers.0.iter_mut().find(|h| h.name == HeaderName::To)
+            && super::NameAddr::parse(&to.value).is_ok_and(|t| t.tag().is_none())
+        {
+            to.value.push_str(";tag=");
+            to.value.push_str(to_tag);
+        }
+        Some(resp)
+    }
 }
 
 /// What [`frame_stream`] found at the start of a TCP byte stream.
@@ -77,30 +94,30 @@ pub enum Frame {
 }
 
 /// Frames one message on a stream transport (RFC 3261 §18.3: Content-Length is mandatory).
+///
+/// An `Err` is a framing error the stream cannot recover from: close the connection
+/// (RFC 4475 mcl01).
 pub fn frame_stream(buf: &[u8]) -> Result<Frame, ParseError> {
-    let ws = buf
-        .iter()
-        .take_while(|&&c| c == b'\r' || c == b'\n')
-        .count();
+    let ws = leading_newlines(buf);
     if ws > 0 {
         return Ok(Frame::KeepAlive(ws));
     }
-    let Some(end) = find_subslice(buf, b"\r\n\r\n") else {
+    let Some((head_end, body_start)) = find_head_end(buf) else {
         if buf.len() > MAX_MESSAGE_SIZE {
             return Err(ParseError::status("header section too large", 413));
         }
         return Ok(Frame::Incomplete);
     };
-    let head = &buf[..end + 2];
+    let head = &buf[..head_end];
+    let fields_start = find_byte(head, b'\n').map_or(head.len(), |i| i + 1);
     let mut length: Option<usize> = None;
-    for line in head.split(|&c| c == b'\n') {
-        let line = trim_ascii(line);
-        let Some(colon) = line.iter().position(|&c| c == b':') else {
-            continue;
-        };
-        let name = trim_ascii(&line[..colon]);
+    for field in Fields::new(head, fields_start).flatten() {
+        let name = &head[field.name.clone()];
         if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            let v = parse_content_length(trim_ascii(&line[colon + 1..]))?;
+            let v = std::str::from_utf8(&head[field.value.clone()])
+                .ok()
+                .and_then(content_length)
+                .ok_or(ParseError::new("bad Content-Length"))?;
             if length.is_some_and(|l| l != v) {
                 return Err(ParseError::new("conflicting Content-Length"));
             }
@@ -110,7 +127,7 @@ pub fn frame_stream(buf: &[u8]) -> Result<Frame, ParseError> {
     let length = length.ok_or(ParseError::new(
         "Content-Length required on stream transports",
     ))?;
-    let total = end + 4 + length;
+    let total = body_start.saturating_add(length);
     if total > MAX_MESSAGE_SIZE {
         return Err(ParseError::status("message too large", 413));
     }
@@ -121,90 +138,79 @@ pub fn frame_stream(buf: &[u8]) -> Result<Frame, ParseError> {
     })
 }
 
-fn parse_content_length(v: &[u8]) -> Result<usize, ParseError> {
-    if v.is_empty() || v.len() > 10 || !v.iter().all(u8::is_ascii_digit) {
-        return Err(ParseError::new("bad Content-Length"));
-    }
-    std::str::from_utf8(v)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .ok_or(ParseError::new("bad Content-Length"))
-}
-
 /// Parses one whole message (a datagram, or a frame from [`frame_stream`]).
 ///
-/// Bytes after the Content-Length body are ignored, as RFC 3261 §18.3 says for datagrams;
-/// a body shorter than Content-Length is an error. Without Content-Length the body is the
-/// rest of the datagram.
+/// Bytes after the Content-Length body are ignored, as RFC 3261 §18.3 says for datagrams
+/// (RFC 4475 dblreq); a body shorter than Content-Length is an error (clerr). Without
+/// Content-Length the body is the rest of the datagram. A datagram that ends right after a
+/// header line, without the empty line, is taken as headers only. Only the header section
+/// must be UTF-8; the body is bytes.
 pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
     if buf.len() > MAX_MESSAGE_SIZE {
         return Err(ParseError::status("message too large", 413));
     }
     // RFC 3261 §7.5: ignore CRLFs before the start line.
-    let start = buf
-        .iter()
-        .take_while(|&&c| c == b'\r' || c == b'\n')
-        .count();
-    let buf = &buf[start..];
-    let head_end = find_subslice(buf, b"\r\n\r\n")
-        .map(|i| (i, i + 4))
-        .or_else(|| find_subslice(buf, b"\n\n").map(|i| (i, i + 2)))
-        .ok_or(ParseError::new("no end of headers"))?;
-    let (head, body_start) = (&buf[..head_end.0], head_end.1);
-    let head = std::str::from_utf8(head).map_err(|_| ParseError::new("header is not UTF-8"))?;
+    let buf = &buf[leading_newlines(buf)..];
+    let (head_end, body_start) = match find_head_end(buf) {
+        Some(ends) => ends,
+        None if buf.ends_with(b"\n") => (buf.len(), buf.len()),
+        None => return Err(ParseError::new("no end of headers")),
+    };
+    let head = std::str::from_utf8(&buf[..head_end])
+        .map_err(|_| ParseError::new("header is not UTF-8"))?;
+    let line_end = head.find('\n').unwrap_or(head.len());
+    let first = &head[..line_end];
+    let first = first.strip_suffix('\r').unwrap_or(first);
+    let start_line = StartLine::parse(first);
+    // No response to a request that is not one (§18.3), nor to an ACK (§17.1.1.1).
+    let answerable = matches!(start_line, Ok(StartLine::Request(..)) | Err(Some(_)))
+        && !first.starts_with("ACK ");
 
-    let mut lines = head.split('\n').map(|l| l.strip_suffix('\r').unwrap_or(l));
-    let start_line = lines.next().ok_or(ParseError::new("empty message"))?;
-    let start_line = StartLine::parse(start_line);
-
-    let mut headers = Headers(Vec::with_capacity(16));
-    let mut pending: Option<(String, String)> = None;
+    let mut headers = Headers(Vec::with_capacity(24));
     let mut err: Option<ParseError> = None;
-    for line in lines {
-        if line.starts_with([' ', '\t']) {
-            // folded continuation (RFC 3261 §7.3.1): joins the previous value with one SP
-            match &mut pending {
-                Some((_, v)) => {
-                    v.push(' ');
-                    v.push_str(line.trim());
+    let mut length: Option<usize> = None;
+    if has_bare_cr(head.as_bytes()) {
+        err = Some(ParseError::new("bare CR in header section"));
+    }
+    for field in Fields::new(head.as_bytes(), (line_end + 1).min(head.len())) {
+        let field = match field {
+            Ok(f) => f,
+            Err(e) => {
+                err.get_or_insert(ParseError::new(e));
+                continue;
+            }
+        };
+        let (Some(name), Some(raw)) = (head.get(field.name), head.get(field.value)) else {
+            err.get_or_insert(ParseError::new("bad header line"));
+            continue;
+        };
+        if !is_token(name) {
+            err.get_or_insert(ParseError::new("bad header name"));
+            continue;
+        }
+        let name = HeaderName::from_wire(name);
+        if name == HeaderName::ContentLength {
+            match content_length(raw) {
+                Some(v) if length.is_none_or(|l| l == v) => length = Some(v),
+                Some(_) => {
+                    err.get_or_insert(ParseError::new("conflicting Content-Length"));
                 }
                 None => {
-                    err.get_or_insert(ParseError::new("continuation before first header"));
+                    err.get_or_insert(ParseError::new("bad Content-Length"));
                 }
             }
             continue;
         }
-        if let Some((n, v)) = pending.take() {
-            if let Err(e) = push_header(&mut headers, &n, v) {
-                err.get_or_insert(e);
-            }
-        }
-        match line.split_once(':') {
-            Some((name, value)) => {
-                let name = name.trim_end_matches([' ', '\t']);
-                if name.is_empty() || !name.bytes().all(super::header::is_token_char) {
-                    err.get_or_insert(ParseError::new("bad header name"));
-                    continue;
-                }
-                pending = Some((name.to_owned(), value.trim().to_owned()));
-            }
-            None => {
-                err.get_or_insert(ParseError::new("header line without colon"));
-            }
-        }
-    }
-    if let Some((n, v)) = pending.take() {
-        if let Err(e) = push_header(&mut headers, &n, v) {
+        if let Err(e) = push_header(&mut headers, name, unfold(raw)) {
             err.get_or_insert(e);
         }
-    }
-    if headers.0.len() > MAX_HEADERS {
-        return Err(ParseError::new("too many headers"));
+        if headers.0.len() > MAX_HEADERS {
+            return Err(ParseError::new("too many headers"));
+        }
     }
 
-    let is_request = matches!(start_line, Ok(StartLine::Request(..)) | Err(Some(_)));
     let fail = |mut e: ParseError, headers: &Headers| {
-        if is_request {
+        if answerable {
             e.reply_headers = reply_headers(headers);
         }
         e
@@ -217,22 +223,25 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
     if let Some(e) = err {
         return Err(fail(e, &headers));
     }
-    if let Err(e) = check_headers(&headers, &start_line) {
+    let method = match &start_line {
+        StartLine::Request(m, _) => Some(m),
+        StartLine::Response(..) => None,
+    };
+    if let Err(e) = check_headers(&headers, method) {
         return Err(fail(e, &headers));
     }
 
     let rest = &buf[body_start..];
-    let body = match headers.get(&HeaderName::ContentLength) {
-        Some(v) => {
-            let len = parse_content_length(v.as_bytes()).map_err(|e| fail(e, &headers))?;
-            if len > rest.len() {
+    let body = match length {
+        Some(len) => match rest.get(..len) {
+            Some(body) => Bytes::copy_from_slice(body),
+            None => {
                 return Err(fail(
                     ParseError::new("body shorter than Content-Length"),
                     &headers,
                 ));
             }
-            Bytes::copy_from_slice(&rest[..len])
-        }
+        },
         None => Bytes::copy_from_slice(rest),
     };
     Ok(match start_line {
@@ -258,186 +267,206 @@ enum StartLine {
 
 impl StartLine {
     /// `Err(Some(e))`: a request line we could not accept (answerable);
-    /// `Err(None)`: not recognisable at all.
+    /// `Err(None)`: not recognisable at all, or a bad status line (drop).
     fn parse(line: &str) -> Result<Self, Option<ParseError>> {
-        if let Some(rest) = line.strip_prefix("SIP/") {
-            let (version, rest) = rest.split_once(' ').ok_or(None)?;
+        if line
+            .get(..4)
+            .is_some_and(|p| p.eq_ignore_ascii_case("SIP/"))
+        {
+            // Status-Line = SIP-Version SP Status-Code SP Reason-Phrase
+            let (version, rest) = line[4..].split_once(' ').ok_or(None)?;
             if version != "2.0" {
                 return Err(None);
             }
             let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
-            if code.len() != 3 || !code.bytes().all(|c| c.is_ascii_digit()) {
-                return Err(None);
+            if code.len() != 3 {
+                return Err(None); // RFC 4475 bigcode
             }
-            let status: u16 = code.parse().map_err(|_| None)?;
-            if !(100..=699).contains(&status) {
+            let status = parse_decimal(code, 699).ok_or(None)?;
+            let status = u16::try_from(status).map_err(|_| None)?;
+            if status < 100 {
                 return Err(None);
             }
             return Ok(Self::Response(status, reason.to_owned()));
         }
-        // Request-Line = Method SP Request-URI SP SIP-Version: exactly single spaces.
+        // Request-Line = Method SP Request-URI SP SIP-Version: exactly single spaces
+        // (RFC 4475 lwsruri, lwsstart, trws).
         let mut parts = line.split(' ');
-        let (Some(method), Some(uri), Some(version), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
-            return Err(Some(ParseError::new("malformed Request-Line")));
-        };
-        if method.is_empty() || !method.bytes().all(super::header::is_token_char) {
+        let method = parts.next().unwrap_or("");
+        if !is_token(method) {
             return Err(None);
         }
-        if !version.starts_with("SIP/") {
+        let (Some(uri), Some(version), None) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(Some(ParseError::new("malformed Request-Line")));
+        };
+        let Some(number) = version
+            .get(..4)
+            .filter(|p| p.eq_ignore_ascii_case("SIP/"))
+            .and_then(|_| version.get(4..))
+        else {
             return Err(Some(ParseError::new("malformed SIP version")));
-        }
-        if version != "SIP/2.0" {
-            return Err(Some(ParseError::status("SIP version not supported", 505)));
+        };
+        if number != "2.0" {
+            let well_formed = number
+                .split_once('.')
+                .is_some_and(|(a, b)| a.parse::<u8>().is_ok() && b.parse::<u8>().is_ok());
+            return Err(Some(if well_formed {
+                ParseError::status("SIP version not supported", 505)
+            } else {
+                ParseError::new("malformed SIP version")
+            }));
         }
         let uri = Uri::parse(uri).map_err(|_| Some(ParseError::new("malformed Request-URI")))?;
+        if uri.headers.is_some() {
+            // RFC 3261 §19.1.1 (headers are not allowed in a Request-URI); RFC 4475 escruri.
+            return Err(Some(ParseError::new("headers in Request-URI")));
+        }
         Ok(Self::Request(Method::from_token(method), uri))
     }
 }
 
-/// Stores a header; splits list headers into one entry per value.
-fn push_header(headers: &mut Headers, name: &str, value: String) -> Result<(), ParseError> {
-    let name = HeaderName::from_wire(name);
-    if name.is_split_list() && value.contains(',') && value != "*" {
-        for part in super::header::split_unquoted(&value, b',') {
-            let part = part.trim();
-            if part.is_empty() {
-                return Err(ParseError::new("empty list element"));
-            }
-            headers.0.push(Header {
-                name: name.clone(),
-                value: part.to_owned(),
-            });
-        }
-    } else {
+/// Stores a header; splits list headers into one entry per value. A list with an empty
+/// element is stored unsplit, so an error response copies it as received.
+fn push_header(headers: &mut Headers, name: HeaderName, value: String) -> Result<(), ParseError> {
+    if !name.is_split_list() || !value.contains(',') {
         headers.0.push(Header { name, value });
+        return Ok(());
     }
-    if headers.0.len() > MAX_HEADERS {
-        return Err(ParseError::new("too many headers"));
+    if split_unquoted(&value, b',').any(|p| trim_lws(p).is_empty()) {
+        headers.0.push(Header { name, value });
+        return Err(ParseError::new("empty list element"));
     }
-    Ok(())
-}
-
-/// Checks the headers the transaction layer and proxy rely on, so that the rest of the core
-/// can read them without further error handling.
-fn check_headers(h: &Headers, start: &StartLine) -> Result<(), ParseError> {
-    fn one<'h>(
-        h: &'h Headers,
-        name: HeaderName,
-        what: &'static str,
-    ) -> Result<&'h str, ParseError> {
-        let mut it =
-            h.0.iter()
-                .filter(|x| x.name == name)
-                .map(|x| x.value.as_str());
-        let v = it.next().ok_or(ParseError::new(what))?;
-        if it.next().is_some() {
-            return Err(ParseError::new("duplicate single-value header"));
-        }
-        Ok(v)
-    }
-    let call_id = one(h, HeaderName::CallId, "missing Call-ID")?;
-    if call_id.is_empty() || call_id.contains(char::is_whitespace) {
-        return Err(ParseError::new("bad Call-ID"));
-    }
-    let cseq = CSeq::parse(one(h, HeaderName::CSeq, "missing CSeq")?).map_err(ParseError::new)?;
-    let from =
-        NameAddr::parse(one(h, HeaderName::From, "missing From")?).map_err(ParseError::new)?;
-    let to = NameAddr::parse(one(h, HeaderName::To, "missing To")?).map_err(ParseError::new)?;
-    let _ = (from, to);
-    let mut vias = h.get_all(&HeaderName::Via).peekable();
-    if vias.peek().is_none() {
-        return Err(ParseError::new("missing Via"));
-    }
-    for v in vias {
-        Via::parse(v).map_err(ParseError::new)?;
-    }
-    let mut lens = h.get_all(&HeaderName::ContentLength);
-    if let Some(first) = lens.next() {
-        parse_content_length(first.as_bytes())?;
-        if lens.any(|l| l != first) {
-            return Err(ParseError::new("conflicting Content-Length"));
-        }
-    }
-    if let Some(mf) = h.get(&HeaderName::MaxForwards) {
-        if mf.is_empty() || mf.len() > 3 || !mf.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(ParseError::new("bad Max-Forwards"));
-        }
-        if mf.parse::<u16>().map_or(true, |v| v > 255) {
-            return Err(ParseError::new("bad Max-Forwards"));
-        }
-    }
-    if let Some(exp) = h.get(&HeaderName::Expires) {
-        if exp.is_empty() || !exp.bytes().all(|c| c.is_ascii_digit()) {
-            return Err(ParseError::new("bad Expires"));
-        }
-    }
-    for name in [&HeaderName::Route, &HeaderName::RecordRoute] {
-        for v in h.get_all(name) {
-            NameAddr::parse(v).map_err(|_| ParseError::new("bad Route/Record-Route"))?;
-        }
-    }
-    for v in h.get_all(&HeaderName::Contact) {
-        if v != "*" {
-            NameAddr::parse(v).map_err(|_| ParseError::new("bad Contact"))?;
-        }
-    }
-    if let StartLine::Request(method, _) = start {
-        if cseq.method != *method {
-            return Err(ParseError::new("CSeq method does not match Request-Line"));
-        }
+    for part in split_unquoted(&value, b',') {
+        headers.0.push(Header {
+            name: name.clone(),
+            value: trim_lws(part).to_owned(),
+        });
     }
     Ok(())
 }
 
-/// The headers a response needs, if they are all present and usable.
-fn reply_headers(h: &Headers) -> Option<Headers> {
-    let mut out = Headers(Vec::with_capacity(6));
-    for name in [
-        HeaderName::Via,
-        HeaderName::From,
-        HeaderName::To,
-        HeaderName::CallId,
-    ] {
-        let mut found = false;
-        for v in h.get_all(&name) {
-            if name == HeaderName::Via && Via::parse(v).is_err() {
-                return None;
-            }
-            out.push(name.clone(), v);
-            found = true;
-            if name != HeaderName::Via {
-                break;
-            }
-        }
-        if !found {
-            return None;
-        }
+/// A header value with folding (RFC 3261 §7.3.1) replaced by single spaces, trimmed.
+fn unfold(raw: &str) -> String {
+    if !raw.contains('\n') {
+        return trim_lws(raw).to_owned();
     }
-    let cseq = h.get(&HeaderName::CSeq)?;
-    let seq = cseq.split_ascii_whitespace().next()?;
-    if seq.is_empty() || !seq.bytes().all(|c| c.is_ascii_digit()) {
-        return None;
+    let mut out = String::with_capacity(raw.len());
+    for piece in raw.split('\n') {
+        let piece = trim_lws(piece.strip_suffix('\r').unwrap_or(piece));
+        if piece.is_empty() {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(' ');
+        }
+        out.push_str(piece);
     }
-    out.push(HeaderName::CSeq, cseq);
-    Some(out)
+    out
 }
 
-fn find_subslice(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// A Content-Length value: 1*DIGIT (leading zeros allowed), folding allowed around it.
+fn content_length(raw: &str) -> Option<usize> {
+    let v = parse_decimal(
+        raw.trim_matches([' ', '\t', '\r', '\n']),
+        u64::from(u32::MAX),
+    )?;
+    usize::try_from(v).ok()
 }
 
-fn trim_ascii(s: &[u8]) -> &[u8] {
-    let start = s
-        .iter()
-        .position(|c| !c.is_ascii_whitespace())
-        .unwrap_or(s.len());
-    let end = s
-        .iter()
-        .rposition(|c| !c.is_ascii_whitespace())
-        .map_or(start, |e| e + 1);
-    &s[start..end]
+/// A CR not followed by LF: a line break for some parsers and not for others (smuggling).
+fn has_bare_cr(b: &[u8]) -> bool {
+    let mut i = 0;
+    while let Some(cr) = b.get(i..).and_then(|rest| find_byte(rest, b'\r')) {
+        i += cr + 1;
+        if b.get(i) != Some(&b'\n') {
+            return true;
+        }
+    }
+    false
+}
+
+fn leading_newlines(buf: &[u8]) -> usize {
+    buf.iter()
+        .take_while(|&&c| c == b'\r' || c == b'\n')
+        .count()
+}
+
+/// Finds the empty line ending the header section: returns where it starts (the header
+/// section, start line included, is `..head_end`) and where the body starts. Lines end in
+/// CRLF; a bare LF is accepted too.
+fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
+    let mut i = 0;
+    while let Some(nl) = find_byte(buf.get(i..)?, b'\n') {
+        let next = i + nl + 1;
+        match buf.get(next..) {
+            Some([b'\n', ..]) => return Some((next, next + 1)),
+            Some([b'\r', b'\n', ..]) => return Some((next, next + 2)),
+            _ => i = next,
+        }
+    }
+    None
+}
+
+/// Byte ranges of one header field: its name (trailing LWS removed) and its raw value
+/// (folded lines included, final line ending excluded).
+struct Field {
+    name: std::ops::Range<usize>,
+    value: std::ops::Range<usize>,
+}
+
+/// Iterates over the header fields of a header section, from `pos` (after the start line).
+struct Fields<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Fields<'a> {
+    fn new(buf: &'a [u8], pos: usize) -> Self {
+        Self { buf, pos }
+    }
+
+    fn line_end(&self, from: usize) -> usize {
+        self.buf
+            .get(from..)
+            .and_then(|rest| find_byte(rest, b'\n'))
+            .map_or(self.buf.len(), |i| from + i)
+    }
+}
+
+impl Iterator for Fields<'_> {
+    type Item = Result<Field, &'static str>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let buf = self.buf;
+        let start = self.pos;
+        let first = *buf.get(start)?;
+        let first_end = self.line_end(start);
+        let mut end = first_end;
+        while matches!(buf.get(end + 1), Some(b' ' | b'\t')) {
+            end = self.line_end(end + 1);
+        }
+        self.pos = end.saturating_add(1);
+        if first == b' ' || first == b'\t' {
+            return Some(Err("continuation before first header"));
+        }
+        let value_end = if end > start && buf.get(end - 1) == Some(&b'\r') {
+            end - 1
+        } else {
+            end
+        };
+        let Some(colon) = buf[start..first_end].iter().position(|&c| c == b':') else {
+            return Some(Err("header line without colon"));
+        };
+        let colon = start + colon;
+        let mut name_end = colon;
+        while name_end > start && matches!(buf[name_end - 1], b' ' | b'\t') {
+            name_end -= 1;
+        }
+        Some(Ok(Field {
+            name: start..name_end,
+            value: (colon + 1)..value_end.max(colon + 1),
+        }))
+    }
 }
 
 #[cfg(test)]
@@ -470,6 +499,7 @@ v=0\r\n";
         assert_eq!(r.headers.get(&HeaderName::Subject), Some("a folded"));
         assert_eq!(&r.body[..], b"v=0\r");
         assert_eq!(r.call_id(), "abc@host");
+        assert!(!r.headers.contains(&HeaderName::ContentLength));
     }
 
     #[test]
@@ -490,6 +520,14 @@ v=0\r\n";
         buf = INVITE.to_vec();
         assert_eq!(frame_stream(&buf[..20]), Ok(Frame::Incomplete));
         assert_eq!(frame_stream(&buf), Ok(Frame::Message(INVITE.len() - 1)));
+        let folded = b"OPTIONS sip:a@b SIP/2.0\r\nContent-Length:\r\n 2\r\n\r\nabc";
+        assert_eq!(frame_stream(folded), Ok(Frame::Message(folded.len() - 1)));
+        let two = b"OPTIONS sip:a@b SIP/2.0\r\nl: 1\r\nContent-Length: 2\r\n\r\nab";
+        assert!(frame_stream(two).is_err());
+        let none = b"OPTIONS sip:a@b SIP/2.0\r\nX: l: 5\r\n\r\n";
+        assert!(frame_stream(none).is_err());
+        let huge = b"OPTIONS sip:a@b SIP/2.0\r\nl: 99999999\r\n\r\n";
+        assert_eq!(frame_stream(huge).map_err(|e| e.status), Err(413));
     }
 
     #[test]
@@ -498,5 +536,31 @@ v=0\r\n";
         let e = parse(bad).expect_err("mismatched CSeq");
         assert_eq!(e.status, 400);
         assert_eq!(e.response().map(|r| r.status), Some(400));
+        let tagged = e.response_with_to_tag("t1").expect("response");
+        assert_eq!(
+            tagged.headers.get(&HeaderName::To),
+            Some("<sip:a@b>;tag=t1")
+        );
+    }
+
+    #[test]
+    fn no_response_to_ack() {
+        let bad = b"ACK sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 BYE\r\n\r\n";
+        assert_eq!(parse(bad).map_err(|e| e.response()), Err(None));
+    }
+
+    #[test]
+    fn header_lines() {
+        let msg = b"OPTIONS sip:a@b SIP/2.0\nVia\t:\tSIP/2.0/UDP [2001:db8::1]:5060;branch=z9hG4bKx\nFrom: <sip:x@y>;tag=1\nTo: <sip:a@b>\nCall-ID: c\nCSeq: 1 OPTIONS\nX-Time: 12:00:01\n\n";
+        let Ok(Message::Request(r)) = parse(msg) else {
+            panic!("LF-only message with IPv6 Via did not parse")
+        };
+        assert_eq!(r.top_via().map(|v| v.host), Some("[2001:db8::1]".into()));
+        assert_eq!(
+            r.headers.get(&HeaderName::Other("x-time".into())),
+            Some("12:00:01")
+        );
+        let cr = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\rX: y\r\nCSeq: 1 OPTIONS\r\n\r\n";
+        assert!(parse(cr).is_err());
     }
 }

@@ -2,7 +2,8 @@
 
 use std::fmt;
 
-use super::header::{Param, find_param, parse_params, split_host_port};
+use super::header::{Param, find_param};
+use super::scan::split_host_port;
 
 /// Why a URI did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -38,82 +39,14 @@ pub struct Uri {
 }
 
 impl Uri {
-    /// Parses a URI.
+    /// Parses a URI (surrounding white space is ignored).
+    ///
+    /// For `sip`/`sips` the RFC 3261 §25.1 structure is checked: %-escapes, host (name,
+    /// IPv4 or bracketed IPv6), port, `;params` and `?headers` characters. The user part may
+    /// hold `;` and `?` (RFC 4475 semiuri, intmeth). Other schemes need only be printable
+    /// ASCII without spaces, quotes or angle brackets.
     pub fn parse(s: &str) -> Result<Self, UriError> {
-        let s = s.trim();
-        let colon = s.find(':').ok_or(UriError::NoScheme)?;
-        let scheme = &s[..colon];
-        if scheme.is_empty()
-            || !scheme.as_bytes()[0].is_ascii_alphabetic()
-            || !scheme
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
-        {
-            return Err(UriError::NoScheme);
-        }
-        let scheme = scheme.to_ascii_lowercase();
-        let rest = &s[colon + 1..];
-        if rest.is_empty() {
-            return Err(UriError::Malformed("empty after scheme"));
-        }
-        if rest
-            .bytes()
-            .any(|c| c <= b' ' || c == 0x7f || c == b'<' || c == b'>' || c == b'"')
-        {
-            return Err(UriError::Malformed("space or delimiter in URI"));
-        }
-        if scheme != "sip" && scheme != "sips" {
-            return Ok(Self {
-                scheme,
-                user: None,
-                password: None,
-                host: String::new(),
-                port: None,
-                params: Vec::new(),
-                headers: None,
-                opaque: Some(rest.to_owned()),
-            });
-        }
-        // userinfo ends at the last '@' before any ';' or '?' of the host part; users may
-        // contain ';' and '?' unescaped in practice (RFC 4475 semiuri), so look for '@' first.
-        let (userinfo, hostpart) = match rest.rfind('@') {
-            Some(at) => (Some(&rest[..at]), &rest[at + 1..]),
-            None => (None, rest),
-        };
-        let (user, password) = match userinfo {
-            Some(ui) => {
-                if ui.is_empty() {
-                    return Err(UriError::Malformed("empty user"));
-                }
-                check_escapes(ui)?;
-                match ui.split_once(':') {
-                    Some((u, p)) => (Some(u.to_owned()), Some(p.to_owned())),
-                    None => (Some(ui.to_owned()), None),
-                }
-            }
-            None => (None, None),
-        };
-        let (hostport_params, headers) = match hostpart.split_once('?') {
-            Some((a, h)) => (a, Some(h.to_owned())),
-            None => (hostpart, None),
-        };
-        let (hostport, params) = match hostport_params.find(';') {
-            Some(i) => (&hostport_params[..i], &hostport_params[i..]),
-            None => (hostport_params, ""),
-        };
-        let (host, port) = split_host_port(hostport).map_err(UriError::Malformed)?;
-        check_escapes(params)?;
-        let params = parse_params(params).map_err(UriError::Malformed)?;
-        Ok(Self {
-            scheme,
-            user,
-            password,
-            host: host.to_ascii_lowercase(),
-            port,
-            params,
-            headers,
-            opaque: None,
-        })
+        Ok(UriRef::scan(s.trim())?.to_uri())
     }
 
     /// Whether this is a sip: or sips: URI.
@@ -137,6 +70,150 @@ impl Uri {
     }
 }
 
+/// A URI, borrowed and checked (see [`Uri::parse`]); the parser validates with it without
+/// allocating.
+pub(crate) struct UriRef<'a> {
+    pub(crate) scheme: &'a str,
+    pub(crate) user: Option<&'a str>,
+    pub(crate) password: Option<&'a str>,
+    pub(crate) host: &'a str,
+    pub(crate) port: Option<u16>,
+    /// Empty, or `;`-prefixed parameters (checked).
+    pub(crate) params: &'a str,
+    pub(crate) headers: Option<&'a str>,
+    pub(crate) opaque: Option<&'a str>,
+}
+
+impl<'a> UriRef<'a> {
+    /// Scans a URI; `s` must not have surrounding white space.
+    pub(crate) fn scan(s: &'a str) -> Result<Self, UriError> {
+        let colon = s.find(':').ok_or(UriError::NoScheme)?;
+        let scheme = &s[..colon];
+        if !scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+            || !scheme
+                .bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
+        {
+            return Err(UriError::NoScheme);
+        }
+        let rest = &s[colon + 1..];
+        if rest.is_empty() {
+            return Err(UriError::Malformed("empty after scheme"));
+        }
+        if rest
+            .bytes()
+            .any(|c| c <= b' ' || c >= 0x7f || c == b'<' || c == b'>' || c == b'"')
+        {
+            return Err(UriError::Malformed("space, delimiter or non-ASCII in URI"));
+        }
+        let mut uri = Self {
+            scheme,
+            user: None,
+            password: None,
+            host: "",
+            port: None,
+            params: "",
+            headers: None,
+            opaque: None,
+        };
+        if !scheme.eq_ignore_ascii_case("sip") && !scheme.eq_ignore_ascii_case("sips") {
+            uri.opaque = Some(rest);
+            return Ok(uri);
+        }
+        check_escapes(rest)?;
+        // userinfo ends at the '@': no other part of a SIP URI may hold one, while the user
+        // part may hold ';' and '?' unescaped (RFC 4475 semiuri, intmeth).
+        let hostpart = match rest.rfind('@') {
+            Some(at) => {
+                let ui = &rest[..at];
+                let (user, password) = match ui.split_once(':') {
+                    Some((u, p)) => (u, Some(p)),
+                    None => (ui, None),
+                };
+                if user.is_empty() {
+                    return Err(UriError::Malformed("empty user"));
+                }
+                uri.user = Some(user);
+                uri.password = password;
+                &rest[at + 1..]
+            }
+            None => rest,
+        };
+        let hostport_params = match hostpart.split_once('?') {
+            Some((a, h)) => {
+                if h.is_empty() || !h.bytes().all(|c| is_hchar(c) || c == b'=' || c == b'&') {
+                    return Err(UriError::Malformed("bad URI headers"));
+                }
+                uri.headers = Some(h);
+                a
+            }
+            None => hostpart,
+        };
+        let (hostport, params) = match hostport_params.find(';') {
+            Some(i) => hostport_params.split_at(i),
+            None => (hostport_params, ""),
+        };
+        let (host, port) = split_host_port(hostport).map_err(UriError::Malformed)?;
+        for part in params.split(';').skip(1) {
+            let (name, value) = match part.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (part, None),
+            };
+            if name.is_empty() || !name.bytes().all(is_param_char) {
+                return Err(UriError::Malformed("bad URI parameter name"));
+            }
+            if value.is_some_and(|v| v.is_empty() || !v.bytes().all(is_param_char)) {
+                return Err(UriError::Malformed("bad URI parameter value"));
+            }
+        }
+        uri.host = host;
+        uri.port = port;
+        uri.params = params;
+        Ok(uri)
+    }
+
+    /// The owned form.
+    pub(crate) fn to_uri(&self) -> Uri {
+        Uri {
+            scheme: self.scheme.to_ascii_lowercase(),
+            user: self.user.map(str::to_owned),
+            password: self.password.map(str::to_owned),
+            host: self.host.to_ascii_lowercase(),
+            port: self.port,
+            params: self
+                .params()
+                .map(|(name, value)| Param {
+                    name: name.to_owned(),
+                    value: value.map(str::to_owned),
+                })
+                .collect(),
+            headers: self.headers.map(str::to_owned),
+            opaque: self.opaque.map(str::to_owned),
+        }
+    }
+
+    /// The parameters (already checked by [`Self::scan`]).
+    pub(crate) fn params(&self) -> impl Iterator<Item = (&'a str, Option<&'a str>)> + 'a {
+        self.params
+            .split(';')
+            .skip(1)
+            .map(|p| match p.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (p, None),
+            })
+    }
+}
+
+/// `paramchar` of RFC 3261 (with `%` for escapes, checked separately).
+fn is_param_char(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-_.!~*'()[]/:&+$%".contains(&c)
+}
+
+/// `hnv-unreserved / unreserved / escaped`: characters of URI header names and values.
+fn is_hchar(c: u8) -> bool {
+    c.is_ascii_alphanumeric() || b"-_.!~*'()[]/?:+$%".contains(&c)
+}
+
 fn check_escapes(s: &str) -> Result<(), UriError> {
     let b = s.as_bytes();
     let mut i = 0;
@@ -156,18 +233,28 @@ fn check_escapes(s: &str) -> Result<(), UriError> {
     Ok(())
 }
 
+fn hex_value(c: Option<&u8>) -> Option<u8> {
+    let c = *c?;
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
 /// Decodes %-escapes.
 pub(crate) fn unescape(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'%' && i + 2 < b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(v);
-                i += 3;
-                continue;
-            }
+        if b[i] == b'%'
+            && let (Some(hi), Some(lo)) = (hex_value(b.get(i + 1)), hex_value(b.get(i + 2)))
+        {
+            out.push(hi << 4 | lo);
+            i += 3;
+            continue;
         }
         out.push(b[i]);
         i += 1;

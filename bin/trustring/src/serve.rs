@@ -1,0 +1,240 @@
+//! `trustring serve`: opens the store, loads subscribers and live registrations into the
+//! proxy, and runs the SIP transports, the store writer and the admin API until SIGINT or
+//! SIGTERM.
+//!
+//! Registration changes are persisted by a dedicated writer thread, in the order the proxy
+//! made them, so the SIP loop never waits on a disk sync. On shutdown the writer drains its
+//! queue before the process exits.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use sip_core::message::Uri;
+use sip_core::proxy::{Binding, Event, Proxy, ProxyConfig, SubscriberEntry, Target, Transport};
+use sip_net::{Control, SipSockets};
+use store::{Registration, SqliteStore, Store, Subscriber};
+use tokio::sync::mpsc;
+
+use crate::ServeArgs;
+use crate::token::{self, Origin};
+
+pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data)
+        .with_context(|| format!("creating data directory {}", args.data.display()))?;
+    let db = args.data.join("trustring.db");
+    let store: Arc<dyn Store> = Arc::new(
+        SqliteStore::open(&db).with_context(|| format!("opening store {}", db.display()))?,
+    );
+    let (token, origin) = token::admin_token(&args.data)?;
+    match origin {
+        Origin::Generated => tracing::info!(
+            token = %token,
+            file = %args.data.join("admin-token").display(),
+            "generated the admin API token (shown once; it is kept in the file)"
+        ),
+        Origin::File => {
+            tracing::info!(file = %args.data.join("admin-token").display(), "admin token loaded")
+        }
+        Origin::Env => tracing::info!("admin token taken from TRUSTRING_ADMIN_TOKEN"),
+    }
+
+    let sockets = SipSockets::bind(args.sip)
+        .await
+        .with_context(|| format!("binding SIP UDP+TCP on {}", args.sip))?;
+    let local = sockets.local_addr()?;
+    let advertised = args.advertise.unwrap_or_else(|| {
+        if local.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 1], local.port()))
+        } else {
+            local
+        }
+    });
+    let now = Instant::now();
+    let mut proxy = Proxy::new(
+        ProxyConfig::new(args.domain.clone(), advertised, token::random_bytes()),
+        now,
+    );
+    let (subs, regs) = load(store.clone()).await?;
+    for s in &subs {
+        proxy.upsert_subscriber(entry(s));
+    }
+    let now_ms = unix_ms();
+    let mut restored = 0;
+    for r in &regs {
+        if let Some(b) = binding(r, now, now_ms) {
+            proxy.restore_binding(&r.user, b, now);
+            restored += 1;
+        }
+    }
+
+    let (events_tx, events_rx) = mpsc::unbounded_channel();
+    let writer = spawn_writer(store.clone(), events_rx);
+    let (sip, sip_task) = sip_net::spawn(proxy, sockets, events_tx);
+
+    let control = sip.clone();
+    let on_change = Arc::new(move |c: api::Change| {
+        let cmd = match c {
+            api::Change::SubscriberUpserted(s) => Control::Upsert(entry(&s)),
+            api::Change::SubscriberDeleted(u) => Control::Remove(u),
+            _ => return,
+        };
+        control.send(cmd);
+    });
+    let app = api::router(
+        store.clone(),
+        api::ApiConfig {
+            domain: args.domain.clone(),
+            token,
+        },
+        on_change,
+    );
+    let listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding admin API on {}", args.http))?;
+    tracing::info!(
+        sip = %local, advertised = %advertised, http = %listener.local_addr()?, domain = %args.domain,
+        data = %args.data.display(), subscribers = subs.len(), registrations = restored,
+        "trustring serving"
+    );
+    let http = tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown_signal())
+            .await
+    });
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    sip.send(Control::Shutdown);
+    let _ = tokio::time::timeout(Duration::from_secs(5), sip_task).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), http).await;
+    // The SIP task has dropped its event sender: the writer drains and exits.
+    let _ = tokio::task::spawn_blocking(move || writer.join()).await;
+    Ok(())
+}
+
+async fn load(store: Arc<dyn Store>) -> anyhow::Result<(Vec<Subscriber>, Vec<Registration>)> {
+    tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let subs = store.subscribers().context("loading subscribers")?;
+        let now_ms = unix_ms();
+        let purged = store
+            .purge_expired(now_ms)
+            .context("purging expired registrations")?;
+        if purged > 0 {
+            tracing::info!(purged, "dropped registrations that expired while stopped");
+        }
+        let regs = store
+            .registrations(None, now_ms)
+            .context("loading registrations")?;
+        Ok((subs, regs))
+    })
+    .await
+    .context("store loader panicked")?
+}
+
+fn entry(s: &Subscriber) -> SubscriberEntry {
+    SubscriberEntry {
+        user: s.user.clone(),
+        ha1_md5: s.ha1_md5.clone(),
+        ha1_sha256: s.ha1_sha256.clone(),
+        ring_timeout: Duration::from_secs(u64::from(s.profile.ring_timeout_secs)),
+        ring_delays: s
+            .profile
+            .ring_delays
+            .iter()
+            .map(|d| {
+                (
+                    d.contact_contains.clone(),
+                    Duration::from_millis(u64::from(d.delay_ms)),
+                )
+            })
+            .collect(),
+    }
+}
+
+/// A stored registration as a live binding (`None` if it is unusable or expired).
+fn binding(r: &Registration, now: Instant, now_ms: i64) -> Option<Binding> {
+    let left = u64::try_from(r.expires_at_ms - now_ms)
+        .ok()
+        .filter(|&l| l > 0)?;
+    let transport = if r.transport.eq_ignore_ascii_case("TCP") {
+        Transport::Tcp
+    } else {
+        Transport::Udp
+    };
+    Some(Binding {
+        contact: r.contact.clone(),
+        uri: Uri::parse(&r.contact).ok()?,
+        target: Target {
+            transport,
+            addr: r.source.parse().ok()?,
+            conn: None,
+        },
+        call_id: r.call_id.clone(),
+        cseq: r.cseq,
+        expires_at: now + Duration::from_millis(left),
+        q: r.q,
+    })
+}
+
+fn unix_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Persists binding events in order on a thread of its own.
+fn spawn_writer(
+    store: Arc<dyn Store>,
+    mut events: mpsc::UnboundedReceiver<Event>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while let Some(e) = events.blocking_recv() {
+            let res = match &e {
+                Event::BindingSaved {
+                    user,
+                    binding,
+                    expires_in,
+                } => {
+                    let reg = Registration {
+                        user: user.clone(),
+                        contact: binding.contact.clone(),
+                        transport: binding.target.transport.as_str().to_owned(),
+                        source: binding.target.addr.to_string(),
+                        local: String::new(),
+                        call_id: binding.call_id.clone(),
+                        cseq: binding.cseq,
+                        expires_at_ms: unix_ms() + expires_in.as_millis() as i64,
+                        q: binding.q,
+                    };
+                    store.put_registration(&reg).map(|_| ())
+                }
+                Event::BindingRemoved { user, contact } => {
+                    store.delete_registration(user, contact).map(|_| ())
+                }
+                _ => Ok(()),
+            };
+            if let Err(err) = res {
+                tracing::error!(error = %err, "persisting a registration change failed");
+            }
+        }
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { _ = ctrl_c => {}, _ = term => {} }
+}

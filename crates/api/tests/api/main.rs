@@ -1,0 +1,147 @@
+//! Admin API tests: the router driven in-process with `tower::ServiceExt::oneshot`, over an
+//! in-memory [`store::Store`] (`mem_store`).
+
+mod auth;
+mod errors;
+mod mem_store;
+mod ordering;
+mod sqlite;
+mod subscribers;
+
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Request, StatusCode, header};
+use serde_json::Value;
+use store::Store;
+use tower::ServiceExt;
+use trustring_api::{ApiConfig, Change, router};
+
+use mem_store::MemStore;
+
+pub(crate) const TOKEN: &str = "correct-horse-battery-staple";
+pub(crate) const DOMAIN: &str = "example.com";
+
+/// A router over a store (by default a fresh in-memory one), recording every `Change`.
+pub(crate) struct App<S = MemStore> {
+    pub(crate) router: Router,
+    pub(crate) store: Arc<S>,
+    pub(crate) changes: Arc<Mutex<Vec<Change>>>,
+}
+
+impl App {
+    pub(crate) fn new() -> Self {
+        Self::with_token(TOKEN)
+    }
+
+    pub(crate) fn with_token(token: &str) -> Self {
+        Self::over(Arc::new(MemStore::default()), token)
+    }
+}
+
+impl<S: Store> App<S> {
+    pub(crate) fn over(store: Arc<S>, token: &str) -> Self {
+        let changes = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&changes);
+        let config = ApiConfig {
+            domain: DOMAIN.into(),
+            token: token.into(),
+        };
+        let router = router(
+            Arc::clone(&store) as Arc<dyn Store>,
+            config,
+            Arc::new(move |change| sink.lock().expect("changes lock").push(change)),
+        );
+        Self {
+            router,
+            store,
+            changes,
+        }
+    }
+
+    pub(crate) fn changes(&self) -> Vec<Change> {
+        self.changes.lock().expect("changes lock").clone()
+    }
+
+    /// Sends a request with the right token; JSON bodies get `Content-Type: application/json`.
+    pub(crate) async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        if body.is_some() {
+            req = req.header(header::CONTENT_TYPE, "application/json");
+        }
+        let body = body.map_or_else(Body::empty, |b| Body::from(b.to_owned()));
+        self.send(req.body(body).expect("request")).await
+    }
+
+    /// Sends any request as is.
+    pub(crate) async fn send(&self, req: Request<Body>) -> Reply {
+        let response = match self.router.clone().oneshot(req).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .expect("response body");
+        let json = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).expect("response body is JSON")
+        };
+        Reply {
+            status,
+            headers,
+            json,
+        }
+    }
+
+    /// Creates `user` (password `s3cret`, enterprise `acme`) and checks the 201.
+    pub(crate) async fn create(&self, user: &str) -> Reply {
+        let body = format!(r#"{{"user":"{user}","password":"s3cret","enterprise":"acme"}}"#);
+        let reply = self.call("POST", "/api/v1/subscribers", Some(&body)).await;
+        assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.json);
+        reply
+    }
+}
+
+/// A response, body parsed as JSON (`Null` if empty).
+#[derive(Debug)]
+pub(crate) struct Reply {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) json: Value,
+}
+
+impl Reply {
+    /// Asserts the error shape `{"error":{"code","message"}}` with `application/json`, the
+    /// given status and code, and a non-empty message; returns the message.
+    pub(crate) fn assert_error(&self, status: StatusCode, code: &str) -> String {
+        assert_eq!(self.status, status, "{}", self.json);
+        assert_eq!(
+            self.headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "error body content type"
+        );
+        let error = self.json.get("error").expect("error object");
+        let keys: Vec<&String> = error
+            .as_object()
+            .expect("error is an object")
+            .keys()
+            .collect();
+        assert_eq!(keys, ["code", "message"], "{}", self.json);
+        assert_eq!(error["code"], code, "{}", self.json);
+        let message = error["message"]
+            .as_str()
+            .expect("message string")
+            .to_owned();
+        assert!(!message.is_empty());
+        message
+    }
+}

@@ -1,0 +1,153 @@
+//! The in-memory directory: subscribers (credentials + routing profile) and their live
+//! bindings (the location service, RFC 3261 §10.3).
+//!
+//! The store is the durable copy; the driver loads it at start and the core reports every
+//! change as an [`super::Event`] so the driver writes it back. Keeping the working copy here
+//! keeps the fork path free of database round trips.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::{ConnId, Transport};
+use crate::message::Uri;
+
+/// What the core needs to know about a subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriberEntry {
+    /// User part of the address of record.
+    pub user: String,
+    /// MD5 HA1 (hex).
+    pub ha1_md5: String,
+    /// SHA-256 HA1 (hex).
+    pub ha1_sha256: String,
+    /// How long a forked INVITE rings before the caller gets 480.
+    pub ring_timeout: Duration,
+    /// Delayed branches: (contact URI substring, delay).
+    pub ring_delays: Vec<(String, Duration)>,
+}
+
+/// Where to send to a peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Target {
+    /// Transport to use.
+    pub transport: Transport,
+    /// Destination address.
+    pub addr: SocketAddr,
+    /// An existing connection to reuse (stream transports).
+    pub conn: Option<ConnId>,
+}
+
+/// One registered contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Binding {
+    /// The contact URI as registered.
+    pub contact: String,
+    /// Parsed contact URI (the branch's Request-URI).
+    pub uri: Uri,
+    /// Where requests for this contact go: the REGISTER's source (symmetric, like
+    /// RFC 3581 / 5626 flows), so NATed and TCP devices are reachable.
+    pub target: Target,
+    /// REGISTER Call-ID.
+    pub call_id: String,
+    /// REGISTER CSeq.
+    pub cseq: u32,
+    /// Expiry.
+    pub expires_at: Instant,
+    /// q-value times 1000.
+    pub q: u16,
+}
+
+/// Most bindings one address of record may hold (bounds memory per subscriber).
+pub const MAX_BINDINGS_PER_USER: usize = 16;
+
+#[derive(Debug, Default)]
+pub(crate) struct Directory {
+    subscribers: HashMap<String, SubscriberEntry>,
+    bindings: HashMap<String, Vec<Binding>>,
+}
+
+impl Directory {
+    pub(crate) fn upsert(&mut self, entry: SubscriberEntry) {
+        self.subscribers.insert(entry.user.clone(), entry);
+    }
+
+    pub(crate) fn remove(&mut self, user: &str) {
+        self.subscribers.remove(user);
+        self.bindings.remove(user);
+    }
+
+    pub(crate) fn subscriber(&self, user: &str) -> Option<&SubscriberEntry> {
+        self.subscribers.get(user)
+    }
+
+    /// Live bindings of `user`, best q first.
+    pub(crate) fn live_bindings(&self, user: &str, now: Instant) -> Vec<Binding> {
+        let mut out: Vec<Binding> = self
+            .bindings
+            .get(user)
+            .map(|b| b.iter().filter(|b| b.expires_at > now).cloned().collect())
+            .unwrap_or_default();
+        out.sort_by_key(|b| std::cmp::Reverse(b.q));
+        out
+    }
+
+    /// Inserts or refreshes a binding; drops expired ones of the same user.
+    /// Returns `false` if the user already holds [`MAX_BINDINGS_PER_USER`] other bindings.
+    pub(crate) fn put_binding(&mut self, user: &str, b: Binding, now: Instant) -> bool {
+        let list = self.bindings.entry(user.to_owned()).or_default();
+        list.retain(|x| x.expires_at > now);
+        if let Some(existing) = list.iter_mut().find(|x| x.contact == b.contact) {
+            *existing = b;
+            return true;
+        }
+        if list.len() >= MAX_BINDINGS_PER_USER {
+            return false;
+        }
+        list.push(b);
+        true
+    }
+
+    pub(crate) fn existing(&self, user: &str, contact: &str) -> Option<&Binding> {
+        self.bindings
+            .get(user)?
+            .iter()
+            .find(|b| b.contact == contact)
+    }
+
+    pub(crate) fn remove_binding(&mut self, user: &str, contact: &str) -> bool {
+        let Some(list) = self.bindings.get_mut(user) else {
+            return false;
+        };
+        let before = list.len();
+        list.retain(|b| b.contact != contact);
+        before != list.len()
+    }
+
+    pub(crate) fn remove_all_bindings(&mut self, user: &str) -> Vec<String> {
+        self.bindings
+            .remove(user)
+            .map(|l| l.into_iter().map(|b| b.contact).collect())
+            .unwrap_or_default()
+    }
+
+    /// Forgets a closed connection: bindings keep their address and will reconnect.
+    pub(crate) fn connection_closed(&mut self, conn: ConnId) {
+        for list in self.bindings.values_mut() {
+            for b in list.iter_mut() {
+                if b.target.conn == Some(conn) {
+                    b.target.conn = None;
+                }
+            }
+        }
+    }
+
+    /// A binding whose contact URI host:port is `addr`, used to reach in-dialog targets over
+    /// the transport and connection the device registered with.
+    pub(crate) fn target_for_contact(&self, uri: &Uri) -> Option<Target> {
+        let port = uri.port.unwrap_or(5060);
+        self.bindings.values().flatten().find_map(|b| {
+            (b.uri.host == uri.host && b.uri.port.unwrap_or(5060) == port).then_some(b.target)
+        })
+    }
+}

@@ -1,0 +1,501 @@
+//! The stateful forking proxy and registrar (RFC 3261 §16, §10), Sans-IO.
+//!
+//! Contract (after `quinn-proto` / `str0m`):
+//! - feed every datagram or framed stream message with [`Proxy::handle_receive`], and call
+//!   [`Proxy::handle_timeout`] when the instant from [`Proxy::poll_timeout`] has come;
+//! - after each call, drain [`Proxy::poll_output`] until it returns `None`: transmissions to
+//!   make and events (registrations to persist) to act on, in order.
+//!
+//! All branches of a fork are produced by one call, back to back, so they leave within
+//! microseconds of each other (R11).
+
+mod directory;
+mod fork;
+mod ids;
+mod registrar;
+mod request;
+mod route;
+
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::auth::{AuthFailureLimiter, Authenticator, DigestConfig};
+use crate::message::{HeaderName, Message, Request, Response, parse, reason_phrase};
+use crate::transaction::{ClientTx, ServerTx, Timers, TxAction};
+use directory::Directory;
+pub use directory::{Binding, MAX_BINDINGS_PER_USER, SubscriberEntry, Target};
+use fork::Fork;
+use ids::IdGen;
+
+/// A transport protocol.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Transport {
+    /// UDP (unreliable: the transaction layer retransmits).
+    Udp,
+    /// TCP (reliable).
+    Tcp,
+}
+
+impl Transport {
+    /// The Via transport token.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tcp => "TCP",
+        }
+    }
+
+    /// Whether the transport is reliable (RFC 3261 §17: no retransmissions).
+    pub fn is_reliable(self) -> bool {
+        matches!(self, Self::Tcp)
+    }
+}
+
+/// An opaque id the driver gives each stream connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId(pub u64);
+
+/// Bytes to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where.
+    pub target: Target,
+    /// What.
+    pub payload: Bytes,
+}
+
+/// Something the driver must act on besides sending.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Event {
+    /// A binding was created or refreshed: persist it.
+    BindingSaved {
+        /// The subscriber.
+        user: String,
+        /// The binding.
+        binding: Box<Binding>,
+        /// Time left until it expires (for the store's wall-clock expiry).
+        expires_in: Duration,
+    },
+    /// A binding was removed: delete it from the store.
+    BindingRemoved {
+        /// The subscriber.
+        user: String,
+        /// The contact URI.
+        contact: String,
+    },
+}
+
+/// What [`Proxy::poll_output`] yields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Output {
+    /// Send bytes.
+    Transmit(Transmit),
+    /// Act on an event.
+    Event(Box<Event>),
+}
+
+/// Proxy configuration.
+#[derive(Debug, Clone)]
+pub struct ProxyConfig {
+    /// The SIP domain we serve (`sip:user@DOMAIN`), also the digest realm.
+    pub domain: String,
+    /// Other host names that mean "us" (e.g. `localhost`); our own addresses always do.
+    pub aliases: Vec<String>,
+    /// Our address as written into Via and Record-Route.
+    pub advertised: SocketAddr,
+    /// Transaction timers.
+    pub timers: Timers,
+    /// Registration expiry bounds and default (seconds).
+    pub min_expires: u32,
+    /// Longest registration granted.
+    pub max_expires: u32,
+    /// Expiry when the client names none.
+    pub default_expires: u32,
+    /// How long a digest nonce is valid.
+    pub nonce_ttl: Duration,
+    /// 32 random bytes: nonce MAC key and id prefix. The driver draws them from the OS.
+    pub secret: [u8; 32],
+}
+
+impl ProxyConfig {
+    /// A configuration with defaults for `domain` at `advertised`.
+    pub fn new(domain: impl Into<String>, advertised: SocketAddr, secret: [u8; 32]) -> Self {
+        Self {
+            domain: domain.into(),
+            aliases: vec!["localhost".into()],
+            advertised,
+            timers: Timers::default(),
+            min_expires: 60,
+            max_expires: 3600,
+            default_expires: 3600,
+            nonce_ttl: Duration::from_secs(300),
+            secret,
+        }
+    }
+}
+
+/// Transaction key: branch, sent-by and method (ACK maps to INVITE), RFC 3261 §17.2.3.
+/// For RFC 2543 peers (no magic cookie) the branch part is built from the dialog fields.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(crate) struct TxKey {
+    branch: String,
+    sent_by: String,
+    method: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerRef {
+    Server(u64),
+    Client(u64),
+    Fork(u64),
+}
+
+struct ServerEntry {
+    key: TxKey,
+    tx: ServerTx,
+    peer: Target,
+    fork: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ClientKind {
+    /// A branch of fork `fork`, index `branch`.
+    Branch { fork: u64, branch: usize },
+    /// A request the proxy itself originated (CANCEL, BYE of a late 2xx): responses absorbed.
+    Own,
+}
+
+struct ClientEntry {
+    tx: ClientTx,
+    target: Target,
+    kind: ClientKind,
+    key: (String, String),
+}
+
+/// The proxy + registrar state machine.
+pub struct Proxy {
+    cfg: ProxyConfig,
+    directory: Directory,
+    auth: Authenticator,
+    limiter: AuthFailureLimiter,
+    ids: IdGen,
+    server_keys: HashMap<TxKey, u64>,
+    servers: HashMap<u64, ServerEntry>,
+    client_keys: HashMap<(String, String), u64>,
+    clients: HashMap<u64, ClientEntry>,
+    forks: HashMap<u64, Fork>,
+    timers: BinaryHeap<std::cmp::Reverse<(Instant, TimerRef)>>,
+    out: VecDeque<Output>,
+    next_id: u64,
+}
+
+impl Proxy {
+    /// A proxy started at `now`.
+    pub fn new(cfg: ProxyConfig, now: Instant) -> Self {
+        let auth = Authenticator::new(
+            DigestConfig {
+                nonce_ttl: cfg.nonce_ttl,
+                ..DigestConfig::new(cfg.domain.clone())
+            },
+            cfg.secret,
+            now,
+        );
+        Self {
+            ids: IdGen::new(&cfg.secret),
+            auth,
+            limiter: AuthFailureLimiter::new(crate::auth::LimiterConfig::default()),
+            cfg,
+            directory: Directory::default(),
+            server_keys: HashMap::new(),
+            servers: HashMap::new(),
+            client_keys: HashMap::new(),
+            clients: HashMap::new(),
+            forks: HashMap::new(),
+            timers: BinaryHeap::new(),
+            out: VecDeque::new(),
+            next_id: 1,
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.cfg
+    }
+
+    /// Adds or replaces a subscriber (from the store at start, or the admin API).
+    pub fn upsert_subscriber(&mut self, entry: SubscriberEntry) {
+        self.directory.upsert(entry);
+    }
+
+    /// Removes a subscriber and their bindings (no events: the store has done it).
+    pub fn remove_subscriber(&mut self, user: &str) {
+        self.directory.remove(user);
+    }
+
+    /// Restores a binding loaded from the store at start.
+    pub fn restore_binding(&mut self, user: &str, binding: Binding, now: Instant) {
+        self.directory.put_binding(user, binding, now);
+    }
+
+    /// Live bindings of `user` (for tests and the console).
+    pub fn bindings(&self, user: &str, now: Instant) -> Vec<Binding> {
+        self.directory.live_bindings(user, now)
+    }
+
+    /// Number of live server transactions, client transactions and forks (for metrics and
+    /// leak tests).
+    pub fn load(&self) -> (usize, usize, usize) {
+        (self.servers.len(), self.clients.len(), self.forks.len())
+    }
+
+    /// A stream connection closed: stop using it.
+    pub fn connection_closed(&mut self, conn: ConnId) {
+        self.directory.connection_closed(conn);
+        for s in self.servers.values_mut() {
+            if s.peer.conn == Some(conn) {
+                s.peer.conn = None;
+            }
+        }
+        for c in self.clients.values_mut() {
+            if c.target.conn == Some(conn) {
+                c.target.conn = None;
+            }
+        }
+    }
+
+    /// The next output, if any. Call until `None` after every `handle_*`.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        self.out.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.peek().map(|r| r.0.0)
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(std::cmp::Reverse((at, r))) = self.timers.peek().copied() {
+            if at > now {
+                break;
+            }
+            self.timers.pop();
+            match r {
+                TimerRef::Server(id) => self.server_timeout(id, now),
+                TimerRef::Client(id) => self.client_timeout(id, now),
+                TimerRef::Fork(id) => self.fork_timeout(id, now),
+            }
+        }
+    }
+
+    /// Handles one received message: a UDP datagram or one framed stream message.
+    pub fn handle_receive(
+        &mut self,
+        now: Instant,
+        transport: Transport,
+        source: SocketAddr,
+        conn: Option<ConnId>,
+        data: &[u8],
+    ) {
+        let peer = Target {
+            transport,
+            addr: source,
+            conn,
+        };
+        match parse(data) {
+            Ok(Message::Request(req)) => self.handle_request(now, peer, req),
+            Ok(Message::Response(resp)) => self.handle_response(now, resp),
+            Err(e) => {
+                tracing::debug!(%source, reason = e.reason, "unparsable message");
+                if let Some(resp) = e.response() {
+                    let dest = route::response_target(&resp, peer);
+                    self.transmit(dest, Bytes::from(resp.to_bytes()));
+                }
+            }
+        }
+    }
+
+    fn alloc_id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn transmit(&mut self, target: Target, payload: Bytes) {
+        self.out
+            .push_back(Output::Transmit(Transmit { target, payload }));
+    }
+
+    fn arm(&mut self, at: Option<Instant>, r: TimerRef) {
+        if let Some(at) = at {
+            self.timers.push(std::cmp::Reverse((at, r)));
+        }
+    }
+
+    // ---- server transactions ----
+
+    fn server_timeout(&mut self, id: u64, now: Instant) {
+        let Some(entry) = self.servers.get_mut(&id) else {
+            return;
+        };
+        let acts = entry.tx.handle_timeout(now);
+        let peer = entry.peer;
+        let next = entry.tx.next_deadline();
+        for a in acts {
+            match a {
+                TxAction::Retransmit(b) => self.transmit(peer, b),
+                TxAction::Timeout => {}
+                TxAction::Terminated => {
+                    self.remove_server(id, now);
+                    return;
+                }
+            }
+        }
+        self.arm(next, TimerRef::Server(id));
+    }
+
+    fn remove_server(&mut self, id: u64, now: Instant) {
+        if let Some(e) = self.servers.remove(&id) {
+            self.server_keys.remove(&e.key);
+            if let Some(f) = e.fork {
+                self.fork_server_gone(f, now);
+            }
+        }
+    }
+
+    /// Sends a response through server transaction `id` (or statelessly if it is gone).
+    fn respond(&mut self, id: u64, resp: &Response, now: Instant) {
+        let bytes = Bytes::from(resp.to_bytes());
+        let Some(entry) = self.servers.get_mut(&id) else {
+            return;
+        };
+        if entry.tx.send_response(resp.status, bytes.clone(), now) {
+            let peer = entry.peer;
+            let next = entry.tx.next_deadline();
+            self.transmit(peer, bytes);
+            self.arm(next, TimerRef::Server(id));
+        }
+    }
+
+    /// Answers request `req` (received in server transaction `id`) with `status`.
+    fn reply(&mut self, id: u64, req: &Request, status: u16, now: Instant) {
+        let resp = self.make_reply(req, status, reason_phrase(status));
+        self.respond(id, &resp, now);
+    }
+
+    fn make_reply(&mut self, req: &Request, status: u16, reason: &str) -> Response {
+        let tag = self.ids.tag();
+        let mut resp = Response::to_request(req, status, reason, Some(&tag));
+        resp.headers.push(HeaderName::Server, "trustring");
+        resp
+    }
+
+    // ---- client transactions ----
+
+    /// Sends `req` to `target` in a new client transaction.
+    fn send_request(
+        &mut self,
+        req: &Request,
+        target: Target,
+        kind: ClientKind,
+        now: Instant,
+    ) -> u64 {
+        let branch = req
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_owned))
+            .unwrap_or_default();
+        let bytes = Bytes::from(req.to_bytes());
+        let id = self.alloc_id();
+        let invite = req.method == crate::message::Method::Invite;
+        let tx = ClientTx::new(
+            invite,
+            target.transport.is_reliable(),
+            bytes.clone(),
+            self.cfg.timers,
+            now,
+        );
+        let next = tx.next_deadline();
+        let key = (branch, req.method.as_str().to_owned());
+        self.client_keys.insert(key.clone(), id);
+        self.clients.insert(
+            id,
+            ClientEntry {
+                tx,
+                target,
+                kind,
+                key,
+            },
+        );
+        self.transmit(target, bytes);
+        self.arm(next, TimerRef::Client(id));
+        id
+    }
+
+    fn client_timeout(&mut self, id: u64, now: Instant) {
+        let Some(entry) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let acts = entry.tx.handle_timeout(now);
+        let (target, kind) = (entry.target, entry.kind);
+        let next = entry.tx.next_deadline();
+        for a in acts {
+            match a {
+                TxAction::Retransmit(b) => self.transmit(target, b),
+                TxAction::Timeout => {
+                    if let ClientKind::Branch { fork, branch } = kind {
+                        self.branch_timed_out(fork, branch, now);
+                    }
+                }
+                TxAction::Terminated => {
+                    if let Some(e) = self.clients.remove(&id) {
+                        self.client_keys.remove(&e.key);
+                    }
+                    return;
+                }
+            }
+        }
+        self.arm(next, TimerRef::Client(id));
+    }
+
+    fn handle_response(&mut self, now: Instant, mut resp: Response) {
+        let Some(via) = resp.top_via() else { return };
+        let branch = via.branch().unwrap_or_default().to_owned();
+        let key = (branch, resp.cseq().method.as_str().to_owned());
+        let Some(&id) = self.client_keys.get(&key) else {
+            tracing::debug!(
+                status = resp.status,
+                "response matches no transaction; dropped"
+            );
+            return;
+        };
+        let Some(entry) = self.clients.get_mut(&id) else {
+            return;
+        };
+        let pass = entry.tx.handle_response(resp.status, now);
+        let next = entry.tx.next_deadline();
+        let (kind, target) = (entry.kind, entry.target);
+        self.arm(next, TimerRef::Client(id));
+        // ACK for a non-2xx final response is part of the INVITE client transaction
+        // (§17.1.1.3), sent for every copy of that response.
+        if resp.status >= 300
+            && resp.cseq().method == crate::message::Method::Invite
+            && let ClientKind::Branch { fork, branch } = kind
+            && let Some(ack) = self
+                .forks
+                .get(&fork)
+                .and_then(|f| f.non2xx_ack(branch, &resp))
+        {
+            self.transmit(target, Bytes::from(ack.to_bytes()));
+        }
+        if !pass {
+            return;
+        }
+        resp.headers.remove_first(&HeaderName::Via);
+        if let ClientKind::Branch { fork, branch } = kind {
+            self.branch_response(fork, branch, resp, now);
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The registrar (RFC 3261 §10.3) with digest authentication (R2).
+//!
+//! The authenticated user must be the To user (as Kamailio's `auth_check(.., "1")`): bob's
+//! credentials cannot bind contacts for alice (SECURITY threat 2). Unknown users and wrong
+//! passwords get the same fresh challenge, so REGISTER cannot enumerate users (threat 4).
+
+use std::time::{Duration, Instant};
+
+use super::{Binding, Event, Output, Proxy, Target};
+use crate::auth::{Algorithm, AuthError};
+use crate::message::{HeaderName, NameAddr, Request};
+
+impl Proxy {
+    pub(super) fn handle_register(&mut self, id: u64, peer: Target, req: &Request, now: Instant) {
+        let Some(to) = req.to() else {
+            self.reply(id, req, 400, now);
+            return;
+        };
+        if !to.uri.is_sip() || !self.is_ours(&to.uri.host, None) {
+            self.reply(id, req, 403, now);
+            return;
+        }
+        let user = to.uri.user_unescaped().unwrap_or_default();
+        if self.limiter.is_ip_blocked(now, peer.addr.ip()) {
+            let resp = self.make_reply(req, 403, "Too Many Failed Attempts");
+            self.respond(id, &resp, now);
+            return;
+        }
+        let Some(credentials) = req
+            .headers
+            .get(&HeaderName::Authorization)
+            .map(str::to_owned)
+        else {
+            self.challenge(id, req, false, now);
+            return;
+        };
+        let directory = &self.directory;
+        let verified = self
+            .auth
+            .verify(now, "REGISTER", &credentials, |name, alg| {
+                directory.subscriber(name).map(|s| match alg {
+                    Algorithm::Md5 => s.ha1_md5.clone(),
+                    _ => s.ha1_sha256.clone(),
+                })
+            });
+        let verified = match verified {
+            Ok(v) => v,
+            Err(AuthError::Stale) => {
+                self.challenge(id, req, true, now);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(source = %peer.addr, error = %e, "REGISTER authentication failed");
+                self.limiter.record_failure(now, peer.addr.ip(), &user);
+                self.challenge(id, req, false, now);
+                return;
+            }
+        };
+        if verified.username != user || self.directory.subscriber(&user).is_none() {
+            let resp = self.make_reply(req, 403, "Forbidden");
+            self.respond(id, &resp, now);
+            return;
+        }
+        self.save_contacts(id, peer, req, &user, now);
+    }
+
+    fn challenge(&mut self, id: u64, req: &Request, stale: bool, now: Instant) {
+        let mut resp = self.make_reply(req, 401, "Unauthorized");
+        for c in self.auth.challenges(now, stale) {
+            resp.headers.push(HeaderName::WwwAuthenticate, c);
+        }
+        self.respond(id, &resp, now);
+    }
+
+    /// §10.3 steps 6–8: validate every contact first, then apply them all.
+    fn save_contacts(&mut self, id: u64, peer: Target, req: &Request, user: &str, now: Instant) {
+        let header_expires = req
+            .headers
+            .get(&HeaderName::Expires)
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let contacts: Vec<&str> = req.headers.get_all(&HeaderName::Contact).collect();
+        if contacts.iter().any(|c| c.trim() == "*") {
+            if contacts.len() != 1 || header_expires != Some(0) {
+                self.reply(id, req, 400, now);
+                return;
+            }
+            for contact in self.directory.remove_all_bindings(user) {
+                self.out
+                    .push_back(Output::Event(Box::new(Event::BindingRemoved {
+                        user: user.to_owned(),
+                        contact,
+                    })));
+            }
+            self.registered_ok(id, req, user, now);
+            return;
+        }
+        let mut updates = Vec::with_capacity(contacts.len());
+        for c in &contacts {
+            let Ok(na) = NameAddr::parse(c) else {
+                self.reply(id, req, 400, now);
+                return;
+            };
+            let expires = na
+                .param("expires")
+                .flatten()
+                .and_then(|v| v.parse::<u64>().ok())
+                .or(header_expires)
+                .unwrap_or(u64::from(self.cfg.default_expires))
+                .min(u64::from(self.cfg.max_expires));
+            if expires > 0 && expires < u64::from(self.cfg.min_expires) {
+                let mut resp = self.make_reply(req, 423, "Interval Too Brief");
+                resp.headers
+                    .push(HeaderName::MinExpires, self.cfg.min_expires.to_string());
+                self.respond(id, &resp, now);
+                return;
+            }
+            let q = na
+                .param("q")
+                .flatten()
+                .and_then(|v| v.parse::<f32>().ok())
+                .map_or(1000, |q| (q.clamp(0.0, 1.0) * 1000.0) as u16);
+            updates.push((na.uri, expires, q));
+        }
+        let call_id = req.call_id().to_owned();
+        let cseq = req.cseq().seq;
+        for (uri, expires, q) in updates {
+            let contact = uri.to_string();
+            if let Some(old) = self.directory.existing(user, &contact)
+                && old.call_id == call_id
+                && old.cseq >= cseq
+            {
+                // §10.3 step 7: an out-of-order REGISTER of the same client.
+                self.reply(id, req, 500, now);
+                return;
+            }
+            if expires == 0 {
+                if self.directory.remove_binding(user, &contact) {
+                    self.out
+                        .push_back(Output::Event(Box::new(Event::BindingRemoved {
+                            user: user.to_owned(),
+                            contact,
+                        })));
+                }
+                continue;
+            }
+            let expires_in = Duration::from_secs(expires);
+            // Requests go to the Contact's address; over the REGISTER's own flow (and TCP
+            // connection) when that is the same address, or when the Contact names no
+            // address we can reach directly.
+            let target = match super::route::literal_target(&uri) {
+                Some(t) if t.addr == peer.addr => peer,
+                Some(t) => t,
+                None => peer,
+            };
+            let binding = Binding {
+                contact,
+                uri,
+                target,
+                call_id: call_id.clone(),
+                cseq,
+                expires_at: now + expires_in,
+                q,
+            };
+            if !self.directory.put_binding(user, binding.clone(), now) {
+                let resp = self.make_reply(req, 403, "Too Many Contacts");
+                self.respond(id, &resp, now);
+                return;
+            }
+            self.out
+                .push_back(Output::Event(Box::new(Event::BindingSaved {
+                    user: user.to_owned(),
+                    binding: Box::new(binding),
+                    expires_in,
+                })));
+        }
+        self.registered_ok(id, req, user, now);
+    }
+
+    /// 200 OK listing every current binding with its remaining time (§10.3 step 8), the
+    /// ones this request touched first.
+    fn registered_ok(&mut self, id: u64, req: &Request, user: &str, now: Instant) {
+        let mut resp = self.make_reply(req, 200, "OK");
+        let mut bindings = self.directory.live_bindings(user, now);
+        bindings.sort_by_key(|b| b.call_id != req.call_id() || b.cseq != req.cseq().seq);
+        for b in bindings {
+            let left = b.expires_at.saturating_duration_since(now).as_secs();
+            resp.headers.push(
+                HeaderName::Contact,
+                format!("<{}>;expires={left}", b.contact),
+            );
+        }
+        self.respond(id, &resp, now);
+    }
+}

@@ -1,0 +1,241 @@
+//! The [`Store`] methods as SQL: one statement each, so each is atomic on its own. The SQL is
+//! portable (`ON CONFLICT ... DO UPDATE`, no `INSERT OR REPLACE`) for a PostgreSQL twin.
+
+use rusqlite::types::Type;
+use rusqlite::{OptionalExtension, Row, params};
+
+use super::SqliteStore;
+use crate::{Registration, RingDelay, RoutingProfile, Store, StoreError, Subscriber};
+
+/// `SELECT <every subscriber column> FROM subscribers <rest>`, in [`subscriber_from_row`] order.
+macro_rules! select_subscribers {
+    ($rest:literal) => {
+        concat!(
+            "SELECT username, enterprise, ha1_md5, ha1_sha256, ring_timeout_secs, ring_delays, \
+             created_at FROM subscribers ",
+            $rest
+        )
+    };
+}
+
+/// `SELECT <every registration column> FROM registrations <rest>`, in
+/// [`registration_from_row`] order.
+macro_rules! select_registrations {
+    ($rest:literal) => {
+        concat!(
+            "SELECT username, contact, transport, source, local, call_id, cseq, expires_at_ms, q \
+             FROM registrations ",
+            $rest
+        )
+    };
+}
+
+/// Wraps a rusqlite error with the operation that failed.
+fn db(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    move |e| StoreError::Database(format!("{op}: {e}"))
+}
+
+fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+    e.sqlite_error()
+        .is_some_and(|e| e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
+}
+
+fn ring_delays_json(profile: &RoutingProfile) -> Result<String, StoreError> {
+    serde_json::to_string(&profile.ring_delays)
+        .map_err(|e| StoreError::Database(format!("encode ring_delays: {e}")))
+}
+
+fn subscriber_from_row(row: &Row<'_>) -> rusqlite::Result<Subscriber> {
+    let json: String = row.get(5)?;
+    let ring_delays: Vec<RingDelay> = serde_json::from_str(&json)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(5, Type::Text, Box::new(e)))?;
+    Ok(Subscriber {
+        user: row.get(0)?,
+        enterprise: row.get(1)?,
+        ha1_md5: row.get(2)?,
+        ha1_sha256: row.get(3)?,
+        profile: RoutingProfile {
+            ring_timeout_secs: row.get(4)?,
+            ring_delays,
+        },
+        created_at: row.get(6)?,
+    })
+}
+
+fn registration_from_row(row: &Row<'_>) -> rusqlite::Result<Registration> {
+    Ok(Registration {
+        user: row.get(0)?,
+        contact: row.get(1)?,
+        transport: row.get(2)?,
+        source: row.get(3)?,
+        local: row.get(4)?,
+        call_id: row.get(5)?,
+        cseq: row.get(6)?,
+        expires_at_ms: row.get(7)?,
+        q: row.get(8)?,
+    })
+}
+
+impl Store for SqliteStore {
+    fn create_subscriber(&self, sub: &Subscriber) -> Result<(), StoreError> {
+        let delays = ring_delays_json(&sub.profile)?;
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "INSERT INTO subscribers (username, enterprise, ha1_md5, ha1_sha256, \
+                 ring_timeout_secs, ring_delays, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
+                 ON CONFLICT (username) DO NOTHING",
+            )
+            .map_err(db("create_subscriber"))?;
+        let n = stmt
+            .execute(params![
+                sub.user,
+                sub.enterprise,
+                sub.ha1_md5,
+                sub.ha1_sha256,
+                sub.profile.ring_timeout_secs,
+                delays,
+                sub.created_at,
+            ])
+            .map_err(db("create_subscriber"))?;
+        if n == 0 {
+            return Err(StoreError::Conflict(format!("subscriber {}", sub.user)));
+        }
+        Ok(())
+    }
+
+    fn subscriber(&self, user: &str) -> Result<Option<Subscriber>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(select_subscribers!("WHERE username = ?1"))
+            .map_err(db("subscriber"))?;
+        stmt.query_row([user], subscriber_from_row)
+            .optional()
+            .map_err(db("subscriber"))
+    }
+
+    fn subscribers(&self) -> Result<Vec<Subscriber>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(select_subscribers!("ORDER BY username"))
+            .map_err(db("subscribers"))?;
+        let rows = stmt
+            .query_map([], subscriber_from_row)
+            .map_err(db("subscribers"))?;
+        rows.collect::<Result<_, _>>().map_err(db("subscribers"))
+    }
+
+    fn set_profile(&self, user: &str, profile: &RoutingProfile) -> Result<(), StoreError> {
+        let delays = ring_delays_json(profile)?;
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "UPDATE subscribers SET ring_timeout_secs = ?2, ring_delays = ?3 \
+                 WHERE username = ?1",
+            )
+            .map_err(db("set_profile"))?;
+        let n = stmt
+            .execute(params![user, profile.ring_timeout_secs, delays])
+            .map_err(db("set_profile"))?;
+        if n == 0 {
+            return Err(StoreError::NotFound(format!("subscriber {user}")));
+        }
+        Ok(())
+    }
+
+    fn delete_subscriber(&self, user: &str) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("DELETE FROM subscribers WHERE username = ?1")
+            .map_err(db("delete_subscriber"))?;
+        let n = stmt.execute([user]).map_err(db("delete_subscriber"))?;
+        Ok(n > 0)
+    }
+
+    /// [`StoreError::NotFound`] if the subscriber does not exist.
+    fn put_registration(&self, reg: &Registration) -> Result<(), StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "INSERT INTO registrations (username, contact, transport, source, local, \
+                 call_id, cseq, expires_at_ms, q) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT (username, contact) DO UPDATE SET transport = excluded.transport, \
+                 source = excluded.source, local = excluded.local, call_id = excluded.call_id, \
+                 cseq = excluded.cseq, expires_at_ms = excluded.expires_at_ms, q = excluded.q",
+            )
+            .map_err(db("put_registration"))?;
+        let result = stmt.execute(params![
+            reg.user,
+            reg.contact,
+            reg.transport,
+            reg.source,
+            reg.local,
+            reg.call_id,
+            reg.cseq,
+            reg.expires_at_ms,
+            reg.q,
+        ]);
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_foreign_key_violation(&e) => {
+                Err(StoreError::NotFound(format!("subscriber {}", reg.user)))
+            }
+            Err(e) => Err(db("put_registration")(e)),
+        }
+    }
+
+    fn delete_registration(&self, user: &str, contact: &str) -> Result<bool, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("DELETE FROM registrations WHERE username = ?1 AND contact = ?2")
+            .map_err(db("delete_registration"))?;
+        let n = stmt
+            .execute([user, contact])
+            .map_err(db("delete_registration"))?;
+        Ok(n > 0)
+    }
+
+    fn delete_registrations(&self, user: &str) -> Result<usize, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("DELETE FROM registrations WHERE username = ?1")
+            .map_err(db("delete_registrations"))?;
+        stmt.execute([user]).map_err(db("delete_registrations"))
+    }
+
+    /// Live means `expires_at_ms > now_ms`.
+    fn registrations(
+        &self,
+        user: Option<&str>,
+        now_ms: i64,
+    ) -> Result<Vec<Registration>, StoreError> {
+        let conn = self.conn();
+        // Two statements rather than `?1 IS NULL OR ...`, so the per-user lookup (every
+        // INVITE) uses the primary key.
+        let rows = match user {
+            Some(user) => conn
+                .prepare_cached(select_registrations!(
+                    "WHERE username = ?1 AND expires_at_ms > ?2 ORDER BY username, q DESC, contact"
+                ))
+                .and_then(|mut stmt| {
+                    stmt.query_map(params![user, now_ms], registration_from_row)?
+                        .collect()
+                }),
+            None => conn
+                .prepare_cached(select_registrations!(
+                    "WHERE expires_at_ms > ?1 ORDER BY username, q DESC, contact"
+                ))
+                .and_then(|mut stmt| stmt.query_map([now_ms], registration_from_row)?.collect()),
+        };
+        rows.map_err(db("registrations"))
+    }
+
+    /// Deletes exactly what [`Store::registrations`] no longer lists: `expires_at_ms <= now_ms`.
+    fn purge_expired(&self, now_ms: i64) -> Result<usize, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached("DELETE FROM registrations WHERE expires_at_ms <= ?1")
+            .map_err(db("purge_expired"))?;
+        stmt.execute([now_ms]).map_err(db("purge_expired"))
+    }
+}
