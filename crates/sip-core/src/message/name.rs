@@ -90,7 +90,11 @@ impl HeaderName {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v);
         }
-        Some(match key(b) {
+        // Only CR, NUL and SP could make a key collide (`\r | 0x20 == b'-'`); no token has them.
+        if b.iter().any(|&c| c <= b' ') {
+            return None;
+        }
+        Some(match wire_key(b) {
             V | VIA => Self::Via,
             F | FROM => Self::From,
             T | TO => Self::To,
@@ -177,16 +181,29 @@ impl HeaderName {
     }
 }
 
-/// A name of at most 16 bytes packed, lower-cased, into an integer: one compare per
-/// candidate instead of a string compare (tokens never hold NUL, so no two names collide).
+/// A name of at most 16 bytes packed into an integer, every byte ORed with 0x20 and the
+/// rest filled with 0x20: one integer compare per candidate instead of a string compare.
+///
+/// On token characters `| 0x20` only lower-cases letters, except that `_` becomes DEL, which
+/// no known name holds; and SP never occurs in a token. So distinct names (ignoring case)
+/// get distinct keys.
 const fn key(name: &[u8]) -> u128 {
-    let mut k = 0u128;
+    let mut buf = [0x20u8; 16];
     let mut i = 0;
     while i < name.len() && i < 16 {
-        k = (k << 8) | name[i].to_ascii_lowercase() as u128;
+        buf[i] = name[i] | 0x20;
         i += 1;
     }
-    k
+    u128::from_be_bytes(buf)
+}
+
+/// [`key`] for a name of at most 16 bytes, at run time.
+fn wire_key(name: &[u8]) -> u128 {
+    let mut buf = [0u8; 16];
+    if let Some(dst) = buf.get_mut(..name.len()) {
+        dst.copy_from_slice(name);
+    }
+    u128::from_be_bytes(buf) | 0x2020_2020_2020_2020_2020_2020_2020_2020
 }
 
 macro_rules! keys {
@@ -298,6 +315,9 @@ mod tests {
             HeaderName::Other("c%6fntact".into())
         );
         assert_ne!(HeaderName::from_wire("C%6Fntact"), HeaderName::Contact);
+        assert_ne!(HeaderName::from_wire("v\0"), HeaderName::Via);
+        assert_ne!(HeaderName::from_wire("to\r"), HeaderName::To);
+        assert_ne!(HeaderName::from_wire("Call_ID"), HeaderName::CallId);
     }
 
     #[test]

@@ -158,7 +158,7 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
     };
     let head = std::str::from_utf8(&buf[..head_end])
         .map_err(|_| ParseError::new("header is not UTF-8"))?;
-    let line_end = head.find('\n').unwrap_or(head.len());
+    let line_end = find_byte(head.as_bytes(), b'\n').unwrap_or(head.len());
     let first = &head[..line_end];
     let first = first.strip_suffix('\r').unwrap_or(first);
     let start_line = StartLine::parse(first);
@@ -201,7 +201,12 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
             }
             continue;
         }
-        if let Err(e) = push_header(&mut headers, name, unfold(raw)) {
+        let value = if field.folded {
+            unfold(raw)
+        } else {
+            trim_lws(raw).to_owned()
+        };
+        if let Err(e) = push_header(&mut headers, name, value) {
             err.get_or_insert(e);
         }
         if headers.0.len() > MAX_HEADERS {
@@ -328,7 +333,7 @@ impl StartLine {
 /// Stores a header; splits list headers into one entry per value. A list with an empty
 /// element is stored unsplit, so an error response copies it as received.
 fn push_header(headers: &mut Headers, name: HeaderName, value: String) -> Result<(), ParseError> {
-    if !name.is_split_list() || !value.contains(',') {
+    if !name.is_split_list() || find_byte(value.as_bytes(), b',').is_none() {
         headers.0.push(Header { name, value });
         return Ok(());
     }
@@ -347,9 +352,6 @@ fn push_header(headers: &mut Headers, name: HeaderName, value: String) -> Result
 
 /// A header value with folding (RFC 3261 §7.3.1) replaced by single spaces, trimmed.
 fn unfold(raw: &str) -> String {
-    if !raw.contains('\n') {
-        return trim_lws(raw).to_owned();
-    }
     let mut out = String::with_capacity(raw.len());
     for piece in raw.split('\n') {
         let piece = trim_lws(piece.strip_suffix('\r').unwrap_or(piece));
@@ -412,6 +414,8 @@ fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
 struct Field {
     name: std::ops::Range<usize>,
     value: std::ops::Range<usize>,
+    /// Whether the value continues on folded lines.
+    folded: bool,
 }
 
 /// Iterates over the header fields of a header section, from `pos` (after the start line).
@@ -465,6 +469,7 @@ impl Iterator for Fields<'_> {
         Some(Ok(Field {
             name: start..name_end,
             value: (colon + 1)..value_end.max(colon + 1),
+            folded: end != first_end,
         }))
     }
 }

@@ -7,9 +7,31 @@
 
 use super::uri::UriRef;
 
+/// A set of bytes: alphanumerics plus `extra`, as a lookup table.
+pub(crate) const fn byte_class(extra: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        t[c] = (c as u8).is_ascii_alphanumeric();
+        c += 1;
+    }
+    let mut i = 0;
+    while i < extra.len() {
+        t[extra[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
+
+static TOKEN: [bool; 256] = byte_class(b"-.!%*_+`'~");
+/// Header parameter values: token, host (with IPv6 `:` and brackets).
+static PARAM_VALUE: [bool; 256] = byte_class(b"-.!%*_+`'~:[]");
+/// Host names and IPv4 addresses (`_` tolerated).
+static HOST: [bool; 256] = byte_class(b"-._");
+
 /// RFC 3261 `token` characters.
 pub(crate) fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+    TOKEN[usize::from(c)]
 }
 
 /// A non-empty `token`.
@@ -31,6 +53,23 @@ pub(crate) fn trim_lws(s: &str) -> &str {
 pub(crate) fn trim_lws_start(s: &str) -> &str {
     let n = s.bytes().take_while(|&c| c == b' ' || c == b'\t').count();
     s.get(n..).unwrap_or("")
+}
+
+/// The index of the first `c` (ASCII) in `s`. A plain loop: on the short strings of header
+/// values it beats `str::find`, whose memchr has a costly prologue.
+pub(crate) fn find(s: &str, c: u8) -> Option<usize> {
+    s.bytes().position(|b| b == c)
+}
+
+/// Splits `s` around its first `c` (ASCII).
+pub(crate) fn split1(s: &str, c: u8) -> Option<(&str, &str)> {
+    let i = find(s, c)?;
+    Some((s.get(..i)?, s.get(i + 1..)?))
+}
+
+/// The index of the first SP or HTAB.
+fn find_lws(s: &str) -> Option<usize> {
+    s.bytes().position(|b| b == b' ' || b == b'\t')
 }
 
 /// The index of the first `needle` in `hay`, eight bytes at a time.
@@ -182,7 +221,7 @@ impl<'a> Iterator for HeaderParams<'a> {
 }
 
 fn scan_param(part: &str) -> Result<(&str, Option<&str>), &'static str> {
-    let (name, value) = match part.split_once('=') {
+    let (name, value) = match split1(part, b'=') {
         Some((n, v)) => (trim_lws(n), Some(trim_lws(v))),
         None => (trim_lws(part), None),
     };
@@ -196,9 +235,7 @@ fn scan_param(part: &str) -> Result<(&str, Option<&str>), &'static str> {
         let ok = if v.starts_with('"') {
             quoted_end(v.as_bytes()) == Some(v.len())
         } else {
-            !v.is_empty()
-                && v.bytes()
-                    .all(|c| is_token_char(c) || c == b':' || c == b'[' || c == b']')
+            !v.is_empty() && v.bytes().all(|c| PARAM_VALUE[usize::from(c)])
         };
         if !ok {
             return Err("bad parameter value");
@@ -212,9 +249,9 @@ fn scan_param(part: &str) -> Result<(&str, Option<&str>), &'static str> {
 pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<u16>), &'static str> {
     let s = trim_lws(s);
     let (host, port) = if s.starts_with('[') {
-        let end = s.find(']').ok_or("unterminated IPv6 reference")?;
+        let end = find(s, b']').ok_or("unterminated IPv6 reference")?;
         let inner = &s[1..end];
-        if !inner.contains(':')
+        if find(inner, b':').is_none()
             || !inner
                 .bytes()
                 .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
@@ -228,17 +265,12 @@ pub(crate) fn split_host_port(s: &str) -> Result<(&str, Option<u16>), &'static s
             None => return Err("junk after IPv6 reference"),
         }
     } else {
-        match s.split_once(':') {
+        match split1(s, b':') {
             Some((h, p)) => (trim_lws(h), Some(p)),
             None => (s, None),
         }
     };
-    if !host.starts_with('[')
-        && (host.is_empty()
-            || !host
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.' || c == b'_'))
-    {
+    if !host.starts_with('[') && (host.is_empty() || !host.bytes().all(|c| HOST[usize::from(c)])) {
         return Err("bad host");
     }
     let port = match port {
@@ -264,22 +296,22 @@ impl<'a> ViaRef<'a> {
     /// the protocol version nor the parameters are checked: enough to send an error response
     /// back (a 505 to a SIP/7.0 request, a 400 to RFC 4475 badinv01).
     pub(crate) fn scan(s: &'a str, strict: bool) -> Result<Self, &'static str> {
-        let (proto, rest) = s.split_once('/').ok_or("Via without protocol")?;
+        let (proto, rest) = split1(s, b'/').ok_or("Via without protocol")?;
         if !trim_lws(proto).eq_ignore_ascii_case("SIP") {
             return Err("Via protocol is not SIP");
         }
-        let (version, rest) = rest.split_once('/').ok_or("Via without version")?;
+        let (version, rest) = split1(rest, b'/').ok_or("Via without version")?;
         if strict && trim_lws(version) != "2.0" {
             return Err("Via version is not 2.0");
         }
         let rest = trim_lws_start(rest);
-        let t_end = rest.find([' ', '\t']).ok_or("Via without sent-by")?;
+        let t_end = find_lws(rest).ok_or("Via without sent-by")?;
         let transport = &rest[..t_end];
         if !is_token(transport) {
             return Err("bad Via transport");
         }
         let rest = &rest[t_end..];
-        let (sent_by, params) = match rest.find(';') {
+        let (sent_by, params) = match find(rest, b';') {
             Some(i) => rest.split_at(i),
             None => (rest, ""),
         };
@@ -319,7 +351,7 @@ impl<'a> NameAddrRef<'a> {
             }
             (Some(&s[..end]), Some(end + lt))
         } else {
-            match s.find('<') {
+            match find(s, b'<') {
                 Some(lt) => {
                     let d = trim_lws(&s[..lt]);
                     if !d
@@ -335,7 +367,7 @@ impl<'a> NameAddrRef<'a> {
         };
         match lt {
             Some(lt) => {
-                let gt = s[lt..].find('>').ok_or("missing '>'")? + lt;
+                let gt = find(&s[lt..], b'>').ok_or("missing '>'")? + lt;
                 let inner = &s[lt + 1..gt];
                 if inner.starts_with([' ', '\t']) || inner.ends_with([' ', '\t']) {
                     return Err("spaces inside <URI>");
@@ -351,15 +383,15 @@ impl<'a> NameAddrRef<'a> {
                 })
             }
             None => {
-                if s.contains('"') {
+                if find(s, b'"').is_some() {
                     return Err("stray quote in address");
                 }
-                let (uri, params) = match s.find(';') {
+                let (uri, params) = match find(s, b';') {
                     Some(i) => s.split_at(i),
                     None => (s, ""),
                 };
                 let uri = trim_lws(uri);
-                if uri.contains([',', '?']) {
+                if uri.bytes().any(|c| c == b',' || c == b'?') {
                     return Err("URI with ',' or '?' must be in <>");
                 }
                 let uri = UriRef::scan(uri).map_err(|_| "bad URI")?;
@@ -378,7 +410,7 @@ impl<'a> NameAddrRef<'a> {
 /// Scans a CSeq value `1*DIGIT LWS Method` into its number (any size) and method.
 pub(crate) fn scan_cseq(s: &str) -> Result<(&str, &str), &'static str> {
     let s = trim_lws(s);
-    let split = s.find([' ', '\t']).ok_or("CSeq without method")?;
+    let split = find_lws(s).ok_or("CSeq without method")?;
     let (num, method) = (&s[..split], trim_lws(&s[split..]));
     if !is_digits(num) {
         return Err("bad CSeq number");

@@ -3,7 +3,7 @@
 use std::fmt;
 
 use super::header::{Param, find_param};
-use super::scan::split_host_port;
+use super::scan::{byte_class, find, split_host_port, split1};
 
 /// Why a URI did not parse.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -87,24 +87,37 @@ pub(crate) struct UriRef<'a> {
 impl<'a> UriRef<'a> {
     /// Scans a URI; `s` must not have surrounding white space.
     pub(crate) fn scan(s: &'a str) -> Result<Self, UriError> {
-        let colon = s.find(':').ok_or(UriError::NoScheme)?;
-        let scheme = &s[..colon];
+        let colon = find(s, b':').ok_or(UriError::NoScheme)?;
+        let (scheme, rest) = (&s[..colon], &s[colon + 1..]);
         if !scheme.starts_with(|c: char| c.is_ascii_alphabetic())
-            || !scheme
-                .bytes()
-                .all(|c| c.is_ascii_alphanumeric() || b"+-.".contains(&c))
+            || !scheme.bytes().all(|c| SCHEME_CHAR[usize::from(c)])
         {
             return Err(UriError::NoScheme);
         }
-        let rest = &s[colon + 1..];
         if rest.is_empty() {
             return Err(UriError::Malformed("empty after scheme"));
         }
-        if rest
-            .bytes()
-            .any(|c| c <= b' ' || c >= 0x7f || c == b'<' || c == b'>' || c == b'"')
-        {
-            return Err(UriError::Malformed("space, delimiter or non-ASCII in URI"));
+        // One pass: printable ASCII without delimiters, %-escapes well formed, the last '@'.
+        let b = rest.as_bytes();
+        let mut at = None;
+        let mut i = 0;
+        while i < b.len() {
+            match b[i] {
+                b'%' => {
+                    if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                        && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
+                    {
+                        return Err(UriError::Malformed("bad %-escape"));
+                    }
+                    i += 2;
+                }
+                b'@' => at = Some(i),
+                c if c <= b' ' || c >= 0x7f || c == b'<' || c == b'>' || c == b'"' => {
+                    return Err(UriError::Malformed("space, delimiter or non-ASCII in URI"));
+                }
+                _ => {}
+            }
+            i += 1;
         }
         let mut uri = Self {
             scheme,
@@ -120,13 +133,12 @@ impl<'a> UriRef<'a> {
             uri.opaque = Some(rest);
             return Ok(uri);
         }
-        check_escapes(rest)?;
         // userinfo ends at the '@': no other part of a SIP URI may hold one, while the user
         // part may hold ';' and '?' unescaped (RFC 4475 semiuri, intmeth).
-        let hostpart = match rest.rfind('@') {
+        let hostpart = match at {
             Some(at) => {
                 let ui = &rest[..at];
-                let (user, password) = match ui.split_once(':') {
+                let (user, password) = match split1(ui, b':') {
                     Some((u, p)) => (u, Some(p)),
                     None => (ui, None),
                 };
@@ -139,9 +151,9 @@ impl<'a> UriRef<'a> {
             }
             None => rest,
         };
-        let hostport_params = match hostpart.split_once('?') {
+        let hostport_params = match split1(hostpart, b'?') {
             Some((a, h)) => {
-                if h.is_empty() || !h.bytes().all(|c| is_hchar(c) || c == b'=' || c == b'&') {
+                if h.is_empty() || !h.bytes().all(|c| HEADERS_CHAR[usize::from(c)]) {
                     return Err(UriError::Malformed("bad URI headers"));
                 }
                 uri.headers = Some(h);
@@ -149,22 +161,28 @@ impl<'a> UriRef<'a> {
             }
             None => hostpart,
         };
-        let (hostport, params) = match hostport_params.find(';') {
+        let (hostport, params) = match find(hostport_params, b';') {
             Some(i) => hostport_params.split_at(i),
             None => (hostport_params, ""),
         };
         let (host, port) = split_host_port(hostport).map_err(UriError::Malformed)?;
-        for part in params.split(';').skip(1) {
-            let (name, value) = match part.split_once('=') {
-                Some((n, v)) => (n, Some(v)),
-                None => (part, None),
-            };
-            if name.is_empty() || !name.bytes().all(is_param_char) {
-                return Err(UriError::Malformed("bad URI parameter name"));
+        // `;name[=value]` parameters of paramchars: '=' is not one, so a second '=' fails.
+        let mut expect_name = true;
+        let mut last = b';';
+        for &c in &params.as_bytes()[params.len().min(1)..] {
+            match c {
+                b';' | b'=' if last == b';' || last == b'=' => {
+                    return Err(UriError::Malformed("empty URI parameter name or value"));
+                }
+                b';' => expect_name = true,
+                b'=' if expect_name => expect_name = false,
+                c if c != b'=' && PARAM_CHAR[usize::from(c)] => {}
+                _ => return Err(UriError::Malformed("bad URI parameter")),
             }
-            if value.is_some_and(|v| v.is_empty() || !v.bytes().all(is_param_char)) {
-                return Err(UriError::Malformed("bad URI parameter value"));
-            }
+            last = c;
+        }
+        if !params.is_empty() && (last == b';' || last == b'=') {
+            return Err(UriError::Malformed("empty URI parameter name or value"));
         }
         uri.host = host;
         uri.port = port;
@@ -197,7 +215,7 @@ impl<'a> UriRef<'a> {
         self.params
             .split(';')
             .skip(1)
-            .map(|p| match p.split_once('=') {
+            .map(|p| match split1(p, b'=') {
                 Some((n, v)) => (n, Some(v)),
                 None => (p, None),
             })
@@ -205,33 +223,11 @@ impl<'a> UriRef<'a> {
 }
 
 /// `paramchar` of RFC 3261 (with `%` for escapes, checked separately).
-fn is_param_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-_.!~*'()[]/:&+$%".contains(&c)
-}
-
-/// `hnv-unreserved / unreserved / escaped`: characters of URI header names and values.
-fn is_hchar(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-_.!~*'()[]/?:+$%".contains(&c)
-}
-
-fn check_escapes(s: &str) -> Result<(), UriError> {
-    let b = s.as_bytes();
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'%' {
-            if i + 2 >= b.len() {
-                return Err(UriError::Malformed("truncated %-escape"));
-            }
-            if !(b[i + 1].is_ascii_hexdigit() && b[i + 2].is_ascii_hexdigit()) {
-                return Err(UriError::Malformed("bad %-escape"));
-            }
-            i += 3;
-        } else {
-            i += 1;
-        }
-    }
-    Ok(())
-}
+static PARAM_CHAR: [bool; 256] = byte_class(b"-_.!~*'()[]/:&+$%");
+/// `hnv-unreserved / unreserved / escaped` and the `=` and `&` between them: URI headers.
+static HEADERS_CHAR: [bool; 256] = byte_class(b"-_.!~*'()[]/?:+$%=&");
+/// Scheme characters after the first letter.
+static SCHEME_CHAR: [bool; 256] = byte_class(b"+-.");
 
 fn hex_value(c: Option<&u8>) -> Option<u8> {
     let c = *c?;
