@@ -26,7 +26,7 @@
 #   --proxy-pid PID [PROXY_PID]                 with --no-server: measure that process (+ children) CPU
 #   --children C [CHILDREN=2]                   Kamailio UDP workers
 #   HTTP_PORT=5078 (trustring admin API)  TRUSTRING_ARGS="..." extra `trustring serve` options (word-split)
-#   RUST_LOG (trustring; default warn)    DOMAIN=localhost  CALLEE=alice
+#   TRUSTRING_LOG (trustring's log filter; default warn)    DOMAIN=localhost  CALLEE=alice
 #   AUTH_USER / AUTH_PASS  credentials of the two UAS registrations (trustring: alice / s3cret)
 #   HOLD_MS=100 (UAC pause between ACK and BYE)   ANSWER_DELAY_MS=50 (pc: 180 -> 200 delay)
 #   KAM_OPTS="-b 2097152" extra kamailio options   SHM=1024 PKG=16 (Kamailio MB)
@@ -201,7 +201,7 @@ trustring)
   tcp_port_bound "$HTTP_PORT" && { echo "TCP port $HTTP_PORT (HTTP_PORT) already in use" >&2; exit 2; }
   export TRUSTRING_ADMIN_TOKEN=${TRUSTRING_ADMIN_TOKEN:-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
   mkdir -p "$WORK/data"
-  RUST_LOG=${RUST_LOG:-warn} timeout -k 5 $((MAX_SECONDS + 120)) "$TRUSTRING_BIN" serve \
+  TRUSTRING_LOG=${TRUSTRING_LOG:-warn} timeout -k 5 $((MAX_SECONDS + 120)) "$TRUSTRING_BIN" serve \
     --sip "$TARGET" --http "127.0.0.1:$HTTP_PORT" --data "$WORK/data" --domain "$DOMAIN" ${TRUSTRING_ARGS:-} \
     >"$WORK/trustring.log" 2>&1 &
   WRAP=$!; PIDS+=($WRAP)   # the timeout wrapper: a hard bound on trustring's life
@@ -254,7 +254,7 @@ for p in $ANS_PORT $RING_PORT; do
   R=$!; PIDS+=($R)
   if ! wait $R; then
     echo "REGISTER of $CALLEE contact 127.0.0.1:$p at $TARGET failed: $(tail -c 400 "$WORK/reg-$p.err" 2>/dev/null | tr '\n' ' ')" >&2
-    grep -q "must use MD5" "$WORK/reg-$p.err" 2>/dev/null && echo "hint: SIPp 3.6 answers only an MD5 challenge listed FIRST; pass the server option that puts MD5 first via TRUSTRING_ARGS" >&2
+    grep -q "must use MD5" "$WORK/reg-$p.err" 2>/dev/null && echo "hint: SIPp 3.6 answers only if the first 'algorithm=' (no spaces) of the 401 is MD5" >&2
     exit 5
   fi
 done

@@ -29,9 +29,9 @@ report() { # report NAME EXPECT RC
 # srv FAKE SCENARIO EXPECT ARGS... : FAKE plays the server, SCENARIO is the client under test
 srv() { local f=$1 sc=$2 ex=$3; shift 3
   rm -f "$WORK/err"
-  timeout 20 sipp -sf "$HERE/$f.xml" -i 127.0.0.1 -p "$SRV" -m 1 -nostdin -timeout 12s >/dev/null 2>&1 &
+  timeout -k 2 20 sipp -sf "$HERE/$f.xml" -i 127.0.0.1 -p "$SRV" -m 1 -nostdin -timeout 12s >/dev/null 2>&1 &
   local F=$!; sleep 0.3
-  timeout 20 sipp -sf "$S/$sc.xml" -i 127.0.0.1 -p "$CLI" -m 1 -nostdin -timeout 10s -timeout_error \
+  timeout -k 2 20 sipp -sf "$S/$sc.xml" -i 127.0.0.1 -p "$CLI" -m 1 -nostdin -timeout 10s -timeout_error \
     -recv_timeout 5000 -trace_err -error_file "$WORK/err" "$@" "127.0.0.1:$SRV" >/dev/null 2>&1
   local rc=$?
   kill "$F" 2>/dev/null; wait "$F" 2>/dev/null
@@ -40,10 +40,10 @@ srv() { local f=$1 sc=$2 ex=$3; shift 3
 # dev FAKE SCENARIO EXPECT ARGS... : SCENARIO is the device under test, FAKE plays the proxy
 dev() { local f=$1 sc=$2 ex=$3; shift 3
   rm -f "$WORK/err"
-  timeout 20 sipp -sf "$S/$sc.xml" -i 127.0.0.1 -p "$DEV" -m 1 -nostdin -timeout 10s -timeout_error \
+  timeout -k 2 20 sipp -sf "$S/$sc.xml" -i 127.0.0.1 -p "$DEV" -m 1 -nostdin -timeout 10s -timeout_error \
     -recv_timeout 8000 -trace_err -error_file "$WORK/err" "$@" >/dev/null 2>&1 &
   local U=$!; sleep 0.3
-  timeout 20 sipp -sf "$HERE/$f.xml" -i 127.0.0.1 -p "$PROXY" -m 1 -nostdin -timeout 10s "127.0.0.1:$DEV" >/dev/null 2>&1
+  timeout -k 2 20 sipp -sf "$HERE/$f.xml" -i 127.0.0.1 -p "$PROXY" -m 1 -nostdin -timeout 10s "127.0.0.1:$DEV" >/dev/null 2>&1
   wait "$U"; local rc=$?
   report "$sc vs $f" "$ex" "$rc"
 }
