@@ -413,8 +413,17 @@ fn check_frame(bytes: &[u8]) {
 
 // ---- Properties -------------------------------------------------------------------------
 
+/// 512 cases per property; `PROPTEST_CASES=100000` for a longer run.
+fn config() -> ProptestConfig {
+    let cases = std::env::var("PROPTEST_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    ProptestConfig::with_cases(cases)
+}
+
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
+    #![proptest_config(config())]
 
     #[test]
     fn structured_roundtrip(m in message()) {

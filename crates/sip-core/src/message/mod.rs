@@ -6,9 +6,26 @@
 //! ("parse, don't validate"), keeps every other header as text, and splits comma-separated lists
 //! of Via / Route / Record-Route / Contact into one entry per value so the proxy can push and pop
 //! them as plain vector operations.
+//!
+//! What [`parse`] guarantees for a message it returns:
+//! - header names are mapped to [`HeaderName`] (compact forms and any case); values are
+//!   UTF-8 text with folding replaced by single spaces and surrounding LWS trimmed;
+//! - exactly one From, To, Call-ID and CSeq, at most one Max-Forwards, at least one Via;
+//!   a request's CSeq method equals its method; so [`Request::from`], [`Request::to`],
+//!   [`Request::top_via`] and [`Request::cseq`] never fail, and [`Via::parse`] /
+//!   [`NameAddr::parse`] / [`CSeq::parse`] succeed on every Via, From, To, Contact (but `*`),
+//!   Route and Record-Route value;
+//! - Content-Length is consumed: it frames the body and is not kept in [`Headers`]; the
+//!   serializer always writes it from the body, so `parse(&m.to_bytes()) == Ok(m)`;
+//! - the RFC 4475 torture messages get the answers their README asks for (see
+//!   `tests/rfc4475.rs`).
+//!
+//! The parser allocates only the owned result (one `String` per header value, the
+//! Request-URI, the body): validation runs on borrowed scanners (`scan.rs`).
 
 mod check;
 mod header;
+mod lines;
 mod name;
 mod parse;
 mod scan;

@@ -55,6 +55,15 @@ impl HeaderName {
     /// Maps a received name (any case, compact or long) to a header name. Known names do not
     /// allocate.
     pub fn from_wire(name: &str) -> Self {
+        // Only CR, NUL and SP could make a key collide (`\r | 0x20 == b'-'`); no token has them.
+        if name.bytes().any(|c| c <= b' ') {
+            return Self::Other(name.to_owned());
+        }
+        Self::from_token(name)
+    }
+
+    /// [`Self::from_wire`] for a name known to be a token (the parser checked it).
+    pub(crate) fn from_token(name: &str) -> Self {
         if let Some(known) = Self::known(name) {
             return known;
         }
@@ -89,10 +98,6 @@ impl HeaderName {
             .into_iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v);
-        }
-        // Only CR, NUL and SP could make a key collide (`\r | 0x20 == b'-'`); no token has them.
-        if b.iter().any(|&c| c <= b' ') {
-            return None;
         }
         Some(match wire_key(b) {
             V | VIA => Self::Via,

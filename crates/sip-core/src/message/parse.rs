@@ -12,6 +12,7 @@
 use bytes::Bytes;
 
 use super::check::{check_headers, reply_headers};
+use super::lines::{Fields, HeadEnd, next_line};
 use super::scan::{find_byte, is_token, parse_decimal, split_unquoted, trim_lws};
 use super::{Header, HeaderName, Headers, Message, Method, Request, Response, Uri, reason_phrase};
 
@@ -102,29 +103,32 @@ pub fn frame_stream(buf: &[u8]) -> Result<Frame, ParseError> {
     if ws > 0 {
         return Ok(Frame::KeepAlive(ws));
     }
-    let Some((head_end, body_start)) = find_head_end(buf) else {
+    let fields_start = next_line(buf, 0).map_or_else(|resume| resume, |(_, next)| next);
+    let mut fields = Fields::new(buf, fields_start);
+    // Only a complete header section is judged: a partial one may end inside a
+    // Content-Length line, or before a second Content-Length that agrees with the first.
+    let mut length: Result<Option<usize>, &'static str> = Ok(None);
+    for field in fields.by_ref().flatten() {
+        let name = &buf[field.name.clone()];
+        if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
+            let v = std::str::from_utf8(&buf[field.value.clone()])
+                .ok()
+                .and_then(content_length);
+            length = match (length, v) {
+                (Err(e), _) => Err(e),
+                (_, None) => Err("bad Content-Length"),
+                (Ok(Some(l)), Some(v)) if l != v => Err("conflicting Content-Length"),
+                (Ok(_), v) => Ok(v),
+            };
+        }
+    }
+    let HeadEnd::Body(body_start) = fields.end else {
         if buf.len() > MAX_MESSAGE_SIZE {
             return Err(ParseError::status("header section too large", 413));
         }
         return Ok(Frame::Incomplete);
     };
-    let head = &buf[..head_end];
-    let fields_start = find_byte(head, b'\n').map_or(head.len(), |i| i + 1);
-    let mut length: Option<usize> = None;
-    for field in Fields::new(head, fields_start).flatten() {
-        let name = &head[field.name.clone()];
-        if name.eq_ignore_ascii_case(b"content-length") || name.eq_ignore_ascii_case(b"l") {
-            let v = std::str::from_utf8(&head[field.value.clone()])
-                .ok()
-                .and_then(content_length)
-                .ok_or(ParseError::new("bad Content-Length"))?;
-            if length.is_some_and(|l| l != v) {
-                return Err(ParseError::new("conflicting Content-Length"));
-            }
-            length = Some(v);
-        }
-    }
-    let length = length.ok_or(ParseError::new(
+    let length = length.map_err(ParseError::new)?.ok_or(ParseError::new(
         "Content-Length required on stream transports",
     ))?;
     let total = body_start.saturating_add(length);
@@ -151,28 +155,43 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
     }
     // RFC 3261 §7.5: ignore CRLFs before the start line.
     let buf = &buf[leading_newlines(buf)..];
-    let (head_end, body_start) = match find_head_end(buf) {
-        Some(ends) => ends,
-        None if buf.ends_with(b"\n") => (buf.len(), buf.len()),
-        None => return Err(ParseError::new("no end of headers")),
+    let mut err: Option<ParseError> = None;
+    let (first, fields_start) = match next_line(buf, 0) {
+        Ok((end, next)) if next == end => {
+            return Err(ParseError::new("no end of headers"));
+        }
+        Ok((end, next)) => (&buf[..end], next),
+        Err(resume) => {
+            err = Some(ParseError::new("bare CR in start line"));
+            (&buf[..resume - 1], resume)
+        }
     };
-    let head = std::str::from_utf8(&buf[..head_end])
-        .map_err(|_| ParseError::new("header is not UTF-8"))?;
-    let line_end = find_byte(head.as_bytes(), b'\n').unwrap_or(head.len());
-    let first = &head[..line_end];
-    let first = first.strip_suffix('\r').unwrap_or(first);
+    let first = std::str::from_utf8(first).unwrap_or("");
     let start_line = StartLine::parse(first);
     // No response to a request that is not one (§18.3), nor to an ACK (§17.1.1.1).
     let answerable = matches!(start_line, Ok(StartLine::Request(..)) | Err(Some(_)))
         && !first.starts_with("ACK ");
 
-    let mut headers = Headers(Vec::with_capacity(24));
-    let mut err: Option<ParseError> = None;
-    let mut length: Option<usize> = None;
-    if has_bare_cr(head.as_bytes()) {
-        err = Some(ParseError::new("bare CR in header section"));
+    // Find the fields first, then check UTF-8 once for the whole header section.
+    let mut fields = Fields::new(buf, fields_start);
+    let mut found = Vec::with_capacity(24);
+    for field in fields.by_ref() {
+        if found.len() >= MAX_HEADERS {
+            return Err(ParseError::new("too many headers"));
+        }
+        found.push(field);
     }
-    for field in Fields::new(head.as_bytes(), (line_end + 1).min(head.len())) {
+    let body_start = match fields.end {
+        HeadEnd::Body(at) => at,
+        // A datagram that ends right after a header line: headers only.
+        HeadEnd::Eof => buf.len(),
+        HeadEnd::Open | HeadEnd::Truncated => return Err(ParseError::new("no end of headers")),
+    };
+    let head = std::str::from_utf8(&buf[..body_start]).ok();
+
+    let mut headers = Headers(Vec::with_capacity(found.len() + 4));
+    let mut length: Option<usize> = None;
+    for field in found {
         let field = match field {
             Ok(f) => f,
             Err(e) => {
@@ -180,7 +199,19 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
                 continue;
             }
         };
-        let (Some(name), Some(raw)) = (head.get(field.name), head.get(field.value)) else {
+        let text = match head {
+            Some(head) => head.get(field.span()),
+            None => std::str::from_utf8(&buf[field.span()]).ok(),
+        };
+        let Some(text) = text else {
+            err.get_or_insert(ParseError::new("header is not UTF-8"));
+            continue;
+        };
+        let at = field.name.start;
+        let (Some(name), Some(raw)) = (
+            text.get(..field.name.end - at),
+            text.get(field.value.start - at..),
+        ) else {
             err.get_or_insert(ParseError::new("bad header line"));
             continue;
         };
@@ -188,7 +219,7 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
             err.get_or_insert(ParseError::new("bad header name"));
             continue;
         }
-        let name = HeaderName::from_wire(name);
+        let name = HeaderName::from_token(name);
         if name == HeaderName::ContentLength {
             match content_length(raw) {
                 Some(v) if length.is_none_or(|l| l == v) => length = Some(v),
@@ -213,7 +244,6 @@ pub fn parse(buf: &[u8]) -> Result<Message, ParseError> {
             return Err(ParseError::new("too many headers"));
         }
     }
-
     let fail = |mut e: ParseError, headers: &Headers| {
         if answerable {
             e.reply_headers = reply_headers(headers);
@@ -342,6 +372,9 @@ fn push_header(headers: &mut Headers, name: HeaderName, value: String) -> Result
         return Err(ParseError::new("empty list element"));
     }
     for part in split_unquoted(&value, b',') {
+        if headers.0.len() > MAX_HEADERS {
+            return Err(ParseError::new("too many headers"));
+        }
         headers.0.push(Header {
             name: name.clone(),
             value: trim_lws(part).to_owned(),
@@ -375,103 +408,10 @@ fn content_length(raw: &str) -> Option<usize> {
     usize::try_from(v).ok()
 }
 
-/// A CR not followed by LF: a line break for some parsers and not for others (smuggling).
-fn has_bare_cr(b: &[u8]) -> bool {
-    let mut i = 0;
-    while let Some(cr) = b.get(i..).and_then(|rest| find_byte(rest, b'\r')) {
-        i += cr + 1;
-        if b.get(i) != Some(&b'\n') {
-            return true;
-        }
-    }
-    false
-}
-
 fn leading_newlines(buf: &[u8]) -> usize {
     buf.iter()
         .take_while(|&&c| c == b'\r' || c == b'\n')
         .count()
-}
-
-/// Finds the empty line ending the header section: returns where it starts (the header
-/// section, start line included, is `..head_end`) and where the body starts. Lines end in
-/// CRLF; a bare LF is accepted too.
-fn find_head_end(buf: &[u8]) -> Option<(usize, usize)> {
-    let mut i = 0;
-    while let Some(nl) = find_byte(buf.get(i..)?, b'\n') {
-        let next = i + nl + 1;
-        match buf.get(next..) {
-            Some([b'\n', ..]) => return Some((next, next + 1)),
-            Some([b'\r', b'\n', ..]) => return Some((next, next + 2)),
-            _ => i = next,
-        }
-    }
-    None
-}
-
-/// Byte ranges of one header field: its name (trailing LWS removed) and its raw value
-/// (folded lines included, final line ending excluded).
-struct Field {
-    name: std::ops::Range<usize>,
-    value: std::ops::Range<usize>,
-    /// Whether the value continues on folded lines.
-    folded: bool,
-}
-
-/// Iterates over the header fields of a header section, from `pos` (after the start line).
-struct Fields<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Fields<'a> {
-    fn new(buf: &'a [u8], pos: usize) -> Self {
-        Self { buf, pos }
-    }
-
-    fn line_end(&self, from: usize) -> usize {
-        self.buf
-            .get(from..)
-            .and_then(|rest| find_byte(rest, b'\n'))
-            .map_or(self.buf.len(), |i| from + i)
-    }
-}
-
-impl Iterator for Fields<'_> {
-    type Item = Result<Field, &'static str>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        let buf = self.buf;
-        let start = self.pos;
-        let first = *buf.get(start)?;
-        let first_end = self.line_end(start);
-        let mut end = first_end;
-        while matches!(buf.get(end + 1), Some(b' ' | b'\t')) {
-            end = self.line_end(end + 1);
-        }
-        self.pos = end.saturating_add(1);
-        if first == b' ' || first == b'\t' {
-            return Some(Err("continuation before first header"));
-        }
-        let value_end = if end > start && buf.get(end - 1) == Some(&b'\r') {
-            end - 1
-        } else {
-            end
-        };
-        let Some(colon) = buf[start..first_end].iter().position(|&c| c == b':') else {
-            return Some(Err("header line without colon"));
-        };
-        let colon = start + colon;
-        let mut name_end = colon;
-        while name_end > start && matches!(buf[name_end - 1], b' ' | b'\t') {
-            name_end -= 1;
-        }
-        Some(Ok(Field {
-            name: start..name_end,
-            value: (colon + 1)..value_end.max(colon + 1),
-            folded: end != first_end,
-        }))
-    }
 }
 
 #[cfg(test)]
@@ -531,6 +471,16 @@ v=0\r\n";
         assert!(frame_stream(two).is_err());
         let none = b"OPTIONS sip:a@b SIP/2.0\r\nX: l: 5\r\n\r\n";
         assert!(frame_stream(none).is_err());
+        // Every prefix of a good frame is incomplete, never an error.
+        let twice = b"OPTIONS sip:a@b SIP/2.0\r\nl: 12\r\nContent-Length: 12\r\n\r\n0123456789ab";
+        assert_eq!(frame_stream(twice), Ok(Frame::Message(twice.len())));
+        for k in 1..twice.len() {
+            assert_eq!(
+                frame_stream(&twice[..k]),
+                Ok(Frame::Incomplete),
+                "prefix {k}"
+            );
+        }
         let huge = b"OPTIONS sip:a@b SIP/2.0\r\nl: 99999999\r\n\r\n";
         assert_eq!(frame_stream(huge).map_err(|e| e.status), Err(413));
     }
@@ -567,5 +517,50 @@ v=0\r\n";
         );
         let cr = b"OPTIONS sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\rX: y\r\nCSeq: 1 OPTIONS\r\n\r\n";
         assert!(parse(cr).is_err());
+    }
+
+    #[test]
+    fn limits() {
+        let mut many = b"OPTIONS sip:a@b SIP/2.0\r\nContact: ".to_vec();
+        many.extend(std::iter::repeat_n(b"<sip:x@y>,".as_slice(), 5000).flatten());
+        many.extend_from_slice(b"<sip:x@y>\r\n\r\n");
+        assert_eq!(parse(&many).map_err(|e| e.reason), Err("too many headers"));
+        let big = vec![b'a'; MAX_MESSAGE_SIZE + 1];
+        assert_eq!(parse(&big).map_err(|e| e.status), Err(413));
+        let mut no_end = b"OPTIONS sip:a@b SIP/2.0\r\n".to_vec();
+        no_end.resize(MAX_MESSAGE_SIZE + 1, b'a');
+        assert_eq!(frame_stream(&no_end).map_err(|e| e.status), Err(413));
+    }
+
+    #[test]
+    fn versions_and_status_lines() {
+        let req = |line: &str| {
+            let m = format!(
+                "{line}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+            );
+            parse(m.as_bytes())
+                .map(|_| ())
+                .map_err(|e| (e.status, e.response().is_some()))
+        };
+        assert_eq!(req("OPTIONS sip:a@b sip/2.0"), Ok(()));
+        assert_eq!(req("OPTIONS sip:a@b SIP/3.0"), Err((505, true)));
+        assert_eq!(req("OPTIONS sip:a@b SIP/2"), Err((400, true)));
+        assert_eq!(req("OPTIONS sip:a@b HTTP/1.1"), Err((400, true)));
+        assert_eq!(req("OPTIONS <sip:a@b> SIP/2.0"), Err((400, true)));
+        assert_eq!(req("OPT\x01IONS sip:a@b SIP/2.0"), Err((400, false)));
+        let resp = |line: &str| {
+            let m = format!(
+                "{line}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKx\r\nFrom: <sip:x@y>;tag=1\r\nTo: <sip:a@b>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n"
+            );
+            match parse(m.as_bytes()) {
+                Ok(Message::Response(r)) => Ok((r.status, r.reason)),
+                other => Err(other.map(|_| ()).map_err(|e| e.response().is_some())),
+            }
+        };
+        assert_eq!(resp("SIP/2.0 180 Ringing"), Ok((180, "Ringing".into())));
+        assert_eq!(resp("SIP/2.0 200"), Ok((200, String::new())));
+        assert_eq!(resp("SIP/2.0 099 Low"), Err(Err(false)));
+        assert_eq!(resp("SIP/2.0 700 High"), Err(Err(false)));
+        assert_eq!(resp("SIP/2.0 4294967301 Big"), Err(Err(false)));
     }
 }

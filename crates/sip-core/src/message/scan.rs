@@ -183,7 +183,37 @@ impl<'a> HeaderParams<'a> {
 
     /// Checks every parameter.
     pub(crate) fn validate(s: &'a str) -> Result<(), &'static str> {
+        if s.is_empty() || Self::plain(s.as_bytes()) {
+            return Ok(());
+        }
         Self::new(s).try_for_each(|p| p.map(drop))
+    }
+
+    /// The common form `;name[=value]...` without LWS or quotes, which [`Self::next`]
+    /// accepts too. `false` means "not that form", not "invalid".
+    fn plain(b: &[u8]) -> bool {
+        let mut i = 0;
+        while b.get(i) == Some(&b';') {
+            let name = i + 1;
+            i = name;
+            while b.get(i).is_some_and(|&c| TOKEN[usize::from(c)]) {
+                i += 1;
+            }
+            if i == name {
+                return false;
+            }
+            if b.get(i) == Some(&b'=') {
+                let value = i + 1;
+                i = value;
+                while b.get(i).is_some_and(|&c| PARAM_VALUE[usize::from(c)]) {
+                    i += 1;
+                }
+                if i == value {
+                    return false;
+                }
+            }
+        }
+        i == b.len()
     }
 }
 
@@ -296,14 +326,10 @@ impl<'a> ViaRef<'a> {
     /// the protocol version nor the parameters are checked: enough to send an error response
     /// back (a 505 to a SIP/7.0 request, a 400 to RFC 4475 badinv01).
     pub(crate) fn scan(s: &'a str, strict: bool) -> Result<Self, &'static str> {
-        let (proto, rest) = split1(s, b'/').ok_or("Via without protocol")?;
-        if !trim_lws(proto).eq_ignore_ascii_case("SIP") {
-            return Err("Via protocol is not SIP");
-        }
-        let (version, rest) = split1(rest, b'/').ok_or("Via without version")?;
-        if strict && trim_lws(version) != "2.0" {
-            return Err("Via version is not 2.0");
-        }
+        let rest = match s.get(..8) {
+            Some(p) if p.eq_ignore_ascii_case("SIP/2.0/") => &s[8..],
+            _ => Self::protocol(s, strict)?,
+        };
         let rest = trim_lws_start(rest);
         let t_end = find_lws(rest).ok_or("Via without sent-by")?;
         let transport = &rest[..t_end];
@@ -325,6 +351,21 @@ impl<'a> ViaRef<'a> {
             port,
             params,
         })
+    }
+}
+
+impl ViaRef<'_> {
+    /// Skips `SIP / 2.0 /` written with LWS (RFC 4475 wsinv).
+    fn protocol(s: &str, strict: bool) -> Result<&str, &'static str> {
+        let (proto, rest) = split1(s, b'/').ok_or("Via without protocol")?;
+        if !trim_lws(proto).eq_ignore_ascii_case("SIP") {
+            return Err("Via protocol is not SIP");
+        }
+        let (version, rest) = split1(rest, b'/').ok_or("Via without version")?;
+        if strict && trim_lws(version) != "2.0" {
+            return Err("Via version is not 2.0");
+        }
+        Ok(rest)
     }
 }
 

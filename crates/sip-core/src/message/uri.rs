@@ -102,8 +102,9 @@ impl<'a> UriRef<'a> {
         let mut at = None;
         let mut i = 0;
         while i < b.len() {
-            match b[i] {
-                b'%' => {
+            match URI_CHAR[usize::from(b[i])] {
+                OK => {}
+                ESCAPE => {
                     if !(b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
                         && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit))
                     {
@@ -111,11 +112,8 @@ impl<'a> UriRef<'a> {
                     }
                     i += 2;
                 }
-                b'@' => at = Some(i),
-                c if c <= b' ' || c >= 0x7f || c == b'<' || c == b'>' || c == b'"' => {
-                    return Err(UriError::Malformed("space, delimiter or non-ASCII in URI"));
-                }
-                _ => {}
+                AT => at = Some(i),
+                _ => return Err(UriError::Malformed("space, delimiter or non-ASCII in URI")),
             }
             i += 1;
         }
@@ -222,6 +220,27 @@ impl<'a> UriRef<'a> {
     }
 }
 
+const OK: u8 = 0;
+const ESCAPE: u8 = 1;
+const AT: u8 = 2;
+const BAD: u8 = 3;
+
+/// Byte classes of a URI: printable ASCII but SP, `<`, `>` and `"`; `%` and `@` marked.
+static URI_CHAR: [u8; 256] = {
+    let mut t = [BAD; 256];
+    let mut c = b'!';
+    while c < 0x7f {
+        t[c as usize] = match c {
+            b'<' | b'>' | b'"' => BAD,
+            b'%' => ESCAPE,
+            b'@' => AT,
+            _ => OK,
+        };
+        c += 1;
+    }
+    t
+};
+
 /// `paramchar` of RFC 3261 (with `%` for escapes, checked separately).
 static PARAM_CHAR: [bool; 256] = byte_class(b"-_.!~*'()[]/:&+$%");
 /// `hnv-unreserved / unreserved / escaped` and the `=` and `&` between them: URI headers.
@@ -286,5 +305,64 @@ impl fmt::Display for Uri {
             write!(f, "?{h}")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sip_uris() {
+        let u = Uri::parse("SIP:Alice:pw@EXAMPLE.com:5061;transport=tcp;lr?subject=x%20y")
+            .expect("full URI");
+        assert_eq!(u.scheme, "sip");
+        assert_eq!(u.user.as_deref(), Some("Alice"));
+        assert_eq!(u.password.as_deref(), Some("pw"));
+        assert_eq!(u.host, "example.com");
+        assert_eq!(u.port, Some(5061));
+        assert_eq!(u.param("transport"), Some(Some("tcp")));
+        assert!(u.is_loose_router());
+        assert_eq!(u.headers.as_deref(), Some("subject=x%20y"));
+        assert_eq!(
+            u.to_string(),
+            "sip:Alice:pw@example.com:5061;transport=tcp;lr?subject=x%20y"
+        );
+        let v6 = Uri::parse("sips:[2001:db8::1]:5061").expect("IPv6 host");
+        assert_eq!((v6.host.as_str(), v6.port), ("[2001:db8::1]", Some(5061)));
+        let semi = Uri::parse("sip:user;par=u%40example.net@example.com").expect("semiuri");
+        assert_eq!(semi.user.as_deref(), Some("user;par=u%40example.net"));
+        assert_eq!(
+            Uri::parse("sip:%E2%82%AC@h").map(|u| u.user_unescaped()),
+            Ok(Some("€".into()))
+        );
+    }
+
+    #[test]
+    fn bad_uris() {
+        for bad in [
+            "sip:",
+            "sip:@h",
+            "sip:u@",
+            "sip:h;;lr",
+            "sip:h;a=",
+            "sip:h;a=b=c",
+            "sip:h?",
+            "sip:h:port",
+            "sip:h:70000",
+            "sip:2001:db8::1",
+            "sip:u@h%4",
+            "sip:u@h%zz",
+            "sip:u@h x",
+            "sip:é@h",
+            "<sip:u@h>",
+            "1sip:h",
+            "nocolon",
+        ] {
+            assert!(Uri::parse(bad).is_err(), "{bad}");
+        }
+        let other = Uri::parse("urn:service:sos").expect("opaque");
+        assert!(!other.is_sip());
+        assert_eq!(other.opaque.as_deref(), Some("service:sos"));
     }
 }
