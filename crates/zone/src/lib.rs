@@ -19,6 +19,7 @@
 
 pub mod authority;
 pub mod master;
+pub mod pkcs11;
 pub mod proof;
 pub mod seal;
 pub mod software;
