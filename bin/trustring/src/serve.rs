@@ -173,6 +173,7 @@ fn binding(r: &Registration, now: Instant, now_ms: i64) -> Option<Binding> {
         call_id: r.call_id.clone(),
         cseq: r.cseq,
         expires_at: now + Duration::from_millis(left),
+        device: None,
         q: r.q,
     })
 }
@@ -206,6 +207,7 @@ fn spawn_writer(
                         cseq: binding.cseq,
                         expires_at_ms: unix_ms() + expires_in.as_millis() as i64,
                         q: binding.q,
+                        device_id: None,
                     };
                     store.put_registration(&reg).map(|_| ())
                 }

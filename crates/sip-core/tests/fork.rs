@@ -50,6 +50,7 @@ impl Sim {
                     cseq: 1,
                     expires_at: now + Duration::from_secs(3600),
                     q: 1000,
+                    device: None,
                 },
                 now,
             );

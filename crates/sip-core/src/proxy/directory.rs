@@ -56,7 +56,30 @@ pub struct Binding {
     pub expires_at: Instant,
     /// q-value times 1000.
     pub q: u16,
+    /// The enrolled phone this binding belongs to (registered with the device's
+    /// credentials): its branch must prove trust before it is connected (R14).
+    pub device: Option<String>,
 }
+
+/// An enrolled phone as the core sees it (R9, R10, R14). Its digest user name is
+/// [`DEVICE_USER_PREFIX`] + `id`, which no subscriber name can be (they start with a letter
+/// or digit).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceEntry {
+    /// Public device id.
+    pub id: String,
+    /// The subscriber whose calls the phone takes.
+    pub user: String,
+    /// MD5 HA1 of the device's SIP credentials (hex).
+    pub ha1_md5: String,
+    /// SHA-256 HA1 of the device's SIP credentials (hex).
+    pub ha1_sha256: String,
+    /// The user's single-number switch (R10): off means the phone does not ring.
+    pub service_on: bool,
+}
+
+/// Prefix of a device's digest user name.
+pub const DEVICE_USER_PREFIX: char = '~';
 
 /// Most bindings one address of record may hold (bounds memory per subscriber).
 pub const MAX_BINDINGS_PER_USER: usize = 16;
@@ -64,6 +87,7 @@ pub const MAX_BINDINGS_PER_USER: usize = 16;
 #[derive(Debug, Default)]
 pub(crate) struct Directory {
     subscribers: HashMap<String, SubscriberEntry>,
+    devices: HashMap<String, DeviceEntry>,
     bindings: HashMap<String, Vec<Binding>>,
 }
 
@@ -75,6 +99,39 @@ impl Directory {
     pub(crate) fn remove(&mut self, user: &str) {
         self.subscribers.remove(user);
         self.bindings.remove(user);
+        self.devices.retain(|_, d| d.user != user);
+    }
+
+    pub(crate) fn upsert_device(&mut self, entry: DeviceEntry) {
+        self.devices.insert(entry.id.clone(), entry);
+    }
+
+    /// Forgets a device and drops its bindings; returns (user, contact) of each dropped one.
+    pub(crate) fn remove_device(&mut self, id: &str) -> Vec<(String, String)> {
+        let Some(dev) = self.devices.remove(id) else {
+            return Vec::new();
+        };
+        let mut dropped = Vec::new();
+        if let Some(list) = self.bindings.get_mut(&dev.user) {
+            list.retain(|b| {
+                let mine = b.device.as_deref() == Some(id);
+                if mine {
+                    dropped.push((dev.user.clone(), b.contact.clone()));
+                }
+                !mine
+            });
+        }
+        dropped
+    }
+
+    pub(crate) fn device(&self, id: &str) -> Option<&DeviceEntry> {
+        self.devices.get(id)
+    }
+
+    /// The device behind a digest user name (`~id`), if it is one.
+    pub(crate) fn device_for_username(&self, name: &str) -> Option<&DeviceEntry> {
+        name.strip_prefix(DEVICE_USER_PREFIX)
+            .and_then(|id| self.devices.get(id))
     }
 
     pub(crate) fn subscriber(&self, user: &str) -> Option<&SubscriberEntry> {
@@ -124,11 +181,21 @@ impl Directory {
         before != list.len()
     }
 
-    pub(crate) fn remove_all_bindings(&mut self, user: &str) -> Vec<String> {
-        self.bindings
-            .remove(user)
-            .map(|l| l.into_iter().map(|b| b.contact).collect())
-            .unwrap_or_default()
+    /// Removes `user`'s bindings made by `device` (`None`: the non-device ones); returns
+    /// their contacts.
+    pub(crate) fn remove_bindings_of(&mut self, user: &str, device: Option<&str>) -> Vec<String> {
+        let Some(list) = self.bindings.get_mut(user) else {
+            return Vec::new();
+        };
+        let mut removed = Vec::new();
+        list.retain(|b| {
+            let hit = b.device.as_deref() == device;
+            if hit {
+                removed.push(b.contact.clone());
+            }
+            !hit
+        });
+        removed
     }
 
     /// Forgets a closed connection: bindings keep their address and will reconnect.

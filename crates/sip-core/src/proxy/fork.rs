@@ -8,11 +8,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use super::request::decrement_max_forwards;
-use super::{ClientKind, Proxy, Target, TimerRef};
+use super::trust::{TRUST_CHALLENGE, TRUST_PROOF, TrustRefusal};
+use super::{ClientKind, Event, Output, Proxy, Target, TimerRef};
 use crate::message::{CSeq, HeaderName, Headers, Method, NameAddr, Request, Response, Uri};
 
 /// Reason sent on the CANCEL of the losing branches (R12).
 const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
+/// Reason on the CANCEL or BYE of a phone branch whose trust proof failed (R14).
+const TRUST_FAILED: &str = "SIP;cause=403;text=\"Trust proof failed\"";
 
 pub(super) struct Branch {
     request: Request,
@@ -27,6 +30,23 @@ pub(super) struct Branch {
     cancel_pending: Option<Option<String>>,
     cancelled: bool,
     late_tags: Vec<String>,
+    /// The phone behind this branch, if it is one: its answer needs a proof (R14).
+    device: Option<String>,
+    /// The phone's proof was checked and good.
+    trusted: bool,
+    /// The phone's proof failed: the branch is being dropped and its final response does
+    /// not compete for the caller's answer.
+    trust_failed: bool,
+}
+
+/// Outcome of the trust check on a response from a branch.
+enum Trust {
+    /// Not a phone branch, or nothing to check: handle as usual.
+    Pass,
+    /// A phone's provisional response before its proof: pass on without early media.
+    Unproven,
+    /// The proof failed: drop the branch.
+    Failed,
 }
 
 pub(super) struct Fork {
@@ -55,6 +75,8 @@ pub(super) struct BranchTarget {
     pub(super) uri: Option<Uri>,
     pub(super) target: Target,
     pub(super) delay: Duration,
+    /// The phone behind this target (its INVITE carries a trust challenge).
+    pub(super) device: Option<String>,
 }
 
 impl Fork {
@@ -132,6 +154,28 @@ impl Proxy {
             let branch = self.ids.branch();
             r.headers
                 .push_front(HeaderName::Via, self.via(t.target.transport, &branch));
+            if let Some(device) = &t.device
+                && r.method == Method::Invite
+            {
+                // R14: the phone's INVITE carries a fresh challenge bound to this call and
+                // branch; a phone that cannot be challenged is not rung.
+                let call_id = r.call_id().to_owned();
+                let challenge = match self.trust.as_mut() {
+                    Some(gate) => gate.challenge(now, device, &call_id, &branch),
+                    None => Err(TrustRefusal {
+                        kind: "no-trust-gate".into(),
+                        detail: "no trust authority configured".into(),
+                    }),
+                };
+                match challenge {
+                    Ok(value) => r.headers.push(trust_header(TRUST_CHALLENGE), value),
+                    Err(refusal) => {
+                        let user = req.uri.user_unescaped().unwrap_or_default();
+                        self.security_event(refusal, user, device, &call_id);
+                        continue;
+                    }
+                }
+            }
             branches.push(Branch {
                 request: r,
                 target: t.target,
@@ -143,7 +187,14 @@ impl Proxy {
                 cancel_pending: None,
                 cancelled: false,
                 late_tags: Vec::new(),
+                device: t.device,
+                trusted: false,
+                trust_failed: false,
             });
+        }
+        if branches.is_empty() {
+            self.reply(server, &req, 480, now);
+            return;
         }
         let supports_199 = req.headers.has_token(&HeaderName::Supported, "199");
         let fork = Fork {
@@ -203,7 +254,16 @@ impl Proxy {
     pub(super) fn fork_timeout(&mut self, id: u64, now: Instant) {
         let Some(f) = self.forks.get(&id) else { return };
         if f.gc_at.is_some_and(|g| g <= now) {
-            self.forks.remove(&id);
+            if let Some(f) = self.forks.remove(&id)
+                && let Some(gate) = self.trust.as_mut()
+            {
+                let call_id = f.request.call_id();
+                for b in f.branches.iter().filter(|b| !b.trusted) {
+                    if let (Some(d), Some(branch)) = (&b.device, b.request.top_via()) {
+                        gate.forget(d, call_id, branch.branch().unwrap_or_default());
+                    }
+                }
+            }
             return;
         }
         if !f.finished {
@@ -332,7 +392,29 @@ impl Proxy {
     }
 
     /// A response (our Via removed) on branch `i` of fork `id`.
-    pub(super) fn branch_response(&mut self, id: u64, i: usize, resp: Response, now: Instant) {
+    pub(super) fn branch_response(&mut self, id: u64, i: usize, mut resp: Response, now: Instant) {
+        match self.check_trust(id, i, &mut resp, now) {
+            Trust::Pass => {}
+            Trust::Unproven => {
+                resp.body = Bytes::new();
+                resp.headers.remove_all(&HeaderName::ContentType);
+            }
+            Trust::Failed => {
+                if resp.status < 200 {
+                    if let Some(b) = self.forks.get_mut(&id).and_then(|f| f.branches.get_mut(i)) {
+                        b.provisional = true;
+                    }
+                    self.cancel_branch(id, i, Some(TRUST_FAILED.to_owned()), now);
+                } else if resp.status < 300 {
+                    if let Some(b) = self.forks.get_mut(&id).and_then(|f| f.branches.get_mut(i)) {
+                        b.final_status = Some(resp.status);
+                    }
+                    self.end_late_answer(id, i, &resp, TRUST_FAILED, now);
+                    self.check_complete(id, now);
+                }
+                return;
+            }
+        }
         let Some(f) = self.forks.get_mut(&id) else {
             return;
         };
@@ -395,7 +477,7 @@ impl Proxy {
                     self.respond(server, &resp, now);
                 } else {
                     b.final_status.get_or_insert(resp.status);
-                    self.end_late_answer(id, i, &resp, now);
+                    self.end_late_answer(id, i, &resp, COMPLETED_ELSEWHERE, now);
                 }
             }
             _ => {
@@ -410,7 +492,8 @@ impl Proxy {
                     resp.reason = "Server Internal Error".into();
                 }
                 let six = resp.status >= 600;
-                if f.best.as_ref().is_none_or(|cur| better(&resp, cur)) {
+                let trust_failed = f.branches[i].trust_failed;
+                if !trust_failed && f.best.as_ref().is_none_or(|cur| better(&resp, cur)) {
                     f.best = Some(resp);
                 }
                 let others_pending = f.branches.iter().any(|b| b.final_status.is_none());
@@ -455,9 +538,100 @@ impl Proxy {
         }
     }
 
+    /// R14 on a response from branch `i`: removes any `Trust-Proof` (it never goes
+    /// upstream) and checks it when it decides whether the phone may be connected.
+    fn check_trust(&mut self, id: u64, i: usize, resp: &mut Response, now: Instant) -> Trust {
+        let Some(f) = self.forks.get_mut(&id) else {
+            return Trust::Pass;
+        };
+        let open = f.winner_tag.is_none() && !f.finished;
+        let Some(b) = f.branches.get_mut(i) else {
+            return Trust::Pass;
+        };
+        let Some(device) = b.device.clone() else {
+            return Trust::Pass;
+        };
+        let name = trust_header(TRUST_PROOF);
+        let proof = resp.headers.get(&name).map(str::to_owned);
+        resp.headers.remove_all(&name);
+        if b.trust_failed {
+            // Already dropped: nothing more from this phone reaches the caller; a final
+            // non-2xx just closes the branch.
+            return if resp.status >= 300 || resp.status == 100 {
+                Trust::Pass
+            } else {
+                Trust::Failed
+            };
+        }
+        if b.trusted || !open || resp.status == 100 {
+            return if b.trusted || resp.status >= 200 {
+                Trust::Pass
+            } else {
+                Trust::Unproven
+            };
+        }
+        let call_id = b.request.call_id().to_owned();
+        let branch = b
+            .request
+            .top_via()
+            .and_then(|v| v.branch().map(str::to_owned))
+            .unwrap_or_default();
+        let must_check = proof.is_some() || (200..300).contains(&resp.status);
+        if !must_check {
+            if resp.status >= 300
+                && let Some(gate) = self.trust.as_mut()
+            {
+                gate.forget(&device, &call_id, &branch);
+            }
+            return if resp.status < 200 {
+                Trust::Unproven
+            } else {
+                Trust::Pass
+            };
+        }
+        let verdict = match self.trust.as_mut() {
+            Some(gate) => gate.verify(now, &device, &call_id, &branch, proof.as_deref()),
+            None => Err(TrustRefusal {
+                kind: "no-trust-gate".into(),
+                detail: "no trust authority configured".into(),
+            }),
+        };
+        let Some(f) = self.forks.get_mut(&id) else {
+            return Trust::Pass;
+        };
+        let user = f.request.uri.user_unescaped().unwrap_or_default();
+        let b = &mut f.branches[i];
+        match verdict {
+            Ok(()) => {
+                b.trusted = true;
+                Trust::Pass
+            }
+            Err(refusal) => {
+                b.trust_failed = true;
+                tracing::info!(
+                    device,
+                    kind = refusal.kind,
+                    "phone branch dropped: trust proof failed"
+                );
+                self.security_event(refusal, user, &device, &call_id);
+                Trust::Failed
+            }
+        }
+    }
+
+    fn security_event(&mut self, refusal: TrustRefusal, user: String, device: &str, call_id: &str) {
+        self.out.push_back(Output::Event(Box::new(Event::Security {
+            kind: refusal.kind,
+            user,
+            device: device.to_owned(),
+            call_id: call_id.to_owned(),
+            detail: refusal.detail,
+        })));
+    }
+
     /// A 2xx from a branch that lost: ACK it and hang it up with BYE (R12), so the caller
     /// sees exactly one answer.
-    fn end_late_answer(&mut self, id: u64, i: usize, resp: &Response, now: Instant) {
+    fn end_late_answer(&mut self, id: u64, i: usize, resp: &Response, reason: &str, now: Instant) {
         let Some(b) = self.forks.get(&id).and_then(|f| f.branches.get(i)) else {
             return;
         };
@@ -521,7 +695,7 @@ impl Proxy {
                 b.late_tags.push(tag);
             }
             let mut bye = build(self, Method::Bye, seq.saturating_add(1));
-            bye.headers.push(HeaderName::Reason, COMPLETED_ELSEWHERE);
+            bye.headers.push(HeaderName::Reason, reason);
             self.send_request(&bye, target, ClientKind::Own, now);
         }
     }
@@ -534,4 +708,8 @@ impl Proxy {
         }
         self.arm_fork(id);
     }
+}
+
+fn trust_header(name: &str) -> HeaderName {
+    HeaderName::Other(name.to_owned())
 }

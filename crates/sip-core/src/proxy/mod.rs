@@ -15,6 +15,7 @@ mod ids;
 mod registrar;
 mod request;
 mod route;
+mod trust;
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -26,9 +27,12 @@ use crate::auth::{AuthFailureLimiter, Authenticator, DigestConfig};
 use crate::message::{HeaderName, Message, Request, Response, parse, reason_phrase};
 use crate::transaction::{ClientTx, ServerTx, Timers, TxAction};
 use directory::Directory;
-pub use directory::{Binding, MAX_BINDINGS_PER_USER, SubscriberEntry, Target};
+pub use directory::{
+    Binding, DEVICE_USER_PREFIX, DeviceEntry, MAX_BINDINGS_PER_USER, SubscriberEntry, Target,
+};
 use fork::Fork;
 use ids::IdGen;
+pub use trust::{TRUST_CHALLENGE, TRUST_PROOF, TrustGate, TrustRefusal};
 
 /// A transport protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -86,6 +90,19 @@ pub enum Event {
         user: String,
         /// The contact URI.
         contact: String,
+    },
+    /// A trust check failed on a phone's branch (R14): record it for the operator.
+    Security {
+        /// Stable kind, e.g. `missing-proof`, `wrong-proof`, `locked-out`.
+        kind: String,
+        /// The called subscriber.
+        user: String,
+        /// The device.
+        device: String,
+        /// Call-ID of the call.
+        call_id: String,
+        /// Human detail (never key material).
+        detail: String,
     },
 }
 
@@ -188,6 +205,7 @@ pub struct Proxy {
     client_keys: HashMap<(String, String), u64>,
     clients: HashMap<u64, ClientEntry>,
     forks: HashMap<u64, Fork>,
+    trust: Option<Box<dyn TrustGate>>,
     timers: BinaryHeap<std::cmp::Reverse<(Instant, TimerRef)>>,
     out: VecDeque<Output>,
     next_id: u64,
@@ -215,6 +233,7 @@ impl Proxy {
             client_keys: HashMap::new(),
             clients: HashMap::new(),
             forks: HashMap::new(),
+            trust: None,
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
             next_id: 1,
@@ -234,6 +253,29 @@ impl Proxy {
     /// Removes a subscriber and their bindings (no events: the store has done it).
     pub fn remove_subscriber(&mut self, user: &str) {
         self.directory.remove(user);
+    }
+
+    /// Installs the trust gate that challenges phones' branches and checks their proofs.
+    /// Without one, phones' bindings never ring (no proof could be checked).
+    pub fn set_trust_gate(&mut self, gate: Box<dyn TrustGate>) {
+        self.trust = Some(gate);
+    }
+
+    /// Adds or replaces an enrolled phone (at start, on enrolment, on/off).
+    pub fn upsert_device(&mut self, entry: DeviceEntry) {
+        self.directory.upsert_device(entry);
+    }
+
+    /// Removes a phone (revoked, R9): its bindings go at once (reported as
+    /// [`Event::BindingRemoved`]) and it is never forked to again.
+    pub fn remove_device(&mut self, id: &str) {
+        for (user, contact) in self.directory.remove_device(id) {
+            self.out
+                .push_back(Output::Event(Box::new(Event::BindingRemoved {
+                    user,
+                    contact,
+                })));
+        }
     }
 
     /// Restores a binding loaded from the store at start.

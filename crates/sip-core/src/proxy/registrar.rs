@@ -38,9 +38,16 @@ impl Proxy {
         let verified = self
             .auth
             .verify(now, "REGISTER", &credentials, |name, alg| {
-                directory.subscriber(name).map(|s| match alg {
-                    Algorithm::Md5 => s.ha1_md5.clone(),
-                    _ => s.ha1_sha256.clone(),
+                let (md5, sha256) = match directory.device_for_username(name) {
+                    Some(d) => (&d.ha1_md5, &d.ha1_sha256),
+                    None => {
+                        let s = directory.subscriber(name)?;
+                        (&s.ha1_md5, &s.ha1_sha256)
+                    }
+                };
+                Some(match alg {
+                    Algorithm::Md5 => md5.clone(),
+                    _ => sha256.clone(),
                 })
             });
         let verified = match verified {
@@ -56,12 +63,18 @@ impl Proxy {
                 return;
             }
         };
-        if verified.username != user || self.directory.subscriber(&user).is_none() {
+        // A phone authenticates as its device and may bind contacts only for its own
+        // subscriber; everyone else only for themselves.
+        let owner = match self.directory.device_for_username(&verified.username) {
+            Some(d) => (d.user == user).then(|| Some(d.id.clone())),
+            None => (verified.username == user).then_some(None),
+        };
+        let Some(device) = owner.filter(|_| self.directory.subscriber(&user).is_some()) else {
             let resp = self.make_reply(req, 403, "Forbidden");
             self.respond(id, &resp, now);
             return;
-        }
-        self.save_contacts(id, peer, req, &user, now);
+        };
+        self.save_contacts(id, peer, req, &user, device.as_deref(), now);
     }
 
     fn challenge(&mut self, id: u64, req: &Request, stale: bool, now: Instant) {
@@ -73,7 +86,15 @@ impl Proxy {
     }
 
     /// §10.3 steps 6–8: validate every contact first, then apply them all.
-    fn save_contacts(&mut self, id: u64, peer: Target, req: &Request, user: &str, now: Instant) {
+    fn save_contacts(
+        &mut self,
+        id: u64,
+        peer: Target,
+        req: &Request,
+        user: &str,
+        device: Option<&str>,
+        now: Instant,
+    ) {
         let header_expires = req
             .headers
             .get(&HeaderName::Expires)
@@ -84,7 +105,9 @@ impl Proxy {
                 self.reply(id, req, 400, now);
                 return;
             }
-            for contact in self.directory.remove_all_bindings(user) {
+            // `*` removes the caller's own kind of bindings: a phone its own, a desktop
+            // client the desktop ones, so neither can silently unhook the other.
+            for contact in self.directory.remove_bindings_of(user, device) {
                 self.out
                     .push_back(Output::Event(Box::new(Event::BindingRemoved {
                         user: user.to_owned(),
@@ -126,6 +149,15 @@ impl Proxy {
         for (uri, expires, q) in updates {
             let contact = uri.to_string();
             if let Some(old) = self.directory.existing(user, &contact)
+                && old.device.as_deref() != device
+            {
+                // A phone's contact cannot be taken over by the desktop's credentials (it
+                // would then ring without a trust proof), nor the reverse.
+                let resp = self.make_reply(req, 403, "Contact Registered By Another Device");
+                self.respond(id, &resp, now);
+                return;
+            }
+            if let Some(old) = self.directory.existing(user, &contact)
                 && old.call_id == call_id
                 && old.cseq >= cseq
             {
@@ -160,6 +192,7 @@ impl Proxy {
                 cseq,
                 expires_at: now + expires_in,
                 q,
+                device: device.map(str::to_owned),
             };
             if !self.directory.put_binding(user, binding.clone(), now) {
                 let resp = self.make_reply(req, 403, "Too Many Contacts");

@@ -259,8 +259,15 @@ impl Proxy {
         // R25: identity claims from untrusted sources are stripped.
         req.headers.remove_all(&HeaderName::PAssertedIdentity);
         req.headers.remove_all(&HeaderName::PPreferredIdentity);
-        let targets = bindings
+        let invite = req.method == Method::Invite;
+        // A phone rings only while enrolled (not revoked) and switched on (R9, R10).
+        let targets: Vec<super::fork::BranchTarget> = bindings
             .into_iter()
+            .filter(|b| {
+                b.device
+                    .as_deref()
+                    .is_none_or(|d| self.directory.device(d).is_some_and(|d| d.service_on))
+            })
             .map(|b| super::fork::BranchTarget {
                 delay: sub
                     .ring_delays
@@ -269,9 +276,13 @@ impl Proxy {
                     .map_or(std::time::Duration::ZERO, |d| d.1),
                 uri: Some(b.uri),
                 target: b.target,
+                device: b.device,
             })
             .collect();
-        let invite = req.method == Method::Invite;
+        if targets.is_empty() {
+            self.reply(id, &req, 480, now);
+            return;
+        }
         let plan = super::fork::ForkPlan {
             targets,
             ring_timeout: invite.then_some(sub.ring_timeout),
@@ -296,6 +307,7 @@ impl Proxy {
             uri: None,
             target,
             delay: std::time::Duration::ZERO,
+            device: None,
         };
         let plan = super::fork::ForkPlan {
             targets: vec![t],

@@ -1,0 +1,639 @@
+//! Trust before connect (R14) in simulated time: the phone's branch carries a challenge,
+//! its answer counts only with a good proof, and a bad or missing proof drops that branch
+//! alone while the desktop keeps ringing.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sip_core::message::{HeaderName, Message, Request, Response, Uri, parse};
+use sip_core::proxy::{
+    Binding, DeviceEntry, Event, Output, Proxy, ProxyConfig, SubscriberEntry, Target, Transport,
+    TrustGate, TrustRefusal,
+};
+
+const PROXY: &str = "127.0.0.1:5060";
+const CALLER: &str = "127.0.0.1:6000";
+const DESK: &str = "127.0.0.1:6001";
+const PHONE: &str = "127.0.0.1:6002";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+/// A gate with an obvious rule: the proof for a challenge `c:CALL:BRANCH` is `ok:CALL:BRANCH`,
+/// good once. It records what it was asked.
+#[derive(Default)]
+struct FakeGate {
+    issued: Vec<(String, String)>,
+    locked: bool,
+    forgotten: usize,
+}
+
+struct Shared(Arc<Mutex<FakeGate>>);
+
+impl TrustGate for Shared {
+    fn challenge(
+        &mut self,
+        _now: Instant,
+        device: &str,
+        call_id: &str,
+        branch: &str,
+    ) -> Result<String, TrustRefusal> {
+        let mut g = self.0.lock().unwrap();
+        assert_eq!(device, "d-1");
+        if g.locked {
+            return Err(TrustRefusal {
+                kind: "locked-out".into(),
+                detail: "too many bad proofs".into(),
+            });
+        }
+        g.issued.push((call_id.into(), branch.into()));
+        Ok(format!("c:{call_id}:{branch}"))
+    }
+
+    fn verify(
+        &mut self,
+        _now: Instant,
+        _device: &str,
+        call_id: &str,
+        branch: &str,
+        proof: Option<&str>,
+    ) -> Result<(), TrustRefusal> {
+        let mut g = self.0.lock().unwrap();
+        let refuse = |kind: &str| {
+            Err(TrustRefusal {
+                kind: kind.into(),
+                detail: String::new(),
+            })
+        };
+        let Some(proof) = proof else {
+            return refuse("missing-proof");
+        };
+        let pos = g
+            .issued
+            .iter()
+            .position(|(c, b)| c == call_id && b == branch);
+        match pos {
+            Some(p) if proof == format!("ok:{call_id}:{branch}") => {
+                g.issued.remove(p);
+                Ok(())
+            }
+            Some(_) => refuse("wrong-proof"),
+            None => refuse("replayed-proof"),
+        }
+    }
+
+    fn forget(&mut self, _device: &str, call_id: &str, branch: &str) {
+        let mut g = self.0.lock().unwrap();
+        g.issued.retain(|(c, b)| !(c == call_id && b == branch));
+        g.forgotten += 1;
+    }
+}
+
+struct Sim {
+    proxy: Proxy,
+    now: Instant,
+    sent: Vec<(SocketAddr, Message)>,
+    events: Vec<Event>,
+    gate: Arc<Mutex<FakeGate>>,
+}
+
+fn binding(d: &str, device: Option<&str>, now: Instant) -> Binding {
+    let uri = format!("sip:alice@{d}");
+    Binding {
+        contact: uri.clone(),
+        uri: Uri::parse(&uri).unwrap(),
+        target: Target {
+            transport: Transport::Udp,
+            addr: addr(d),
+            conn: None,
+        },
+        call_id: format!("reg-{d}"),
+        cseq: 1,
+        expires_at: now + Duration::from_secs(3600),
+        q: 1000,
+        device: device.map(str::to_owned),
+    }
+}
+
+impl Sim {
+    fn new(service_on: bool, with_gate: bool) -> Self {
+        let now = Instant::now();
+        let mut proxy = Proxy::new(ProxyConfig::new("localhost", addr(PROXY), [7; 32]), now);
+        proxy.upsert_subscriber(SubscriberEntry {
+            user: "alice".into(),
+            ha1_md5: String::new(),
+            ha1_sha256: String::new(),
+            ring_timeout: Duration::from_secs(30),
+            ring_delays: Vec::new(),
+        });
+        proxy.upsert_device(DeviceEntry {
+            id: "d-1".into(),
+            user: "alice".into(),
+            ha1_md5: String::new(),
+            ha1_sha256: String::new(),
+            service_on,
+        });
+        proxy.restore_binding("alice", binding(DESK, None, now), now);
+        proxy.restore_binding("alice", binding(PHONE, Some("d-1"), now), now);
+        let gate = Arc::new(Mutex::new(FakeGate::default()));
+        if with_gate {
+            proxy.set_trust_gate(Box::new(Shared(gate.clone())));
+        }
+        Self {
+            proxy,
+            now,
+            sent: Vec::new(),
+            events: Vec::new(),
+            gate,
+        }
+    }
+
+    fn recv(&mut self, from: &str, msg: &str) {
+        let bytes = msg.replace('\n', "\r\n");
+        self.proxy
+            .handle_receive(self.now, Transport::Udp, addr(from), None, bytes.as_bytes());
+        while let Some(o) = self.proxy.poll_output() {
+            match o {
+                Output::Transmit(t) => {
+                    let m = parse(&t.payload).expect("proxy output parses");
+                    self.sent.push((t.target.addr, m));
+                }
+                Output::Event(e) => self.events.push(*e),
+            }
+        }
+    }
+
+    fn take(&mut self) -> Vec<(SocketAddr, Message)> {
+        std::mem::take(&mut self.sent)
+    }
+
+    fn security_kinds(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Security {
+                    kind,
+                    device,
+                    call_id,
+                    user,
+                    ..
+                } => {
+                    assert_eq!((device.as_str(), user.as_str()), ("d-1", "alice"));
+                    assert_eq!(call_id, "call-1");
+                    Some(kind.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn requests_to(sent: &[(SocketAddr, Message)], to: &str, method: &str) -> Vec<Request> {
+    sent.iter()
+        .filter(|(a, _)| *a == addr(to))
+        .filter_map(|(_, m)| match m {
+            Message::Request(r) if r.method.as_str() == method => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn responses_to(sent: &[(SocketAddr, Message)], to: &str) -> Vec<Response> {
+    sent.iter()
+        .filter(|(a, _)| *a == addr(to))
+        .filter_map(|(_, m)| match m {
+            Message::Response(r) => Some(r.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn statuses(r: &[Response]) -> Vec<u16> {
+    r.iter().map(|r| r.status).collect()
+}
+
+const INVITE: &str = "INVITE sip:alice@localhost SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKcaller1;rport
+Max-Forwards: 70
+From: <sip:bob@example.net>;tag=bobtag
+To: <sip:alice@localhost>
+Call-ID: call-1
+CSeq: 1 INVITE
+Contact: <sip:bob@127.0.0.1:6000>
+Content-Type: application/sdp
+Content-Length: 4
+
+v=0
+";
+
+fn challenge_of(r: &Request) -> Option<String> {
+    r.headers
+        .get(&HeaderName::Other("trust-challenge".into()))
+        .map(str::to_owned)
+}
+
+/// The phone's (or desktop's) response to its branch INVITE, with an optional proof.
+fn answer(req: &Request, status: u16, tag: &str, dev: &str, proof: Option<&str>) -> String {
+    let mut resp = Response::to_request(req, status, "X", Some(tag));
+    for rr in req.headers.get_all(&HeaderName::RecordRoute) {
+        resp.headers.push(HeaderName::RecordRoute, rr);
+    }
+    resp.headers
+        .push(HeaderName::Contact, format!("<sip:alice@{dev}>"));
+    if let Some(p) = proof {
+        resp.headers
+            .push(HeaderName::Other("Trust-Proof".into()), p);
+    }
+    if status == 183 || status == 200 {
+        resp.headers
+            .push(HeaderName::ContentType, "application/sdp");
+        resp.body = bytes::Bytes::from_static(b"v=0\r\n");
+    }
+    String::from_utf8(resp.to_bytes())
+        .unwrap()
+        .replace("\r\n", "\n")
+}
+
+fn good_proof(req: &Request) -> String {
+    format!(
+        "ok:{}:{}",
+        req.call_id(),
+        req.top_via().unwrap().branch().unwrap()
+    )
+}
+
+fn fork() -> (Sim, Request, Request) {
+    let mut sim = Sim::new(true, true);
+    sim.recv(CALLER, INVITE);
+    let sent = sim.take();
+    let desk = requests_to(&sent, DESK, "INVITE")
+        .pop()
+        .expect("desktop rung");
+    let phone = requests_to(&sent, PHONE, "INVITE")
+        .pop()
+        .expect("phone rung");
+    (sim, desk, phone)
+}
+
+#[test]
+fn only_the_phone_branch_carries_a_challenge_bound_to_its_branch() {
+    let (sim, desk, phone) = fork();
+    assert_eq!(challenge_of(&desk), None);
+    let c = challenge_of(&phone).expect("challenge on the phone's INVITE");
+    assert_eq!(
+        c,
+        format!("c:call-1:{}", phone.top_via().unwrap().branch().unwrap())
+    );
+    assert_eq!(sim.gate.lock().unwrap().issued.len(), 1);
+}
+
+#[test]
+fn phone_answer_with_good_proof_wins_and_desktop_is_cancelled() {
+    let (mut sim, desk, phone) = fork();
+    sim.recv(DESK, &answer(&desk, 180, "td", DESK, None));
+    sim.recv(
+        PHONE,
+        &answer(&phone, 180, "tp", PHONE, Some(&good_proof(&phone))),
+    );
+    sim.recv(PHONE, &answer(&phone, 200, "tp", PHONE, None));
+    let sent = sim.take();
+    let up = responses_to(&sent, CALLER);
+    assert_eq!(statuses(&up), [180, 180, 200]);
+    for r in &up {
+        assert!(
+            r.headers
+                .get(&HeaderName::Other("Trust-Proof".into()))
+                .is_none(),
+            "proofs never go upstream"
+        );
+    }
+    let cancel = requests_to(&sent, DESK, "CANCEL")
+        .pop()
+        .expect("desktop CANCEL");
+    assert_eq!(
+        cancel.headers.get(&HeaderName::Reason),
+        Some("SIP;cause=200;text=\"Call completed elsewhere\"")
+    );
+    assert!(sim.security_kinds().is_empty());
+}
+
+#[test]
+fn proof_on_the_200_alone_is_enough() {
+    let (mut sim, desk, phone) = fork();
+    sim.recv(DESK, &answer(&desk, 180, "td", DESK, None));
+    sim.take();
+    sim.recv(
+        PHONE,
+        &answer(&phone, 200, "tp", PHONE, Some(&good_proof(&phone))),
+    );
+    let sent = sim.take();
+    assert_eq!(statuses(&responses_to(&sent, CALLER)), [200]);
+    assert_eq!(requests_to(&sent, DESK, "CANCEL").len(), 1);
+}
+
+#[test]
+fn phone_200_without_proof_is_hung_up_and_desktop_keeps_ringing() {
+    let (mut sim, desk, phone) = fork();
+    sim.recv(PHONE, &answer(&phone, 200, "tp", PHONE, None));
+    let sent = sim.take();
+    assert!(
+        responses_to(&sent, CALLER).is_empty(),
+        "caller never sees it"
+    );
+    assert!(
+        requests_to(&sent, DESK, "CANCEL").is_empty(),
+        "desktop keeps ringing"
+    );
+    assert_eq!(requests_to(&sent, PHONE, "ACK").len(), 1);
+    let bye = requests_to(&sent, PHONE, "BYE")
+        .pop()
+        .expect("BYE to the phone");
+    assert_eq!(
+        bye.headers.get(&HeaderName::Reason),
+        Some("SIP;cause=403;text=\"Trust proof failed\"")
+    );
+    assert_eq!(sim.security_kinds(), ["missing-proof"]);
+    // The desktop answers: the caller gets exactly that 200.
+    sim.recv(DESK, &answer(&desk, 200, "td", DESK, None));
+    let up = responses_to(&sim.take(), CALLER);
+    assert_eq!(statuses(&up), [200]);
+    assert_eq!(up[0].to().unwrap().tag(), Some("td"));
+}
+
+#[test]
+fn wrong_proof_on_183_cancels_the_phone_and_hides_its_early_media() {
+    let (mut sim, desk, phone) = fork();
+    sim.recv(PHONE, &answer(&phone, 183, "tp", PHONE, Some("ok:forged")));
+    let sent = sim.take();
+    assert!(responses_to(&sent, CALLER).is_empty());
+    let cancel = requests_to(&sent, PHONE, "CANCEL")
+        .pop()
+        .expect("phone CANCEL");
+    assert_eq!(
+        cancel.headers.get(&HeaderName::Reason),
+        Some("SIP;cause=403;text=\"Trust proof failed\"")
+    );
+    assert_eq!(sim.security_kinds(), ["wrong-proof"]);
+    // A later 200 from the phone (crossing the CANCEL) is not connected either.
+    sim.recv(
+        PHONE,
+        &answer(&phone, 200, "tp", PHONE, Some(&good_proof(&phone))),
+    );
+    let sent = sim.take();
+    assert!(responses_to(&sent, CALLER).is_empty());
+    assert_eq!(requests_to(&sent, PHONE, "BYE").len(), 1);
+    // Its 487 does not become the caller's answer; the desktop's busy does.
+    sim.recv(PHONE, &answer(&phone, 487, "tp", PHONE, None));
+    sim.recv(DESK, &answer(&desk, 486, "td", DESK, None));
+    assert_eq!(statuses(&responses_to(&sim.take(), CALLER)), [486]);
+}
+
+#[test]
+fn unproven_180_is_relayed_without_body_and_replayed_proof_fails() {
+    let (mut sim, _desk, phone) = fork();
+    sim.recv(PHONE, &answer(&phone, 183, "tp", PHONE, None));
+    let up = responses_to(&sim.take(), CALLER);
+    assert_eq!(statuses(&up), [183]);
+    assert!(up[0].body.is_empty(), "no early media before the proof");
+    assert!(up[0].headers.get(&HeaderName::ContentType).is_none());
+    // Consume the challenge out of band, then the phone's proof is a replay.
+    sim.gate.lock().unwrap().issued.clear();
+    sim.recv(
+        PHONE,
+        &answer(&phone, 200, "tp", PHONE, Some(&good_proof(&phone))),
+    );
+    assert!(responses_to(&sim.take(), CALLER).is_empty());
+    assert_eq!(sim.security_kinds(), ["replayed-proof"]);
+}
+
+#[test]
+fn service_off_rings_only_the_desktop() {
+    let mut sim = Sim::new(false, true);
+    sim.recv(CALLER, INVITE);
+    let sent = sim.take();
+    assert_eq!(requests_to(&sent, DESK, "INVITE").len(), 1);
+    assert!(requests_to(&sent, PHONE, "INVITE").is_empty());
+    assert!(sim.gate.lock().unwrap().issued.is_empty());
+}
+
+#[test]
+fn locked_out_or_ungated_phone_is_not_rung() {
+    let mut sim = Sim::new(true, true);
+    sim.gate.lock().unwrap().locked = true;
+    sim.recv(CALLER, INVITE);
+    let sent = sim.take();
+    assert_eq!(requests_to(&sent, DESK, "INVITE").len(), 1);
+    assert!(requests_to(&sent, PHONE, "INVITE").is_empty());
+    assert_eq!(sim.security_kinds(), ["locked-out"]);
+
+    let mut sim = Sim::new(true, false);
+    sim.recv(CALLER, INVITE);
+    let sent = sim.take();
+    assert_eq!(requests_to(&sent, DESK, "INVITE").len(), 1);
+    assert!(requests_to(&sent, PHONE, "INVITE").is_empty());
+}
+
+#[test]
+fn revoked_device_loses_its_bindings_at_once() {
+    let mut sim = Sim::new(true, true);
+    sim.proxy.remove_device("d-1");
+    while let Some(o) = sim.proxy.poll_output() {
+        if let Output::Event(e) = o {
+            sim.events.push(*e);
+        }
+    }
+    assert!(sim.events.iter().any(|e| matches!(
+        e,
+        Event::BindingRemoved { user, contact } if user == "alice" && contact.contains("6002")
+    )));
+    sim.recv(CALLER, INVITE);
+    let sent = sim.take();
+    assert_eq!(requests_to(&sent, DESK, "INVITE").len(), 1);
+    assert!(requests_to(&sent, PHONE, "INVITE").is_empty());
+}
+
+#[test]
+fn phone_busy_forgets_the_challenge() {
+    let (mut sim, _desk, phone) = fork();
+    sim.recv(PHONE, &answer(&phone, 486, "tp", PHONE, None));
+    let g = sim.gate.lock().unwrap();
+    assert!(g.issued.is_empty());
+    assert_eq!(g.forgotten, 1);
+}
+
+mod device_registration {
+    use super::*;
+    use sip_core::auth::{Algorithm, ResponseInput, ha1, response};
+
+    const REALM: &str = "localhost";
+
+    fn sim_with_devices() -> Sim {
+        let mut sim = Sim::new(true, true);
+        sim.proxy.upsert_subscriber(SubscriberEntry {
+            user: "bob".into(),
+            ha1_md5: ha1(Algorithm::Md5, "bob", REALM, "bobpw"),
+            ha1_sha256: ha1(Algorithm::Sha256, "bob", REALM, "bobpw"),
+            ring_timeout: Duration::from_secs(30),
+            ring_delays: Vec::new(),
+        });
+        sim.proxy.upsert_device(DeviceEntry {
+            id: "d-9".into(),
+            user: "alice".into(),
+            ha1_md5: ha1(Algorithm::Md5, "~d-9", REALM, "devpw"),
+            ha1_sha256: ha1(Algorithm::Sha256, "~d-9", REALM, "devpw"),
+            service_on: true,
+        });
+        sim
+    }
+
+    /// Sends a REGISTER for `to_user` from `src` authenticated as `auth_user`; returns the
+    /// final status.
+    fn register(
+        sim: &mut Sim,
+        src: &str,
+        to_user: &str,
+        auth_user: &str,
+        pw: &str,
+        contact: &str,
+        cseq: u32,
+    ) -> u16 {
+        let base = |auth: &str, cseq: u32| {
+            format!(
+                "REGISTER sip:localhost SIP/2.0
+Via: SIP/2.0/UDP {src};branch=z9hG4bKr{cseq}{auth_user}
+Max-Forwards: 70
+From: <sip:{to_user}@localhost>;tag=r1
+To: <sip:{to_user}@localhost>
+Call-ID: reg-{src}-{auth_user}
+CSeq: {cseq} REGISTER
+Contact: {contact}
+{auth}Content-Length: 0
+
+"
+            )
+        };
+        sim.recv(src, &base("", cseq));
+        let resp = responses_to(&sim.take(), src).pop().unwrap();
+        assert_eq!(resp.status, 401);
+        let chal = resp
+            .headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .find(|c| c.contains("MD5"))
+            .unwrap()
+            .to_owned();
+        let nonce = chal
+            .split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap();
+        let h1 = ha1(Algorithm::Md5, auth_user, REALM, pw);
+        let digest = response(
+            Algorithm::Md5,
+            &h1,
+            &ResponseInput {
+                nonce,
+                nc: "00000001",
+                cnonce: "abc",
+                qop: "auth",
+                method: "REGISTER",
+                uri: "sip:localhost",
+            },
+        );
+        let auth = format!(
+            "Authorization: Digest username=\"{auth_user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:localhost\", response=\"{digest}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abc\"\n"
+        );
+        sim.recv(src, &base(&auth, cseq + 1));
+        responses_to(&sim.take(), src).pop().unwrap().status
+    }
+
+    #[test]
+    fn phone_registers_with_device_credentials_for_its_subscriber_only() {
+        let mut sim = sim_with_devices();
+        let src = "127.0.0.1:6009";
+        let contact = "<sip:alice@127.0.0.1:6009>";
+        assert_eq!(
+            register(&mut sim, src, "alice", "~d-9", "devpw", contact, 1),
+            200
+        );
+        let b = sim
+            .proxy
+            .bindings("alice", sim.now)
+            .into_iter()
+            .find(|b| b.contact.contains("6009"))
+            .unwrap();
+        assert_eq!(b.device.as_deref(), Some("d-9"));
+        // Alice's phone credentials cannot bind contacts for bob.
+        assert_eq!(
+            register(
+                &mut sim,
+                "127.0.0.1:6010",
+                "bob",
+                "~d-9",
+                "devpw",
+                "<sip:bob@127.0.0.1:6010>",
+                1
+            ),
+            403
+        );
+        // Nor can the desktop credentials take over the phone's contact.
+        sim.proxy.upsert_subscriber(SubscriberEntry {
+            user: "alice".into(),
+            ha1_md5: ha1(Algorithm::Md5, "alice", REALM, "alicepw"),
+            ha1_sha256: ha1(Algorithm::Sha256, "alice", REALM, "alicepw"),
+            ring_timeout: Duration::from_secs(30),
+            ring_delays: Vec::new(),
+        });
+        assert_eq!(
+            register(&mut sim, src, "alice", "alice", "alicepw", contact, 10),
+            403
+        );
+        // A device that is gone cannot register.
+        sim.proxy.remove_device("d-9");
+        assert_eq!(
+            register(
+                &mut sim,
+                "127.0.0.1:6011",
+                "alice",
+                "~d-9",
+                "devpw",
+                "<sip:alice@127.0.0.1:6011>",
+                1
+            ),
+            401
+        );
+    }
+
+    #[test]
+    fn star_unregister_by_the_phone_leaves_the_desktop() {
+        let mut sim = sim_with_devices();
+        let src = "127.0.0.1:6009";
+        assert_eq!(
+            register(
+                &mut sim,
+                src,
+                "alice",
+                "~d-9",
+                "devpw",
+                "<sip:alice@127.0.0.1:6009>",
+                1
+            ),
+            200
+        );
+        let before = sim.proxy.bindings("alice", sim.now).len();
+        // Expires: 0 with `*` is sent as the header Expires below.
+        let status = register(&mut sim, src, "alice", "~d-9", "devpw", "*\nExpires: 0", 5);
+        assert_eq!(status, 200);
+        let after = sim.proxy.bindings("alice", sim.now);
+        assert_eq!(after.len(), before - 1);
+        assert!(after.iter().all(|b| b.device.as_deref() != Some("d-9")));
+        assert!(
+            after.iter().any(|b| b.contact.contains("6001")),
+            "desktop kept"
+        );
+    }
+}
