@@ -5,6 +5,7 @@
 
 mod serve;
 mod token;
+mod trust;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -53,6 +54,12 @@ struct ServeArgs {
     /// The SIP domain: addresses of record are sip:user@DOMAIN; also the digest realm.
     #[arg(long, default_value = "localhost", env = "TRUSTRING_DOMAIN")]
     domain: String,
+    /// How long a phone enrolment code stays valid, in seconds (default one day).
+    #[arg(long, default_value_t = 86_400, env = "TRUSTRING_ENROL_CODE_TTL_SECS")]
+    enrol_code_ttl_secs: u64,
+    /// Enrol only phones whose trusted zone is a PKCS#11 token (refuse software zones).
+    #[arg(long, env = "TRUSTRING_REQUIRE_PKCS11")]
+    require_pkcs11: bool,
 }
 
 fn main() -> anyhow::Result<()> {

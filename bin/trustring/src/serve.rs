@@ -14,11 +14,12 @@ use anyhow::Context;
 use sip_core::message::Uri;
 use sip_core::proxy::{Binding, Event, Proxy, ProxyConfig, SubscriberEntry, Target, Transport};
 use sip_net::{Control, SipSockets};
-use store::{Registration, SqliteStore, Store, Subscriber};
+use store::{Device, Registration, SecurityEvent, SqliteStore, Store, Subscriber};
 use tokio::sync::mpsc;
 
 use crate::ServeArgs;
 use crate::token::{self, Origin};
+use crate::trust;
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data)
@@ -56,10 +57,22 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         ProxyConfig::new(args.domain.clone(), advertised, token::random_bytes()),
         now,
     );
-    let (subs, regs) = load(store.clone()).await?;
+    let (subs, regs, devices) = load(store.clone()).await?;
     for s in &subs {
         proxy.upsert_subscriber(entry(s));
     }
+    // Trust before connect (R14): the authority holds the phones' license keys, decrypted
+    // from the store with the master key, and answers the proxy through the gate.
+    let keys = Arc::new(trust::master_keys(&args.data)?);
+    let signer = trust::signing_key(&args.data)?;
+    let authority = trust::new_authority();
+    for d in &devices {
+        trust::load_device(&authority, &keys, d);
+        if let Some(e) = trust::device_entry(d) {
+            proxy.upsert_device(e);
+        }
+    }
+    proxy.set_trust_gate(Box::new(trust::Gate(authority.clone())));
     let now_ms = unix_ms();
     let mut restored = 0;
     for r in &regs {
@@ -74,20 +87,50 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let (sip, sip_task) = sip_net::spawn(proxy, sockets, events_tx);
 
     let control = sip.clone();
+    let (change_store, change_keys) = (store.clone(), keys.clone());
     let on_change = Arc::new(move |c: api::Change| {
         let cmd = match c {
             api::Change::SubscriberUpserted(s) => Control::Upsert(entry(&s)),
-            api::Change::SubscriberDeleted(u) => Control::Remove(u),
+            api::Change::SubscriberDeleted(u) => {
+                // Their phones were revoked with them (same transaction).
+                if let Ok(devices) = change_store.devices(Some(&u)) {
+                    for d in &devices {
+                        trust::load_device(&authority, &change_keys, d);
+                    }
+                }
+                Control::Remove(u)
+            }
+            api::Change::DeviceChanged(id) => match change_store.device(&id) {
+                Ok(Some(d)) => {
+                    trust::load_device(&authority, &change_keys, &d);
+                    match trust::device_entry(&d) {
+                        Some(e) => Control::UpsertDevice(e),
+                        None => Control::RemoveDevice(id),
+                    }
+                }
+                Ok(None) => Control::RemoveDevice(id),
+                Err(e) => {
+                    tracing::error!(device = %id, error = %e, "reloading a changed device failed");
+                    return;
+                }
+            },
             _ => return,
         };
         control.send(cmd);
     });
-    let app = api::router(
+    let provisioning = api::Provisioning {
+        master: keys,
+        signer,
+        code_ttl: Duration::from_secs(args.enrol_code_ttl_secs),
+        require_pkcs11: args.require_pkcs11,
+    };
+    let app = api::router_with(
         store.clone(),
         api::ApiConfig {
             domain: args.domain.clone(),
             token,
         },
+        Some(Arc::new(provisioning)),
         on_change,
     );
     let listener = tokio::net::TcpListener::bind(args.http)
@@ -113,7 +156,9 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn load(store: Arc<dyn Store>) -> anyhow::Result<(Vec<Subscriber>, Vec<Registration>)> {
+type Loaded = (Vec<Subscriber>, Vec<Registration>, Vec<Device>);
+
+async fn load(store: Arc<dyn Store>) -> anyhow::Result<Loaded> {
     tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let subs = store.subscribers().context("loading subscribers")?;
         let now_ms = unix_ms();
@@ -126,7 +171,8 @@ async fn load(store: Arc<dyn Store>) -> anyhow::Result<(Vec<Subscriber>, Vec<Reg
         let regs = store
             .registrations(None, now_ms)
             .context("loading registrations")?;
-        Ok((subs, regs))
+        let devices = store.devices(None).context("loading devices")?;
+        Ok((subs, regs, devices))
     })
     .await
     .context("store loader panicked")?
@@ -173,7 +219,7 @@ fn binding(r: &Registration, now: Instant, now_ms: i64) -> Option<Binding> {
         call_id: r.call_id.clone(),
         cseq: r.cseq,
         expires_at: now + Duration::from_millis(left),
-        device: None,
+        device: r.device_id.clone(),
         q: r.q,
     })
 }
@@ -207,13 +253,30 @@ fn spawn_writer(
                         cseq: binding.cseq,
                         expires_at_ms: unix_ms() + expires_in.as_millis() as i64,
                         q: binding.q,
-                        device_id: None,
+                        device_id: binding.device.clone(),
                     };
                     store.put_registration(&reg).map(|_| ())
                 }
                 Event::BindingRemoved { user, contact } => {
                     store.delete_registration(user, contact).map(|_| ())
                 }
+                Event::Security {
+                    kind,
+                    user,
+                    device,
+                    call_id,
+                    detail,
+                } => store
+                    .add_security_event(&SecurityEvent {
+                        id: 0,
+                        at_ms: unix_ms(),
+                        kind: kind.clone(),
+                        user: Some(user.clone()),
+                        device_id: Some(device.clone()),
+                        call_id: Some(call_id.clone()),
+                        detail: detail.clone(),
+                    })
+                    .map(|_| ()),
                 _ => Ok(()),
             };
             if let Err(err) = res {

@@ -36,6 +36,20 @@ impl ApiError {
         }
     }
 
+    /// Any status with its own stable code (provisioning errors such as `pool_exhausted`).
+    pub(crate) fn with_code(
+        status: StatusCode,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> Self {
+        Self::new(status, code, message)
+    }
+
+    /// The human message.
+    pub(crate) fn message(&self) -> &str {
+        &self.message
+    }
+
     /// 400: the request is well-formed JSON but a field is invalid.
     pub(crate) fn invalid(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", message)
@@ -80,7 +94,6 @@ impl ApiError {
     }
 
     /// The HTTP status.
-    #[cfg(test)]
     pub(crate) fn status(&self) -> StatusCode {
         self.status
     }

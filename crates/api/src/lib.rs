@@ -10,6 +10,21 @@
 //! | DELETE | `/api/v1/subscribers/{user}` | 204 | 400, 404 |
 //! | PUT | `/api/v1/subscribers/{user}/profile` | 200 subscriber | 400, 404, 413, 415 |
 //! | GET | `/api/v1/subscribers/{user}/registrations` | 200 live registrations | 400, 404 |
+//! | POST | `/api/v1/subscribers/{user}/enrolments` | 201 one-time enrolment code | 400, 404, 503 |
+//! | POST | `/api/v1/pools/numbers` | 200 added + counts | 400 |
+//! | GET | `/api/v1/pools/numbers` | 200 free / assigned / quarantined | |
+//! | POST | `/api/v1/pools/numbers/release` | 200 released count | 400 |
+//! | POST | `/api/v1/eulas` | 201 EULA version (newest is current) | 400, 409 |
+//! | GET | `/api/v1/eulas` | 200 list | |
+//! | GET | `/api/v1/devices` | 200 enrolled phones (`?user=`) | 400 |
+//! | GET | `/api/v1/devices/{id}` | 200 phone | 400, 404 |
+//! | POST | `/api/v1/devices/{id}/revoke` | 200 revoked phone | 400, 404, 409 |
+//! | PUT | `/api/v1/devices/{id}/service` | 200 phone (on/off) | 400, 404, 409 |
+//! | GET | `/api/v1/security-events` | 200 events (`?since=ID&limit=N`) | 400 |
+//! | GET | `/api/v1/enrol/eula` | 200 current EULA (no token) | 404 |
+//! | POST | `/api/v1/enrol` | 201 sealed package (no token; the code authenticates) | 400, 403, 409 |
+//! | GET | `/api/v1/device` | 200 own status (device token) | 401 |
+//! | PUT | `/api/v1/device/service` | 200 own on/off (device token) | 400, 401, 409 |
 //!
 //! Design choices, and why:
 //!
@@ -34,19 +49,31 @@ use axum::Json;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use serde_json::{Value, json};
 
 mod auth;
+mod devices;
 mod error;
 mod model;
+mod provisioning;
 mod subscribers;
+
+pub use devices::REVOKE_REASONS;
+pub use provisioning::{MAX_POOL_LOAD, Provisioning};
 
 use error::ApiError;
 
 /// Paths served without a bearer token. Everything else, including unknown paths, answers 401
 /// without a valid token.
-pub const PUBLIC_ROUTES: &[&str] = &["/healthz"];
+/// The enrolment and device endpoints authenticate by enrolment code or device token instead.
+pub const PUBLIC_ROUTES: &[&str] = &[
+    "/healthz",
+    "/api/v1/enrol",
+    "/api/v1/enrol/eula",
+    "/api/v1/device",
+    "/api/v1/device/service",
+];
 
 /// Every route of the router as (method, path template), `{user}` standing for a user name.
 /// Tests walk it to check that each one is protected or listed in [`PUBLIC_ROUTES`]; keep it
@@ -59,6 +86,21 @@ pub const ROUTES: &[(&str, &str)] = &[
     ("DELETE", "/api/v1/subscribers/{user}"),
     ("PUT", "/api/v1/subscribers/{user}/profile"),
     ("GET", "/api/v1/subscribers/{user}/registrations"),
+    ("POST", "/api/v1/subscribers/{user}/enrolments"),
+    ("POST", "/api/v1/pools/numbers"),
+    ("GET", "/api/v1/pools/numbers"),
+    ("POST", "/api/v1/pools/numbers/release"),
+    ("POST", "/api/v1/eulas"),
+    ("GET", "/api/v1/eulas"),
+    ("GET", "/api/v1/devices"),
+    ("GET", "/api/v1/devices/{id}"),
+    ("POST", "/api/v1/devices/{id}/revoke"),
+    ("PUT", "/api/v1/devices/{id}/service"),
+    ("GET", "/api/v1/security-events"),
+    ("GET", "/api/v1/enrol/eula"),
+    ("POST", "/api/v1/enrol"),
+    ("GET", "/api/v1/device"),
+    ("PUT", "/api/v1/device/service"),
 ];
 
 /// Largest accepted request body, in bytes; larger ones get 413.
@@ -92,6 +134,8 @@ pub enum Change {
     SubscriberUpserted(store::Subscriber),
     /// The subscriber with this user name was deleted, with its registrations.
     SubscriberDeleted(String),
+    /// The device with this id was enrolled, switched on/off or revoked: reload it.
+    DeviceChanged(String),
 }
 
 /// Shared state of the handlers.
@@ -102,6 +146,8 @@ pub(crate) struct AppState {
     pub(crate) on_change: Arc<dyn Fn(Change) + Send + Sync>,
     /// Serializes writes with their `on_change` calls, so changes are reported in commit order.
     pub(crate) writes: Arc<Mutex<()>>,
+    /// Keys and policy for provisioning phones; `None` disables those endpoints (503).
+    pub(crate) provisioning: Option<Arc<Provisioning>>,
 }
 
 /// The admin router. `on_change` is called after each committed change so the SIP core can
@@ -115,12 +161,23 @@ pub fn router(
     config: ApiConfig,
     on_change: Arc<dyn Fn(Change) + Send + Sync>,
 ) -> Router {
+    router_with(store, config, None, on_change)
+}
+
+/// [`router`] with phone provisioning enabled by `provisioning`.
+pub fn router_with(
+    store: Arc<dyn store::Store>,
+    config: ApiConfig,
+    provisioning: Option<Arc<Provisioning>>,
+    on_change: Arc<dyn Fn(Change) + Send + Sync>,
+) -> Router {
     let expected = auth::ExpectedToken::new(&config.token);
     let state = AppState {
         store,
         domain: Arc::from(config.domain),
         on_change,
         writes: Arc::new(Mutex::new(())),
+        provisioning,
     };
     Router::new()
         .route("/healthz", get(healthz))
@@ -140,6 +197,31 @@ pub fn router(
             "/api/v1/subscribers/{user}/registrations",
             get(subscribers::registrations),
         )
+        .route(
+            "/api/v1/subscribers/{user}/enrolments",
+            post(provisioning::create_code),
+        )
+        .route(
+            "/api/v1/pools/numbers",
+            get(provisioning::number_counts).post(provisioning::load_numbers),
+        )
+        .route(
+            "/api/v1/pools/numbers/release",
+            post(provisioning::release_numbers),
+        )
+        .route(
+            "/api/v1/eulas",
+            get(provisioning::list_eulas).post(provisioning::publish_eula),
+        )
+        .route("/api/v1/devices", get(devices::list))
+        .route("/api/v1/devices/{id}", get(devices::get))
+        .route("/api/v1/devices/{id}/revoke", post(devices::revoke))
+        .route("/api/v1/devices/{id}/service", put(devices::put_service))
+        .route("/api/v1/security-events", get(devices::security_events))
+        .route("/api/v1/enrol/eula", get(provisioning::current_eula))
+        .route("/api/v1/enrol", post(provisioning::enrol))
+        .route("/api/v1/device", get(devices::own_status))
+        .route("/api/v1/device/service", put(devices::own_service))
         // After all routes: it is set on the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)

@@ -313,6 +313,7 @@ mod tests {
             cseq: 1,
             expires_at_ms: 10_500,
             q: 500,
+            device_id: None,
         };
         let view = RegistrationView::new(reg, 1_000);
         assert_eq!(view.expires_in_secs, 10);

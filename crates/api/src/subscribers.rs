@@ -29,7 +29,7 @@ use crate::model::{
 use crate::{AppState, Change};
 
 /// Runs a read `f` against the store on the blocking pool. A panicking store call is a 500.
-async fn read<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
+pub(crate) async fn read<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&dyn Store) -> Result<T, ApiError> + Send + 'static,
@@ -42,7 +42,7 @@ where
 
 /// Runs a mutation `f` on the blocking pool under the write lock; if it commits, reports its
 /// [`Change`] through `on_change` before releasing the lock (see the module docs).
-async fn write<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
+pub(crate) async fn write<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
 where
     T: Send + 'static,
     F: FnOnce(&dyn Store) -> Result<(T, Change), ApiError> + Send + 'static,
@@ -60,7 +60,7 @@ where
 }
 
 /// The user of a `{user}` path segment, checked like a creation body's `user`.
-fn path_user(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+pub(crate) fn path_user(path: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
     let Path(user) = path?;
     validate_user(&user)?;
     Ok(user)
@@ -70,7 +70,7 @@ fn subscriber_not_found(user: &str) -> ApiError {
     ApiError::not_found(format!("subscriber {user} not found"))
 }
 
-fn unix_now_ms() -> i64 {
+pub(crate) fn unix_now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

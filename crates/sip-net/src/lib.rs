@@ -16,7 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
-use sip_core::proxy::{ConnId, Event, Output, Proxy, SubscriberEntry, Target, Transport};
+use sip_core::proxy::{
+    ConnId, DeviceEntry, Event, Output, Proxy, SubscriberEntry, Target, Transport,
+};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::mpsc;
 
@@ -28,6 +30,10 @@ pub enum Control {
     Upsert(SubscriberEntry),
     /// A subscriber was deleted.
     Remove(String),
+    /// An enrolled phone was added or changed (on/off).
+    UpsertDevice(DeviceEntry),
+    /// A phone was revoked: drop its bindings and never fork to it again.
+    RemoveDevice(String),
     /// Stop the loop (after draining what is queued).
     Shutdown,
 }
@@ -140,6 +146,8 @@ async fn run(
             c = control.recv() => match c {
                 Some(Control::Upsert(e)) => d.proxy.upsert_subscriber(e),
                 Some(Control::Remove(u)) => d.proxy.remove_subscriber(&u),
+                Some(Control::UpsertDevice(e)) => d.proxy.upsert_device(e),
+                Some(Control::RemoveDevice(id)) => d.proxy.remove_device(&id),
                 Some(Control::Shutdown) | None => break,
             },
             r = udp.recv_from(&mut buf) => {

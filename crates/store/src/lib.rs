@@ -1,5 +1,6 @@
 //! trustring's trusted data store (the patent's "trusted data store"): subscribers, their
-//! routing profiles and their registrations.
+//! routing profiles and their registrations; the number identity pool, EULA versions,
+//! enrolment codes and enrolled devices; security events.
 //!
 //! One trait, [`Store`], with an embedded SQLite implementation ([`SqliteStore`], the default,
 //! under `./trustring-data`). A PostgreSQL implementation for several server nodes comes later
@@ -94,6 +95,235 @@ pub struct Registration {
     pub expires_at_ms: i64,
     /// Contact q-value times 1000 (RFC 3261 §20.10), 1000 when absent.
     pub q: u16,
+    /// The enrolled device ([`Device::id`]) this binding belongs to, `None` for an ordinary
+    /// (desktop) contact. Persisted, so a phone's binding restored after a restart is still
+    /// known to be the phone's.
+    pub device_id: Option<String>,
+}
+
+/// How many identifiers of the number identity pool are in each state (R3).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize,
+)]
+pub struct PoolCounts {
+    /// Free: ready to be assigned.
+    pub free: u64,
+    /// Assigned to an enrolled device.
+    pub assigned: u64,
+    /// Taken back from a revoked device; not assignable until released
+    /// ([`Store::release_quarantined`]).
+    pub quarantined: u64,
+}
+
+/// One published EULA version (R4).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Eula {
+    /// The version label, unique.
+    pub version: String,
+    /// The full text of the agreement.
+    pub text: String,
+    /// Publication time, Unix milliseconds.
+    pub published_at_ms: i64,
+}
+
+/// A one-time enrolment code issued for a subscriber. Only a hash of the code is stored;
+/// the caller hashes.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Enrolment {
+    /// Hash of the code, as computed by the caller; unique.
+    pub code_hash: String,
+    /// The subscriber the code enrols a device for.
+    pub user: String,
+    /// Issue time, Unix milliseconds.
+    pub created_at_ms: i64,
+    /// The code is valid while `now_ms < expires_at_ms`.
+    pub expires_at_ms: i64,
+    /// When the code was used, Unix milliseconds; `None` while unused.
+    pub used_at_ms: Option<i64>,
+    /// The device enrolled with the code; `None` while unused.
+    pub device_id: Option<String>,
+}
+
+/// Why and when a device was revoked (R9).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Revocation {
+    /// The reason given (e.g. `non-payment`, `left`, `eula-breach`, `subscriber-deleted`).
+    pub reason: String,
+    /// Revocation time, Unix milliseconds.
+    pub at_ms: i64,
+}
+
+/// An enrolled phone (the patent's mobile device with a trusted zone).
+///
+/// Deliberately not `Serialize`: `identifier` is hidden (R5) and `license_key_enc` is key
+/// material (R4); the API layer must build its own view. `Debug` redacts them and the SIP
+/// digest HA1s (password equivalents).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Device {
+    /// Device id, unique, chosen by the caller at enrolment.
+    pub id: String,
+    /// The subscriber the device belongs to.
+    pub user: String,
+    /// The identifier from the number identity pool, cross-listed with the subscriber's
+    /// identity (R5). HIDDEN: never serialise, log or return it after provisioning.
+    pub identifier: String,
+    /// How the trusted zone keeps its keys: `software` or `pkcs11`.
+    pub security_level: String,
+    /// The trusted zone's public key the delivery was sealed to (R6, R7).
+    pub zone_public_key: String,
+    /// The EULA version accepted for this device (R4).
+    pub eula_version: String,
+    /// When that EULA was accepted, Unix milliseconds.
+    pub eula_accepted_at_ms: i64,
+    /// The license key, encrypted at rest by the caller (R4). Never log or return it.
+    pub license_key_enc: String,
+    /// Digest HA1 (MD5) of the device's own SIP credentials, hex.
+    pub sip_ha1_md5: String,
+    /// Digest HA1 (SHA-256, RFC 8760) of the device's own SIP credentials, hex.
+    pub sip_ha1_sha256: String,
+    /// Hash of the device's API bearer token; unique.
+    pub token_hash: String,
+    /// Whether the single-number service is on for this device (R10).
+    pub service_on: bool,
+    /// Set once the device is revoked (R9); a revoked device never rings again.
+    pub revoked: Option<Revocation>,
+    /// Enrolment time, Unix milliseconds.
+    pub created_at_ms: i64,
+}
+
+/// Placeholder printed instead of secret or hidden fields.
+const REDACTED: &str = "<redacted>";
+
+impl std::fmt::Debug for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Device")
+            .field("id", &self.id)
+            .field("user", &self.user)
+            .field("identifier", &REDACTED)
+            .field("security_level", &self.security_level)
+            .field("zone_public_key", &self.zone_public_key)
+            .field("eula_version", &self.eula_version)
+            .field("eula_accepted_at_ms", &self.eula_accepted_at_ms)
+            .field("license_key_enc", &REDACTED)
+            .field("sip_ha1_md5", &REDACTED)
+            .field("sip_ha1_sha256", &REDACTED)
+            .field("token_hash", &self.token_hash)
+            .field("service_on", &self.service_on)
+            .field("revoked", &self.revoked)
+            .field("created_at_ms", &self.created_at_ms)
+            .finish()
+    }
+}
+
+/// The [`Device`] fields the caller chooses at enrolment ([`Store::enrol`]); the store adds
+/// the user (from the code), the identifier (from the pool), `service_on = true`, no
+/// revocation and `created_at_ms = now_ms`. `Debug` redacts the secrets like [`Device`]'s.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NewDevice {
+    /// See [`Device::id`].
+    pub id: String,
+    /// See [`Device::security_level`].
+    pub security_level: String,
+    /// See [`Device::zone_public_key`].
+    pub zone_public_key: String,
+    /// See [`Device::eula_version`]; must be the current EULA.
+    pub eula_version: String,
+    /// See [`Device::eula_accepted_at_ms`].
+    pub eula_accepted_at_ms: i64,
+    /// See [`Device::license_key_enc`].
+    pub license_key_enc: String,
+    /// See [`Device::sip_ha1_md5`].
+    pub sip_ha1_md5: String,
+    /// See [`Device::sip_ha1_sha256`].
+    pub sip_ha1_sha256: String,
+    /// See [`Device::token_hash`].
+    pub token_hash: String,
+}
+
+impl std::fmt::Debug for NewDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewDevice")
+            .field("id", &self.id)
+            .field("security_level", &self.security_level)
+            .field("zone_public_key", &self.zone_public_key)
+            .field("eula_version", &self.eula_version)
+            .field("eula_accepted_at_ms", &self.eula_accepted_at_ms)
+            .field("license_key_enc", &REDACTED)
+            .field("sip_ha1_md5", &REDACTED)
+            .field("sip_ha1_sha256", &REDACTED)
+            .field("token_hash", &self.token_hash)
+            .finish()
+    }
+}
+
+/// The result of a successful [`Store::enrol`]: the new device and the identifier assigned
+/// to it (to be sealed to the trusted zone, R7). `Debug` redacts the identifier.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Enrolled {
+    /// The device as stored.
+    pub device: Device,
+    /// The identifier taken from the pool (equal to `device.identifier`). HIDDEN (R5).
+    pub identifier: String,
+}
+
+impl std::fmt::Debug for Enrolled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrolled")
+            .field("device", &self.device)
+            .field("identifier", &REDACTED)
+            .finish()
+    }
+}
+
+/// Why [`Store::enrol`] refused; nothing was changed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EnrolError {
+    /// No enrolment code has that hash.
+    #[error("unknown enrolment code")]
+    CodeUnknown,
+    /// The code was used already.
+    #[error("enrolment code already used")]
+    CodeUsed,
+    /// The code has expired.
+    #[error("enrolment code expired")]
+    CodeExpired,
+    /// The accepted EULA version is not the current one (`current` is `None` when no EULA
+    /// has been published).
+    #[error("EULA version {accepted} is not the current one")]
+    EulaNotCurrent {
+        /// The version the caller accepted.
+        accepted: String,
+        /// The current version, if any.
+        current: Option<String>,
+    },
+    /// The number identity pool has no free identifier.
+    #[error("number identity pool exhausted")]
+    PoolExhausted,
+    /// The store failed, or the device clashes with an existing one
+    /// ([`StoreError::Conflict`]: same id or token hash).
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A security event (R14): a refused proof, lock-out, revoked device, refused enrolment...
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SecurityEvent {
+    /// Assigned by the store, increasing; ignored by [`Store::add_security_event`].
+    pub id: i64,
+    /// When it happened, Unix milliseconds.
+    pub at_ms: i64,
+    /// What happened, e.g. `missing-proof`, `wrong-proof`, `replayed-proof`, `locked-out`,
+    /// `revoked-device`, `enrolment-refused`.
+    pub kind: String,
+    /// The subscriber concerned, if known.
+    pub user: Option<String>,
+    /// The device concerned, if known.
+    pub device_id: Option<String>,
+    /// The SIP Call-ID concerned, if any.
+    pub call_id: Option<String>,
+    /// Human-readable detail (never a secret or an identifier).
+    pub detail: String,
 }
 
 /// The store: every method is atomic.
@@ -106,10 +336,15 @@ pub trait Store: Send + Sync + 'static {
     fn subscribers(&self) -> Result<Vec<Subscriber>, StoreError>;
     /// Replaces a subscriber's routing profile; [`StoreError::NotFound`] if absent.
     fn set_profile(&self, user: &str, profile: &RoutingProfile) -> Result<(), StoreError>;
-    /// Deletes a subscriber and their registrations; `false` if there was none.
+    /// Deletes a subscriber, their registrations and enrolment codes; `false` if there was
+    /// none. In the same transaction their devices are revoked (reason
+    /// `subscriber-deleted`, at the current time) and their identifiers quarantined; the
+    /// device records remain.
     fn delete_subscriber(&self, user: &str) -> Result<bool, StoreError>;
 
     /// Inserts or replaces the registration of (`user`, `contact`).
+    /// [`StoreError::NotFound`] if the subscriber does not exist, or `device_id` names no
+    /// device of that subscriber; [`StoreError::Conflict`] if that device is revoked.
     fn put_registration(&self, reg: &Registration) -> Result<(), StoreError>;
     /// Deletes one registration; `false` if there was none.
     fn delete_registration(&self, user: &str, contact: &str) -> Result<bool, StoreError>;
@@ -124,4 +359,56 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Registration>, StoreError>;
     /// Deletes registrations that expired before `now_ms`; returns how many.
     fn purge_expired(&self, now_ms: i64) -> Result<usize, StoreError>;
+
+    /// Adds identifiers to the number identity pool as free (R3); returns how many were new.
+    /// Identifiers already known (in any state, or repeated in `ids`) are skipped.
+    fn add_identifiers(&self, ids: &[String]) -> Result<usize, StoreError>;
+    /// How many identifiers are free, assigned and quarantined.
+    fn pool_counts(&self) -> Result<PoolCounts, StoreError>;
+    /// Returns to the free pool every identifier quarantined before `older_than_ms`
+    /// (strictly); returns how many.
+    fn release_quarantined(&self, older_than_ms: i64) -> Result<usize, StoreError>;
+
+    /// Publishes a EULA version (R4), which becomes the current one unless a version with a
+    /// later `published_at_ms` exists; [`StoreError::Conflict`] if the version exists.
+    fn publish_eula(&self, eula: &Eula) -> Result<(), StoreError>;
+    /// The current EULA: the latest `published_at_ms`, ties going to the last published.
+    fn current_eula(&self) -> Result<Option<Eula>, StoreError>;
+    /// Every EULA version, in the same order as [`Store::current_eula`] uses, oldest first
+    /// (the last is current).
+    fn eulas(&self) -> Result<Vec<Eula>, StoreError>;
+
+    /// Stores an enrolment code; [`StoreError::Conflict`] if the hash exists,
+    /// [`StoreError::NotFound`] if the subscriber (or a given `device_id`) does not.
+    fn create_enrolment(&self, enrolment: &Enrolment) -> Result<(), StoreError>;
+    /// The enrolment codes of `user`, ordered by creation time, then hash.
+    fn enrolments(&self, user: &str) -> Result<Vec<Enrolment>, StoreError>;
+
+    /// Enrols a device, atomically: checks that the code `code_hash` exists, is unused and
+    /// has not expired at `now_ms`, and that `new.eula_version` is the current EULA; takes
+    /// the lowest free identifier from the pool and assigns it to the device; stores the
+    /// device for the code's subscriber; marks the code used by it. Each identifier is
+    /// assigned exactly once, even under concurrent calls (from several nodes too).
+    fn enrol(&self, code_hash: &str, now_ms: i64, new: &NewDevice) -> Result<Enrolled, EnrolError>;
+    /// One device (revoked ones included).
+    fn device(&self, id: &str) -> Result<Option<Device>, StoreError>;
+    /// The devices of `user` (all if `None`), revoked ones included, ordered by creation
+    /// time, then id.
+    fn devices(&self, user: Option<&str>) -> Result<Vec<Device>, StoreError>;
+    /// Switches the single-number service of a device on or off (R10);
+    /// [`StoreError::NotFound`] if there is no such device.
+    fn set_service(&self, id: &str, on: bool) -> Result<(), StoreError>;
+    /// Revokes a device (R9): records the reason and time, moves its identifier to
+    /// quarantine (at `now_ms`) and deletes its registrations; returns the revoked device.
+    /// [`StoreError::NotFound`] if there is no such device, [`StoreError::Conflict`] if it
+    /// is revoked already.
+    fn revoke_device(&self, id: &str, reason: &str, now_ms: i64) -> Result<Device, StoreError>;
+    /// The device whose token hash is `hash` (revoked ones included: check
+    /// [`Device::revoked`]).
+    fn device_by_token_hash(&self, hash: &str) -> Result<Option<Device>, StoreError>;
+
+    /// Records a security event (R14); returns its id (`event.id` is ignored). Ids increase.
+    fn add_security_event(&self, event: &SecurityEvent) -> Result<i64, StoreError>;
+    /// Up to `limit` security events with an id greater than `since_id`, ascending.
+    fn security_events(&self, since_id: i64, limit: u32) -> Result<Vec<SecurityEvent>, StoreError>;
 }

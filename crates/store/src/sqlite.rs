@@ -1,7 +1,10 @@
 //! SQLite implementation of [`Store`](crate::Store): one connection behind a mutex, WAL journal,
 //! `synchronous=FULL` (a committed write survives `kill -9` and power loss), foreign keys on.
+//! Methods that read before they write run in `BEGIN IMMEDIATE` transactions, so they stay
+//! correct when several connections (several stores, several processes) share the file.
 
 mod migrate;
+mod provisioning;
 mod queries;
 
 use std::path::Path;
@@ -17,8 +20,10 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// SQLite-backed [`Store`](crate::Store) (the embedded default).
 ///
-/// Every method is a single SQL statement, hence atomic. Calls are serialized on one
-/// connection; run them from tokio's blocking pool (`spawn_blocking`).
+/// Every method is a single SQL statement or a single `BEGIN IMMEDIATE` transaction, hence
+/// atomic. Calls are serialized on one connection; run them from tokio's blocking pool
+/// (`spawn_blocking`). Several stores may open the same file (a write waits up to 5 s for
+/// another connection's write lock).
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Mutex<Connection>,
@@ -86,9 +91,9 @@ impl SqliteStore {
         })
     }
 
-    /// The connection. A panic in another thread cannot leave it mid-transaction (each
-    /// method is one statement, and rusqlite resets statements on drop), so a poisoned lock
-    /// is recovered.
+    /// The connection. A panic in another thread cannot leave it mid-transaction (rusqlite
+    /// resets statements and rolls transactions back on drop, unwinding included), so a
+    /// poisoned lock is recovered.
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }

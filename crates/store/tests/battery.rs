@@ -7,8 +7,9 @@
 mod battery;
 
 use std::path::Path;
+use std::sync::Arc;
 
-use trustring_store::SqliteStore;
+use trustring_store::{SqliteStore, Store};
 
 fn sqlite_file(dir: &Path) -> SqliteStore {
     SqliteStore::open(&dir.join("trustring-data").join("trustring.db")).unwrap()
@@ -43,10 +44,53 @@ backends!(
     battery_delete_registrations,
     battery_delete_subscriber_cascades,
     battery_concurrent,
+    battery_pool_add_and_count,
+    battery_pool_quarantine_release,
+    battery_eula_publish_and_current,
+    battery_eula_text_round_trip,
+    battery_enrolment_codes,
+    battery_enrol_success,
+    battery_enrol_refusals,
+    battery_enrol_without_eula,
+    battery_device_service,
+    battery_device_registrations,
+    battery_revoke_device,
+    battery_delete_subscriber_revokes_devices,
+    battery_device_debug_redacts,
+    battery_security_events,
 );
 
 #[test]
 fn sqlite_file_durable_across_reopen() {
     let dir = tempfile::tempdir().unwrap();
     battery::battery_durable_across_reopen(&|| Box::new(sqlite_file(dir.path())));
+}
+
+#[test]
+fn sqlite_file_provisioning_durable_across_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    battery::battery_provisioning_durable_across_reopen(&|| Box::new(sqlite_file(dir.path())));
+}
+
+#[test]
+fn sqlite_file_concurrent_enrol() {
+    let dir = tempfile::tempdir().unwrap();
+    let store: Arc<dyn Store> = Arc::new(sqlite_file(dir.path()));
+    battery::battery_concurrent_enrol(&[store]);
+}
+
+#[test]
+fn sqlite_memory_concurrent_enrol() {
+    let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
+    battery::battery_concurrent_enrol(&[store]);
+}
+
+/// Two "nodes": two stores (two connections) on one file; `BEGIN IMMEDIATE` and the busy
+/// timeout serialize their enrolments.
+#[test]
+fn sqlite_file_concurrent_enrol_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a: Arc<dyn Store> = Arc::new(sqlite_file(dir.path()));
+    let b: Arc<dyn Store> = Arc::new(sqlite_file(dir.path()));
+    battery::battery_concurrent_enrol(&[a, b]);
 }

@@ -6,7 +6,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use rusqlite::Connection;
-use trustring_store::{Registration, RoutingProfile, SqliteStore, Store, Subscriber};
+use trustring_store::{
+    Enrolment, Eula, NewDevice, PoolCounts, Registration, RoutingProfile, SqliteStore, Store,
+    StoreError, Subscriber,
+};
 
 /// Set in the child process of [`committed_writes_survive_abort`]: the database path.
 const CHILD_ENV: &str = "TRUSTRING_STORE_TEST_ABORT_CHILD";
@@ -33,7 +36,51 @@ fn alice_reg() -> Registration {
         cseq: 1,
         expires_at_ms: i64::MAX,
         q: 1000,
+        device_id: None,
     }
+}
+
+fn v1() -> Eula {
+    Eula {
+        version: "v1".to_owned(),
+        text: "t".to_owned(),
+        published_at_ms: 1,
+    }
+}
+
+fn code(hash: &str) -> Enrolment {
+    Enrolment {
+        code_hash: hash.to_owned(),
+        user: "alice".to_owned(),
+        created_at_ms: 1,
+        expires_at_ms: i64::MAX,
+        used_at_ms: None,
+        device_id: None,
+    }
+}
+
+fn phone(id: &str) -> NewDevice {
+    NewDevice {
+        id: id.to_owned(),
+        security_level: "software".to_owned(),
+        zone_public_key: "pk".to_owned(),
+        eula_version: "v1".to_owned(),
+        eula_accepted_at_ms: 1,
+        license_key_enc: "k".to_owned(),
+        sip_ha1_md5: "m".to_owned(),
+        sip_ha1_sha256: "s".to_owned(),
+        token_hash: format!("t-{id}"),
+    }
+}
+
+/// Alice with a published EULA, `n` identifiers and an enrolled phone `phone-1`.
+fn provision_alice(store: &SqliteStore, n: usize) {
+    store.create_subscriber(&alice()).unwrap();
+    store.publish_eula(&v1()).unwrap();
+    let ids: Vec<String> = (0..n).map(|i| format!("+1555{i:07}")).collect();
+    assert_eq!(store.add_identifiers(&ids).unwrap(), n);
+    store.create_enrolment(&code("c1")).unwrap();
+    store.enrol("c1", 2, &phone("phone-1")).unwrap();
 }
 
 #[test]
@@ -41,7 +88,7 @@ fn open_creates_a_private_wal_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/trustring.db");
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 1);
+    assert_eq!(store.schema_version().unwrap(), 2);
     let conn = Connection::open(&path).unwrap();
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
@@ -85,7 +132,7 @@ fn reopen_keeps_schema_version_and_refuses_newer() {
     let path = dir.path().join("trustring.db");
     drop(SqliteStore::open(&path).unwrap());
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 1);
+    assert_eq!(store.schema_version().unwrap(), 2);
     drop(store);
 
     Connection::open(&path)
@@ -126,4 +173,114 @@ fn committed_writes_survive_abort() {
     let store = SqliteStore::open(&path).unwrap();
     assert_eq!(store.subscribers().unwrap(), vec![alice()]);
     assert_eq!(store.registrations(None, 0).unwrap(), vec![alice_reg()]);
+}
+
+/// Set in the child process of [`committed_enrolment_survives_abort`]: the database path.
+const ENROL_CHILD_ENV: &str = "TRUSTRING_STORE_TEST_ENROL_ABORT_CHILD";
+
+/// A committed enrolment and revocation survive the process dying without cleanup.
+#[test]
+fn committed_enrolment_survives_abort() {
+    if let Ok(path) = std::env::var(ENROL_CHILD_ENV) {
+        let store = SqliteStore::open(Path::new(&path)).unwrap();
+        provision_alice(&store, 3);
+        store.create_enrolment(&code("c2")).unwrap();
+        store.enrol("c2", 3, &phone("phone-2")).unwrap();
+        store.revoke_device("phone-2", "left", 4).unwrap();
+        std::process::abort();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trustring-data/trustring.db");
+    let status = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "committed_enrolment_survives_abort",
+            "--nocapture",
+        ])
+        .env(ENROL_CHILD_ENV, &path)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(!status.success(), "the child must die, not exit cleanly");
+    let store = SqliteStore::open(&path).unwrap();
+    let devices = store.devices(Some("alice")).unwrap();
+    let ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["phone-1", "phone-2"]);
+    assert_eq!(devices[1].revoked.as_ref().unwrap().reason, "left");
+    assert_eq!(
+        store.pool_counts().unwrap(),
+        PoolCounts {
+            free: 1,
+            assigned: 1,
+            quarantined: 1
+        }
+    );
+}
+
+/// A version-1 database (subscribers and registrations only) is upgraded in place: the data
+/// stays, old bindings have no device, and provisioning works.
+#[test]
+fn upgrade_from_version_1_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trustring.db");
+    {
+        let conn = Connection::open(&path).unwrap();
+        conn.execute_batch(include_str!("../migrations/sqlite/0001_init.sql"))
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO subscribers (username, enterprise, ha1_md5, ha1_sha256, \
+             ring_timeout_secs, ring_delays, created_at) \
+             VALUES ('alice', 'acme', 'm', 's', 30, '[]', 1)",
+            [],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO registrations (username, contact, transport, source, local, call_id, \
+             cseq, expires_at_ms, q) VALUES ('alice', 'sip:alice@192.0.2.1', 'UDP', \
+             '192.0.2.1:5060', '198.51.100.1:5060', 'c', 1, 9223372036854775807, 1000)",
+            [],
+        )
+        .unwrap();
+    }
+    let store = SqliteStore::open(&path).unwrap();
+    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.subscribers().unwrap(), vec![alice()]);
+    assert_eq!(store.registrations(None, 0).unwrap(), vec![alice_reg()]);
+    provision_alice_existing(&store);
+    assert_eq!(store.devices(None).unwrap().len(), 1);
+}
+
+fn provision_alice_existing(store: &SqliteStore) {
+    store.publish_eula(&v1()).unwrap();
+    store.add_identifiers(&["+15550000001".to_owned()]).unwrap();
+    store.create_enrolment(&code("c1")).unwrap();
+    store.enrol("c1", 2, &phone("phone-1")).unwrap();
+}
+
+/// Two stores on one file ("two nodes") see each other's writes at once: a revocation on
+/// one is in force on the other.
+#[test]
+fn two_nodes_share_provisioning_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("trustring.db");
+    let a = SqliteStore::open(&path).unwrap();
+    let b = SqliteStore::open(&path).unwrap();
+    provision_alice(&a, 2);
+    let phone_reg = Registration {
+        device_id: Some("phone-1".to_owned()),
+        ..alice_reg()
+    };
+    b.put_registration(&phone_reg).unwrap();
+    assert_eq!(a.registrations(None, 0).unwrap(), vec![phone_reg.clone()]);
+    assert!(b.device("phone-1").unwrap().unwrap().revoked.is_none());
+
+    a.revoke_device("phone-1", "non-payment", 10).unwrap();
+    assert!(b.device("phone-1").unwrap().unwrap().revoked.is_some());
+    assert_eq!(b.registrations(None, 0).unwrap(), vec![]);
+    let err = b.put_registration(&phone_reg).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    let err = b.revoke_device("phone-1", "again", 11).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
 }

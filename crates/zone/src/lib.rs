@@ -23,10 +23,12 @@ pub mod pkcs11;
 pub mod proof;
 pub mod seal;
 pub mod software;
+mod util;
 pub mod wire;
 
 pub use proof::{CallBinding, Challenge, LicenseKey, Proof};
 pub use seal::{SealedBody, SealedPackage, ServerPublicKey, ServerSigningKey};
+pub use wire::WireError;
 
 /// How well a zone protects its keys. Recorded by the server per device; an operator can
 /// require [`SecurityLevel::Pkcs11`].

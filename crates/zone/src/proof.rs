@@ -18,7 +18,8 @@ pub const SERVER_LABEL: &[u8] = b"trustring/v1/server";
 /// Label of the zone's proof.
 pub const PROOF_LABEL: &[u8] = b"trustring/v1/proof";
 
-/// A license key: 256 random bits (R4). Zeroed on drop; `Debug` never prints it.
+/// A license key: 256 random bits (R4). Zeroed on drop (`zeroize`); `Debug` never prints it.
+#[derive(zeroize::Zeroize, zeroize::ZeroizeOnDrop)]
 pub struct LicenseKey(pub(crate) [u8; 32]);
 
 impl LicenseKey {
@@ -26,17 +27,22 @@ impl LicenseKey {
     pub fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
+    /// A fresh key: 256 bits from the operating system's CSPRNG (R4).
+    pub fn generate() -> Self {
+        let mut k = [0u8; 32];
+        rand::Rng::fill_bytes(&mut rand::rng(), &mut k);
+        let key = Self(k);
+        zeroize::Zeroize::zeroize(&mut k);
+        key
+    }
     /// The raw key: only for sealing, encryption at rest and in-process HMAC.
     pub fn expose(&self) -> &[u8; 32] {
         &self.0
     }
-}
-
-impl Drop for LicenseKey {
-    fn drop(&mut self) {
-        // Volatile-free best effort; the `zeroize` crate replaces this in the software zone.
-        self.0.iter_mut().for_each(|b| *b = 0);
-        std::hint::black_box(&self.0);
+    /// A copy of the key (the copy is zeroed on drop too). Kept explicit rather than `Clone`
+    /// so every copy of a secret is visible in the code.
+    pub fn duplicate(&self) -> Self {
+        Self(self.0)
     }
 }
 
@@ -104,6 +110,70 @@ pub fn mac(key: &[u8; 32], label: &[u8], msg: &[u8]) -> [u8; 32] {
     h.update(label);
     h.update(msg);
     h.finalize().into_bytes().into()
+}
+
+/// The bytes a zone feeds to `HMAC(K, ·)` to make its proof: `PROOF_LABEL ‖ msg`.
+///
+/// A token-backed zone (PKCS#11) signs exactly these bytes with `CKM_SHA256_HMAC`.
+pub fn proof_input(challenge: &Challenge, binding: &CallBinding<'_>) -> Vec<u8> {
+    let msg = message(
+        &challenge.device_id,
+        challenge.counter,
+        &challenge.nonce,
+        binding,
+    );
+    let mut v = Vec::with_capacity(PROOF_LABEL.len() + msg.len());
+    v.extend_from_slice(PROOF_LABEL);
+    v.extend_from_slice(&msg);
+    v
+}
+
+/// The bytes under the server MAC of a challenge: `SERVER_LABEL ‖ msg`.
+pub fn server_mac_input(challenge: &Challenge, binding: &CallBinding<'_>) -> Vec<u8> {
+    let msg = message(
+        &challenge.device_id,
+        challenge.counter,
+        &challenge.nonce,
+        binding,
+    );
+    let mut v = Vec::with_capacity(SERVER_LABEL.len() + msg.len());
+    v.extend_from_slice(SERVER_LABEL);
+    v.extend_from_slice(&msg);
+    v
+}
+
+impl Challenge {
+    /// Makes a challenge and its server MAC with the device's license key (server side).
+    pub fn new_signed(
+        key: &LicenseKey,
+        device_id: &str,
+        counter: u64,
+        nonce: [u8; 16],
+        binding: &CallBinding<'_>,
+    ) -> Self {
+        let msg = message(device_id, counter, &nonce, binding);
+        Self {
+            device_id: device_id.to_owned(),
+            counter,
+            nonce,
+            server_mac: mac(key.expose(), SERVER_LABEL, &msg),
+        }
+    }
+
+    /// Whether the server MAC is right for `key` and `binding` (constant-time compare).
+    pub fn server_mac_ok(&self, key: &LicenseKey, binding: &CallBinding<'_>) -> bool {
+        let msg = message(&self.device_id, self.counter, &self.nonce, binding);
+        mac_eq(&mac(key.expose(), SERVER_LABEL, &msg), &self.server_mac)
+    }
+
+    /// The proof for this challenge made in software with `key` (the software zone, tests).
+    pub fn prove_with(&self, key: &LicenseKey, binding: &CallBinding<'_>) -> Proof {
+        let msg = message(&self.device_id, self.counter, &self.nonce, binding);
+        Proof {
+            counter: self.counter,
+            mac: mac(key.expose(), PROOF_LABEL, &msg),
+        }
+    }
 }
 
 /// Constant-time equality of two MACs.

@@ -5,7 +5,10 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use store::{Registration, RoutingProfile, Store, StoreError, Subscriber};
+use store::{
+    Device, EnrolError, Enrolled, Enrolment, Eula, NewDevice, PoolCounts, Registration,
+    RoutingProfile, SecurityEvent, Store, StoreError, Subscriber,
+};
 
 #[derive(Default)]
 pub(crate) struct MemStore {
@@ -131,4 +134,84 @@ impl Store for MemStore {
         regs.retain(|r| r.expires_at_ms > now_ms);
         Ok(before - regs.len())
     }
+
+    // Provisioning is not modelled here (the API tests do not use it yet): every call fails
+    // like a broken database.
+
+    fn add_identifiers(&self, _ids: &[String]) -> Result<usize, StoreError> {
+        Err(unsupported())
+    }
+
+    fn pool_counts(&self) -> Result<PoolCounts, StoreError> {
+        Err(unsupported())
+    }
+
+    fn release_quarantined(&self, _older_than_ms: i64) -> Result<usize, StoreError> {
+        Err(unsupported())
+    }
+
+    fn publish_eula(&self, _eula: &Eula) -> Result<(), StoreError> {
+        Err(unsupported())
+    }
+
+    fn current_eula(&self) -> Result<Option<Eula>, StoreError> {
+        Err(unsupported())
+    }
+
+    fn eulas(&self) -> Result<Vec<Eula>, StoreError> {
+        Err(unsupported())
+    }
+
+    fn create_enrolment(&self, _enrolment: &Enrolment) -> Result<(), StoreError> {
+        Err(unsupported())
+    }
+
+    fn enrolments(&self, _user: &str) -> Result<Vec<Enrolment>, StoreError> {
+        Err(unsupported())
+    }
+
+    fn enrol(
+        &self,
+        _code_hash: &str,
+        _now_ms: i64,
+        _new: &NewDevice,
+    ) -> Result<Enrolled, EnrolError> {
+        Err(unsupported().into())
+    }
+
+    fn device(&self, _id: &str) -> Result<Option<Device>, StoreError> {
+        Err(unsupported())
+    }
+
+    fn devices(&self, _user: Option<&str>) -> Result<Vec<Device>, StoreError> {
+        Err(unsupported())
+    }
+
+    fn set_service(&self, _id: &str, _on: bool) -> Result<(), StoreError> {
+        Err(unsupported())
+    }
+
+    fn revoke_device(&self, _id: &str, _reason: &str, _now_ms: i64) -> Result<Device, StoreError> {
+        Err(unsupported())
+    }
+
+    fn device_by_token_hash(&self, _hash: &str) -> Result<Option<Device>, StoreError> {
+        Err(unsupported())
+    }
+
+    fn add_security_event(&self, _event: &SecurityEvent) -> Result<i64, StoreError> {
+        Err(unsupported())
+    }
+
+    fn security_events(
+        &self,
+        _since_id: i64,
+        _limit: u32,
+    ) -> Result<Vec<SecurityEvent>, StoreError> {
+        Err(unsupported())
+    }
+}
+
+fn unsupported() -> StoreError {
+    StoreError::Database("MemStore: provisioning is not modelled".into())
 }

@@ -66,6 +66,7 @@ async fn full_flow_on_sqlite() {
             cseq: 7,
             expires_at_ms,
             q: 1000,
+            device_id: None,
         };
         app.store.put_registration(&reg).expect("put registration");
     }

@@ -273,6 +273,7 @@ fn registration(user: &str, contact: &str, expires_at_ms: i64, q: u16) -> Regist
         cseq: 1,
         expires_at_ms,
         q,
+        device_id: None,
     }
 }
 

@@ -16,11 +16,18 @@ pub(super) struct Migration {
 }
 
 /// Every migration of the SQLite schema, oldest first.
-pub(super) const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "0001_init.sql",
-    sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-}];
+pub(super) const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "0001_init.sql",
+        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        name: "0002_provisioning.sql",
+        sql: include_str!("../../migrations/sqlite/0002_provisioning.sql"),
+    },
+];
 
 /// Brings the schema up to the last of `migrations` and returns the resulting version.
 ///

@@ -1,11 +1,17 @@
-//! The [`Store`] methods as SQL: one statement each, so each is atomic on its own. The SQL is
-//! portable (`ON CONFLICT ... DO UPDATE`, no `INSERT OR REPLACE`) for a PostgreSQL twin.
+//! The [`Store`] methods as SQL: one statement each (atomic on its own) or one
+//! `BEGIN IMMEDIATE` transaction; the provisioning methods live in `provisioning.rs`. The SQL
+//! is portable (`ON CONFLICT ... DO UPDATE`, no `INSERT OR REPLACE`) for a PostgreSQL twin.
+
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::types::Type;
 use rusqlite::{OptionalExtension, Row, params};
 
-use super::SqliteStore;
-use crate::{Registration, RingDelay, RoutingProfile, Store, StoreError, Subscriber};
+use super::{SqliteStore, provisioning};
+use crate::{
+    Device, EnrolError, Enrolled, Enrolment, Eula, NewDevice, PoolCounts, Registration, RingDelay,
+    RoutingProfile, SecurityEvent, Store, StoreError, Subscriber,
+};
 
 /// `SELECT <every subscriber column> FROM subscribers <rest>`, in [`subscriber_from_row`] order.
 macro_rules! select_subscribers {
@@ -23,19 +29,20 @@ macro_rules! select_subscribers {
 macro_rules! select_registrations {
     ($rest:literal) => {
         concat!(
-            "SELECT username, contact, transport, source, local, call_id, cseq, expires_at_ms, q \
-             FROM registrations ",
+            "SELECT username, contact, transport, source, local, call_id, cseq, expires_at_ms, q, \
+             device_id FROM registrations ",
             $rest
         )
     };
 }
 
 /// Wraps a rusqlite error with the operation that failed.
-fn db(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+pub(super) fn db(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
     move |e| StoreError::Database(format!("{op}: {e}"))
 }
 
-fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+/// Whether `e` is a foreign-key constraint failure.
+pub(super) fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
     e.sqlite_error()
         .is_some_and(|e| e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY)
 }
@@ -73,7 +80,15 @@ fn registration_from_row(row: &Row<'_>) -> rusqlite::Result<Registration> {
         cseq: row.get(6)?,
         expires_at_ms: row.get(7)?,
         q: row.get(8)?,
+        device_id: row.get(9)?,
     })
+}
+
+/// The wall clock, Unix milliseconds (for `delete_subscriber`, which takes no time).
+fn unix_ms_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl Store for SqliteStore {
@@ -143,44 +158,81 @@ impl Store for SqliteStore {
         Ok(())
     }
 
+    /// Revocation time is the wall clock. Registrations and enrolment codes go by cascade.
     fn delete_subscriber(&self, user: &str) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
+        const OP: &str = "delete_subscriber";
+        let now_ms = unix_ms_now();
+        let mut conn = self.conn();
+        let tx = provisioning::immediate(&mut conn, OP)?;
+        provisioning::subscriber_deleted(&tx, user, now_ms).map_err(db(OP))?;
+        let n = tx
             .prepare_cached("DELETE FROM subscribers WHERE username = ?1")
-            .map_err(db("delete_subscriber"))?;
-        let n = stmt.execute([user]).map_err(db("delete_subscriber"))?;
+            .and_then(|mut stmt| stmt.execute([user]))
+            .map_err(db(OP))?;
+        tx.commit().map_err(db(OP))?;
         Ok(n > 0)
     }
 
-    /// [`StoreError::NotFound`] if the subscriber does not exist.
+    /// A registration with a `device_id` is checked against the device in the same
+    /// transaction, so a binding never outlives the device's revocation.
     fn put_registration(&self, reg: &Registration) -> Result<(), StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
+        const OP: &str = "put_registration";
+        let mut conn = self.conn();
+        let tx = provisioning::immediate(&mut conn, OP)?;
+        if let Some(device_id) = &reg.device_id {
+            let device: Option<(String, Option<i64>)> = tx
+                .prepare_cached("SELECT username, revoked_at_ms FROM devices WHERE id = ?1")
+                .and_then(|mut stmt| {
+                    stmt.query_row([device_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                        .optional()
+                })
+                .map_err(db(OP))?;
+            match device {
+                Some((owner, None)) if owner == reg.user => {}
+                Some((owner, Some(_))) if owner == reg.user => {
+                    return Err(StoreError::Conflict(format!(
+                        "revocation of device {device_id}"
+                    )));
+                }
+                _ => {
+                    return Err(StoreError::NotFound(format!(
+                        "device {device_id} of subscriber {}",
+                        reg.user
+                    )));
+                }
+            }
+        }
+        let result = tx
             .prepare_cached(
                 "INSERT INTO registrations (username, contact, transport, source, local, \
-                 call_id, cseq, expires_at_ms, q) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 call_id, cseq, expires_at_ms, q, device_id) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
                  ON CONFLICT (username, contact) DO UPDATE SET transport = excluded.transport, \
                  source = excluded.source, local = excluded.local, call_id = excluded.call_id, \
-                 cseq = excluded.cseq, expires_at_ms = excluded.expires_at_ms, q = excluded.q",
+                 cseq = excluded.cseq, expires_at_ms = excluded.expires_at_ms, q = excluded.q, \
+                 device_id = excluded.device_id",
             )
-            .map_err(db("put_registration"))?;
-        let result = stmt.execute(params![
-            reg.user,
-            reg.contact,
-            reg.transport,
-            reg.source,
-            reg.local,
-            reg.call_id,
-            reg.cseq,
-            reg.expires_at_ms,
-            reg.q,
-        ]);
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    reg.user,
+                    reg.contact,
+                    reg.transport,
+                    reg.source,
+                    reg.local,
+                    reg.call_id,
+                    reg.cseq,
+                    reg.expires_at_ms,
+                    reg.q,
+                    reg.device_id,
+                ])
+            });
         match result {
-            Ok(_) => Ok(()),
+            Ok(_) => tx.commit().map_err(db(OP)),
+            // The device was checked above: the subscriber is missing.
             Err(e) if is_foreign_key_violation(&e) => {
                 Err(StoreError::NotFound(format!("subscriber {}", reg.user)))
             }
-            Err(e) => Err(db("put_registration")(e)),
+            Err(e) => Err(db(OP)(e)),
         }
     }
 
@@ -237,5 +289,69 @@ impl Store for SqliteStore {
             .prepare_cached("DELETE FROM registrations WHERE expires_at_ms <= ?1")
             .map_err(db("purge_expired"))?;
         stmt.execute([now_ms]).map_err(db("purge_expired"))
+    }
+
+    fn add_identifiers(&self, ids: &[String]) -> Result<usize, StoreError> {
+        provisioning::add_identifiers(&mut self.conn(), ids)
+    }
+
+    fn pool_counts(&self) -> Result<PoolCounts, StoreError> {
+        provisioning::pool_counts(&self.conn())
+    }
+
+    fn release_quarantined(&self, older_than_ms: i64) -> Result<usize, StoreError> {
+        provisioning::release_quarantined(&self.conn(), older_than_ms)
+    }
+
+    fn publish_eula(&self, eula: &Eula) -> Result<(), StoreError> {
+        provisioning::publish_eula(&mut self.conn(), eula)
+    }
+
+    fn current_eula(&self) -> Result<Option<Eula>, StoreError> {
+        provisioning::current_eula(&self.conn())
+    }
+
+    fn eulas(&self) -> Result<Vec<Eula>, StoreError> {
+        provisioning::eulas(&self.conn())
+    }
+
+    fn create_enrolment(&self, enrolment: &Enrolment) -> Result<(), StoreError> {
+        provisioning::create_enrolment(&mut self.conn(), enrolment)
+    }
+
+    fn enrolments(&self, user: &str) -> Result<Vec<Enrolment>, StoreError> {
+        provisioning::enrolments(&self.conn(), user)
+    }
+
+    fn enrol(&self, code_hash: &str, now_ms: i64, new: &NewDevice) -> Result<Enrolled, EnrolError> {
+        provisioning::enrol(&mut self.conn(), code_hash, now_ms, new)
+    }
+
+    fn device(&self, id: &str) -> Result<Option<Device>, StoreError> {
+        provisioning::device(&self.conn(), id)
+    }
+
+    fn devices(&self, user: Option<&str>) -> Result<Vec<Device>, StoreError> {
+        provisioning::devices(&self.conn(), user)
+    }
+
+    fn set_service(&self, id: &str, on: bool) -> Result<(), StoreError> {
+        provisioning::set_service(&self.conn(), id, on)
+    }
+
+    fn revoke_device(&self, id: &str, reason: &str, now_ms: i64) -> Result<Device, StoreError> {
+        provisioning::revoke_device(&mut self.conn(), id, reason, now_ms)
+    }
+
+    fn device_by_token_hash(&self, hash: &str) -> Result<Option<Device>, StoreError> {
+        provisioning::device_by_token_hash(&self.conn(), hash)
+    }
+
+    fn add_security_event(&self, event: &SecurityEvent) -> Result<i64, StoreError> {
+        provisioning::add_security_event(&self.conn(), event)
+    }
+
+    fn security_events(&self, since_id: i64, limit: u32) -> Result<Vec<SecurityEvent>, StoreError> {
+        provisioning::security_events(&self.conn(), since_id, limit)
     }
 }

@@ -4,12 +4,24 @@
 //! test file includes this module with `#[path = "battery/mod.rs"] mod battery;` and runs
 //! each function against its own store (see `tests/battery.rs` for SQLite).
 
+mod devices;
+mod enrolment;
+mod eulas;
+mod events;
+mod pool;
 mod registrations;
 mod subscribers;
 
+pub(crate) use devices::*;
+pub(crate) use enrolment::*;
+pub(crate) use eulas::*;
+pub(crate) use events::*;
+pub(crate) use pool::*;
 pub(crate) use registrations::*;
 pub(crate) use subscribers::*;
-use trustring_store::{Registration, RoutingProfile, Subscriber};
+use trustring_store::{
+    Enrolled, Enrolment, Eula, NewDevice, Registration, RoutingProfile, Store, Subscriber,
+};
 
 pub(crate) fn sub(user: &str) -> Subscriber {
     Subscriber {
@@ -33,8 +45,70 @@ pub(crate) fn reg(user: &str, contact: &str, q: u16, expires_at_ms: i64) -> Regi
         cseq: 1,
         expires_at_ms,
         q,
+        device_id: None,
     }
 }
 
 pub(crate) const NOW: i64 = 1_700_000_000_000;
 pub(crate) const LATER: i64 = NOW + 3_600_000;
+
+/// A EULA version.
+pub(crate) fn eula(version: &str, published_at_ms: i64) -> Eula {
+    Eula {
+        version: version.to_owned(),
+        text: format!("The agreement, version {version}."),
+        published_at_ms,
+    }
+}
+
+/// An unused enrolment code for `user`, issued at [`NOW`], valid until [`LATER`].
+pub(crate) fn code(hash: &str, user: &str) -> Enrolment {
+    Enrolment {
+        code_hash: hash.to_owned(),
+        user: user.to_owned(),
+        created_at_ms: NOW,
+        expires_at_ms: LATER,
+        used_at_ms: None,
+        device_id: None,
+    }
+}
+
+/// A device to enrol, accepting EULA `eula_version`; its token hash is `token-<id>`.
+pub(crate) fn new_device(id: &str, eula_version: &str) -> NewDevice {
+    NewDevice {
+        id: id.to_owned(),
+        security_level: "software".to_owned(),
+        zone_public_key: format!("pk-{id}"),
+        eula_version: eula_version.to_owned(),
+        eula_accepted_at_ms: NOW - 1_000,
+        license_key_enc: format!("SECRET-LICENSE-{id}"),
+        sip_ha1_md5: format!("SECRET-HA1-MD5-{id}"),
+        sip_ha1_sha256: format!("SECRET-HA1-SHA256-{id}"),
+        token_hash: format!("token-{id}"),
+    }
+}
+
+/// `n` identifiers starting at `first`: `+15550000100`, ... (fixed width, so bytewise order is
+/// numeric order).
+pub(crate) fn identifiers(first: u32, n: u32) -> Vec<String> {
+    (first..first + n).map(|i| format!("+1555{i:07}")).collect()
+}
+
+/// Subscribers `users`, EULA `v1` published and current, `pool` identifiers from 100.
+pub(crate) fn provision(store: &dyn Store, users: &[&str], pool: u32) {
+    for user in users {
+        store.create_subscriber(&sub(user)).unwrap();
+    }
+    store.publish_eula(&eula("v1", NOW - 10_000)).unwrap();
+    assert_eq!(
+        store.add_identifiers(&identifiers(100, pool)).unwrap(),
+        pool as usize
+    );
+}
+
+/// Issues a code `code-<device>` for `user` and enrols device `device` with it at [`NOW`].
+pub(crate) fn enrol(store: &dyn Store, user: &str, device: &str) -> Enrolled {
+    let hash = format!("code-{device}");
+    store.create_enrolment(&code(&hash, user)).unwrap();
+    store.enrol(&hash, NOW, &new_device(device, "v1")).unwrap()
+}

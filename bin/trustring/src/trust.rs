@@ -1,0 +1,130 @@
+//! The server's trust authority wired into the SIP core (R14), and the keys provisioning
+//! needs (R4, R7): the master key ring that keeps license keys encrypted at rest and the
+//! key that signs sealed packages.
+//!
+//! The authority is shared: the proxy task asks it for challenges and proof checks through
+//! [`Gate`], and device changes (enrolment, on/off, revocation) update it from the admin
+//! API's side. A `std` mutex is enough: each call is a few microseconds of HMAC.
+
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use sip_core::proxy::{DeviceEntry, TrustGate, TrustRefusal};
+use store::Device;
+use zone::authority::{AuthorityConfig, TrustAuthority, TrustFailure};
+use zone::master::MasterKeyRing;
+use zone::{CallBinding, ServerSigningKey};
+
+/// The shared authority.
+pub(crate) type Authority = Arc<Mutex<TrustAuthority>>;
+
+pub(crate) fn new_authority() -> Authority {
+    Arc::new(Mutex::new(TrustAuthority::new(AuthorityConfig::default())))
+}
+
+/// The master key ring: `TRUSTRING_MASTER_KEY` if set, else `DATA/master-key`, created
+/// (mode 0600) on first start. See docs/trust.md for rotation.
+pub(crate) fn master_keys(data: &Path) -> anyhow::Result<MasterKeyRing> {
+    match std::env::var("TRUSTRING_MASTER_KEY") {
+        Ok(v) if !v.trim().is_empty() => MasterKeyRing::from_env_value(v.trim())
+            .context("TRUSTRING_MASTER_KEY is not a valid key"),
+        _ => {
+            let path = data.join("master-key");
+            MasterKeyRing::load_or_create(&path)
+                .with_context(|| format!("loading master key {}", path.display()))
+        }
+    }
+}
+
+/// The package-signing key in `DATA/server-signing-key` (created on first start, 0600).
+pub(crate) fn signing_key(data: &Path) -> anyhow::Result<ServerSigningKey> {
+    let path = data.join("server-signing-key");
+    ServerSigningKey::load_or_create(&path)
+        .with_context(|| format!("loading package-signing key {}", path.display()))
+}
+
+/// What the SIP core needs of a stored device, `None` if it must not ring (revoked).
+pub(crate) fn device_entry(d: &Device) -> Option<DeviceEntry> {
+    d.revoked.is_none().then(|| DeviceEntry {
+        id: d.id.clone(),
+        user: d.user.clone(),
+        ha1_md5: d.sip_ha1_md5.clone(),
+        ha1_sha256: d.sip_ha1_sha256.clone(),
+        service_on: d.service_on,
+    })
+}
+
+/// Loads (or drops, if revoked) a device's license key into the authority.
+pub(crate) fn load_device(authority: &Authority, keys: &MasterKeyRing, d: &Device) {
+    let mut a = authority.lock().unwrap_or_else(PoisonError::into_inner);
+    if d.revoked.is_some() {
+        a.revoke(&d.id);
+        return;
+    }
+    match keys.decrypt(&d.license_key_enc, &d.id) {
+        Ok(key) => {
+            if let Err(e) = a.set_device(&d.id, key) {
+                tracing::error!(device = %d.id, error = %e, "device id unusable for trust checks");
+            }
+        }
+        Err(e) => {
+            tracing::error!(device = %d.id, error = %e, "cannot decrypt the device's license key: wrong master key?");
+        }
+    }
+}
+
+/// The proxy's [`TrustGate`] over the shared authority.
+pub(crate) struct Gate(pub(crate) Authority);
+
+fn refusal(f: &TrustFailure) -> TrustRefusal {
+    TrustRefusal {
+        kind: f.code().to_owned(),
+        detail: f.to_string(),
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+impl TrustGate for Gate {
+    fn challenge(
+        &mut self,
+        now: Instant,
+        device: &str,
+        call_id: &str,
+        branch: &str,
+    ) -> Result<String, TrustRefusal> {
+        let binding = CallBinding { call_id, branch };
+        let mut a = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        a.issue(now, unix_ms(), device, &binding)
+            .map(|c| c.to_header())
+            .map_err(|f| refusal(&f))
+    }
+
+    fn verify(
+        &mut self,
+        now: Instant,
+        device: &str,
+        call_id: &str,
+        branch: &str,
+        proof: Option<&str>,
+    ) -> Result<(), TrustRefusal> {
+        let binding = CallBinding { call_id, branch };
+        let mut a = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        a.verify_header(now, device, &binding, proof)
+            .map_err(|f| refusal(&f))
+    }
+
+    fn forget(&mut self, _device: &str, call_id: &str, branch: &str) {
+        let binding = CallBinding { call_id, branch };
+        self.0
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .forget(&binding);
+    }
+}

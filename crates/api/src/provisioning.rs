@@ -1,0 +1,557 @@
+//! Trusted provisioning (SPEC R3–R7): the number identity pool, EULA versions, one-time
+//! enrolment codes, and the enrolment itself (the patent's EULA provisioning process).
+//!
+//! Enrolment is one store transaction (code consumed, identifier taken from the pool, device
+//! stored) followed by sealing the identifier and a fresh license key to the zone's public
+//! key. The license key is kept only encrypted under the master key; the identifier and the
+//! key leave this process only inside the sealed package, and never appear in a response
+//! after that, nor in a log line (R5).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use sip_core::auth::{Algorithm, ha1};
+use store::{EnrolError, Enrolment, Eula, NewDevice, SecurityEvent, StoreError};
+use zone::{LicenseKey, SecurityLevel, ZonePublicKey};
+
+use crate::error::ApiError;
+use crate::subscribers::{path_user, read, unix_now_ms, write};
+use crate::{AppState, Change};
+
+/// Longest range one request may load into the pool.
+pub const MAX_POOL_LOAD: u64 = 1_000_000;
+
+/// What the server needs to provision phones: the master key that keeps license keys
+/// encrypted at rest, the key that signs sealed packages, and the operator's policy.
+pub struct Provisioning {
+    /// Master key ring (current key encrypts; older ones still decrypt).
+    pub master: Arc<zone::master::MasterKeyRing>,
+    /// Signs every sealed package (the device pins its public half).
+    pub signer: zone::ServerSigningKey,
+    /// How long an enrolment code stays valid by default.
+    pub code_ttl: Duration,
+    /// Refuse software zones: only PKCS#11 (hardware-backed) zones may enrol.
+    pub require_pkcs11: bool,
+}
+
+impl std::fmt::Debug for Provisioning {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provisioning")
+            .field("code_ttl", &self.code_ttl)
+            .field("require_pkcs11", &self.require_pkcs11)
+            .finish_non_exhaustive()
+    }
+}
+
+fn provisioning(state: &AppState) -> Result<Arc<Provisioning>, ApiError> {
+    state.provisioning.clone().ok_or_else(|| {
+        ApiError::with_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "provisioning_disabled",
+            "this server has no master key: provisioning is disabled",
+        )
+    })
+}
+
+// ---- number identity pool (R3) ----
+
+/// Body of `POST /api/v1/pools/numbers`: a range `"+15550100000..+15550109999"` (inclusive,
+/// both ends the same length) or a list of identifiers.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PoolLoad {
+    range: Option<String>,
+    identifiers: Option<Vec<String>>,
+}
+
+/// An identifier is an E.164 number: `+` and 2 to 15 digits.
+fn valid_identifier(s: &str) -> bool {
+    s.strip_prefix('+')
+        .is_some_and(|d| (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+fn expand(load: PoolLoad) -> Result<Vec<String>, ApiError> {
+    match (load.range, load.identifiers) {
+        (Some(range), None) => {
+            let (a, b) = range
+                .split_once("..")
+                .ok_or_else(|| ApiError::invalid("range: expected FIRST..LAST"))?;
+            let (a, b) = (a.trim(), b.trim());
+            if !valid_identifier(a) || !valid_identifier(b) || a.len() != b.len() {
+                return Err(ApiError::invalid(
+                    "range: both ends must be E.164 numbers (+ and 2-15 digits) of equal length",
+                ));
+            }
+            let width = a.len() - 1;
+            let lo: u64 = a[1..]
+                .parse()
+                .map_err(|_| ApiError::invalid("range: bad number"))?;
+            let hi: u64 = b[1..]
+                .parse()
+                .map_err(|_| ApiError::invalid("range: bad number"))?;
+            if hi < lo {
+                return Err(ApiError::invalid("range: LAST is below FIRST"));
+            }
+            if hi - lo >= MAX_POOL_LOAD {
+                return Err(ApiError::invalid(format!(
+                    "range: at most {MAX_POOL_LOAD} identifiers per request"
+                )));
+            }
+            Ok((lo..=hi).map(|n| format!("+{n:0width$}")).collect())
+        }
+        (None, Some(list)) => {
+            if list.is_empty() || list.len() as u64 > MAX_POOL_LOAD {
+                return Err(ApiError::invalid(format!(
+                    "identifiers: 1 to {MAX_POOL_LOAD} entries"
+                )));
+            }
+            if let Some(bad) = list.iter().position(|s| !valid_identifier(s)) {
+                return Err(ApiError::invalid(format!(
+                    "identifiers[{bad}]: not an E.164 number (+ and 2-15 digits)"
+                )));
+            }
+            Ok(list)
+        }
+        _ => Err(ApiError::invalid(
+            "give exactly one of \"range\" or \"identifiers\"",
+        )),
+    }
+}
+
+/// `POST /api/v1/pools/numbers` -> 200 `{"added": N, "free":…, "assigned":…, "quarantined":…}`.
+pub(crate) async fn load_numbers(
+    State(state): State<AppState>,
+    body: Result<Json<PoolLoad>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body?;
+    let ids = expand(body)?;
+    let (added, counts) = read(&state, move |store| {
+        let added = store.add_identifiers(&ids)?;
+        Ok((added, store.pool_counts()?))
+    })
+    .await?;
+    tracing::info!(added, "number identity pool loaded");
+    Ok(Json(json!({
+        "added": added,
+        "free": counts.free,
+        "assigned": counts.assigned,
+        "quarantined": counts.quarantined,
+    })))
+}
+
+/// `GET /api/v1/pools/numbers` -> the free / assigned / quarantined counts.
+pub(crate) async fn number_counts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let c = read(&state, |store| Ok(store.pool_counts()?)).await?;
+    Ok(Json(json!({
+        "free": c.free,
+        "assigned": c.assigned,
+        "quarantined": c.quarantined,
+    })))
+}
+
+/// Body of `POST /api/v1/pools/numbers/release`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Release {
+    /// Release identifiers quarantined at least this long ago.
+    min_age_secs: u64,
+}
+
+/// `POST /api/v1/pools/numbers/release` -> quarantined identifiers back to free (R3).
+pub(crate) async fn release_numbers(
+    State(state): State<AppState>,
+    body: Result<Json<Release>, JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let Json(body) = body?;
+    let age = i64::try_from(body.min_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
+    let before = unix_now_ms().saturating_sub(age);
+    let released = read(&state, move |store| Ok(store.release_quarantined(before)?)).await?;
+    Ok(Json(json!({ "released": released })))
+}
+
+// ---- EULA versions (R4) ----
+
+/// Body of `POST /api/v1/eulas`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PublishEula {
+    version: String,
+    text: String,
+}
+
+/// `POST /api/v1/eulas` -> 201: publishes a version; the newest is current.
+pub(crate) async fn publish_eula(
+    State(state): State<AppState>,
+    body: Result<Json<PublishEula>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let version = body.version.trim().to_owned();
+    if version.is_empty()
+        || version.len() > 64
+        || !version
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+    {
+        return Err(ApiError::invalid(
+            "version: 1 to 64 characters of A-Z a-z 0-9 . - _",
+        ));
+    }
+    if body.text.trim().is_empty() {
+        return Err(ApiError::invalid("text: must not be empty"));
+    }
+    let eula = Eula {
+        version,
+        text: body.text,
+        published_at_ms: unix_now_ms(),
+    };
+    let stored = eula.clone();
+    read(&state, move |store| match store.publish_eula(&stored) {
+        Err(StoreError::Conflict(_)) => Err(ApiError::conflict(format!(
+            "EULA version {} already exists",
+            stored.version
+        ))),
+        other => Ok(other?),
+    })
+    .await?;
+    tracing::info!(version = %eula.version, "EULA published");
+    Ok((StatusCode::CREATED, Json(eula)).into_response())
+}
+
+/// `GET /api/v1/eulas` -> every version, oldest first.
+pub(crate) async fn list_eulas(State(state): State<AppState>) -> Result<Json<Vec<Eula>>, ApiError> {
+    Ok(Json(read(&state, |store| Ok(store.eulas()?)).await?))
+}
+
+/// `GET /api/v1/enrol/eula` (public) -> the current EULA the phone must show and accept.
+pub(crate) async fn current_eula(State(state): State<AppState>) -> Result<Json<Eula>, ApiError> {
+    read(&state, |store| store.current_eula().map_err(ApiError::from))
+        .await?
+        .map(Json)
+        .ok_or_else(|| ApiError::not_found("no EULA has been published"))
+}
+
+// ---- enrolment codes ----
+
+/// Body of `POST /api/v1/subscribers/{user}/enrolments` (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NewCode {
+    ttl_secs: Option<u64>,
+}
+
+/// Hash under which a code is stored: the code itself is shown once and never kept.
+pub(crate) fn code_hash(code: &str) -> String {
+    let normal: String = code
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_uppercase())
+        .collect();
+    hex(&Sha256::digest(
+        format!("trustring-enrolment:{normal}").as_bytes(),
+    ))
+}
+
+/// A one-time code: 20 characters of Crockford base32 (100 bits), in groups of 5.
+fn new_code() -> String {
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let mut raw = [0u8; 20];
+    rand::fill(&mut raw[..]);
+    let chars: Vec<char> = raw
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(b & 31)]))
+        .collect();
+    chars
+        .chunks(5)
+        .map(|c| c.iter().collect::<String>())
+        .collect::<Vec<_>>()
+        .join("-")
+}
+
+/// `POST /api/v1/subscribers/{user}/enrolments` -> 201 `{"code", "user", "expires_at_ms"}`.
+/// The code is returned this once.
+pub(crate) async fn create_code(
+    State(state): State<AppState>,
+    user: Result<Path<String>, PathRejection>,
+    body: axum::body::Bytes,
+) -> Result<Response, ApiError> {
+    let user = path_user(user)?;
+    let prov = provisioning(&state)?;
+    // The body is optional: empty means the server's default lifetime.
+    let body: NewCode = if body.iter().all(u8::is_ascii_whitespace) {
+        NewCode::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("body: {e}")))?
+    };
+    let ttl = body.ttl_secs.map_or(prov.code_ttl, Duration::from_secs);
+    if ttl.is_zero() || ttl > Duration::from_secs(30 * 24 * 3600) {
+        return Err(ApiError::invalid("ttl_secs: 1 second to 30 days"));
+    }
+    let code = new_code();
+    let now = unix_now_ms();
+    let enrolment = Enrolment {
+        code_hash: code_hash(&code),
+        user: user.clone(),
+        created_at_ms: now,
+        expires_at_ms: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
+        used_at_ms: None,
+        device_id: None,
+    };
+    let expires_at_ms = enrolment.expires_at_ms;
+    let u = user.clone();
+    read(&state, move |store| {
+        if store.subscriber(&u)?.is_none() {
+            return Err(ApiError::not_found(format!("subscriber {u} not found")));
+        }
+        Ok(store.create_enrolment(&enrolment)?)
+    })
+    .await?;
+    tracing::info!(%user, "enrolment code issued");
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "code": code, "user": user, "expires_at_ms": expires_at_ms })),
+    )
+        .into_response())
+}
+
+// ---- enrolment (public, authenticated by the code) ----
+
+/// Body of `POST /api/v1/enrol`, sent by `trustring device enroll`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct EnrolBody {
+    code: String,
+    /// `x25519:…` (software zone) or `p256:…` (PKCS#11 zone).
+    zone_public_key: String,
+    /// The EULA version the user accepted.
+    eula_version: String,
+    /// Must be `true`: the user accepted that version.
+    accept_eula: bool,
+}
+
+/// What the phone gets back: everything it needs, the secrets only sealed.
+#[derive(Serialize)]
+pub(crate) struct EnrolResponse {
+    device_id: String,
+    user: String,
+    aor: String,
+    security_level: SecurityLevel,
+    sip: SipCredentials,
+    /// The device's bearer token for `/api/v1/device*` (status, on/off).
+    token: String,
+    /// The server's package-signing key, to pin.
+    server_key: String,
+    /// Identifier + license key, sealed to the zone (R7).
+    package: zone::SealedPackage,
+}
+
+#[derive(Serialize)]
+struct SipCredentials {
+    username: String,
+    password: String,
+    domain: String,
+}
+
+fn random_token(bytes: usize) -> String {
+    let mut raw = vec![0u8; bytes];
+    rand::fill(&mut raw[..]);
+    hex(&raw)
+}
+
+pub(crate) fn token_hash(token: &str) -> String {
+    hex(&Sha256::digest(
+        format!("trustring-device-token:{token}").as_bytes(),
+    ))
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+fn refused(state: &AppState, kind: &str, detail: String) {
+    let event = SecurityEvent {
+        id: 0,
+        at_ms: unix_now_ms(),
+        kind: kind.to_owned(),
+        user: None,
+        device_id: None,
+        call_id: None,
+        detail,
+    };
+    let store = Arc::clone(&state.store);
+    tokio::task::spawn_blocking(move || {
+        if let Err(e) = store.add_security_event(&event) {
+            tracing::warn!(error = %e, "could not record a security event");
+        }
+    });
+}
+
+/// `POST /api/v1/enrol` -> 201 [`EnrolResponse`] (the patent's EULA provisioning).
+pub(crate) async fn enrol(
+    State(state): State<AppState>,
+    body: Result<Json<EnrolBody>, JsonRejection>,
+) -> Result<Response, ApiError> {
+    let Json(body) = body?;
+    let prov = provisioning(&state)?;
+    if !body.accept_eula {
+        return Err(ApiError::invalid("accept_eula: the EULA must be accepted"));
+    }
+    let zone_key: ZonePublicKey = body
+        .zone_public_key
+        .parse()
+        .map_err(|e| ApiError::invalid(format!("zone_public_key: {e}")))?;
+    // The scheme follows the key type: X25519 is the software zone, P-256 the token.
+    let level = match zone_key {
+        ZonePublicKey::X25519(_) => SecurityLevel::Software,
+        ZonePublicKey::P256(_) => SecurityLevel::Pkcs11,
+    };
+    if prov.require_pkcs11 && level != SecurityLevel::Pkcs11 {
+        refused(
+            &state,
+            "enrolment-refused",
+            "software zone refused by policy".into(),
+        );
+        return Err(ApiError::with_code(
+            StatusCode::FORBIDDEN,
+            "zone_not_allowed",
+            "this server requires a PKCS#11 (hardware) trusted zone",
+        ));
+    }
+    let device_id = format!("d-{}", &random_token(8)[..12]);
+    let sip_user = format!("{}{device_id}", sip_core::proxy::DEVICE_USER_PREFIX);
+    let sip_password = random_token(16);
+    let token = random_token(32);
+    let license = LicenseKey::generate();
+    let license_key_enc = prov
+        .master
+        .current()
+        .encrypt(&license, &device_id)
+        .map_err(|e| ApiError::internal(&e))?;
+    let realm: &str = &state.domain;
+    let new = NewDevice {
+        id: device_id.clone(),
+        security_level: match level {
+            SecurityLevel::Software => "software".into(),
+            SecurityLevel::Pkcs11 => "pkcs11".into(),
+        },
+        zone_public_key: body.zone_public_key.clone(),
+        eula_version: body.eula_version.clone(),
+        eula_accepted_at_ms: unix_now_ms(),
+        license_key_enc,
+        sip_ha1_md5: ha1(Algorithm::Md5, &sip_user, realm, &sip_password),
+        sip_ha1_sha256: ha1(Algorithm::Sha256, &sip_user, realm, &sip_password),
+        token_hash: token_hash(&token),
+    };
+    let hash = code_hash(&body.code);
+    let enrolled = write(&state, move |store| {
+        let enrolled = store
+            .enrol(&hash, unix_now_ms(), &new)
+            .map_err(enrol_error)?;
+        let id = enrolled.device.id.clone();
+        Ok((enrolled, Change::DeviceChanged(id)))
+    })
+    .await;
+    let enrolled = match enrolled {
+        Ok(e) => e,
+        Err(e) => {
+            if e.status() != StatusCode::INTERNAL_SERVER_ERROR {
+                refused(&state, "enrolment-refused", e.message().to_owned());
+            }
+            return Err(e);
+        }
+    };
+    let package = zone::seal::seal_for_zone(
+        &zone_key,
+        &device_id,
+        &enrolled.identifier,
+        &license,
+        &prov.signer,
+    )
+    .map_err(|e| ApiError::internal(&e))?;
+    let user = enrolled.device.user.clone();
+    tracing::info!(%user, device = %device_id, level = ?level, "device enrolled");
+    let resp = EnrolResponse {
+        aor: format!("sip:{user}@{}", state.domain),
+        user,
+        device_id,
+        security_level: level,
+        sip: SipCredentials {
+            username: sip_user,
+            password: sip_password,
+            domain: state.domain.to_string(),
+        },
+        token,
+        server_key: prov.signer.public().to_string(),
+        package,
+    };
+    Ok((StatusCode::CREATED, Json(resp)).into_response())
+}
+
+fn enrol_error(e: EnrolError) -> ApiError {
+    let refuse = |code, msg: &str| ApiError::with_code(StatusCode::FORBIDDEN, code, msg);
+    match e {
+        EnrolError::CodeUnknown => refuse("code_invalid", "unknown enrolment code"),
+        EnrolError::CodeUsed => refuse("code_used", "enrolment code already used"),
+        EnrolError::CodeExpired => refuse("code_expired", "enrolment code expired"),
+        EnrolError::EulaNotCurrent { accepted, current } => ApiError::with_code(
+            StatusCode::CONFLICT,
+            "eula_not_current",
+            match current {
+                Some(c) => format!("accepted EULA {accepted} is not the current version {c}"),
+                None => "no EULA has been published yet".to_owned(),
+            },
+        ),
+        EnrolError::PoolExhausted => ApiError::with_code(
+            StatusCode::CONFLICT,
+            "pool_exhausted",
+            "number identity pool exhausted: no free identifier",
+        ),
+        EnrolError::Store(e) => e.into(),
+        other => ApiError::internal(&other),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_expand_with_leading_zeros_and_bounds() {
+        let ids = expand(PoolLoad {
+            range: Some("+0100..+0103".into()),
+            identifiers: None,
+        })
+        .unwrap_or_default();
+        assert_eq!(ids, ["+0100", "+0101", "+0102", "+0103"]);
+        for bad in ["+1..+22", "+5..+1", "1..2", "+1", "+12..+1a"] {
+            assert!(
+                expand(PoolLoad {
+                    range: Some(bad.into()),
+                    identifiers: None
+                })
+                .is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn codes_are_grouped_and_hash_ignores_case_and_dashes() {
+        let c = new_code();
+        assert_eq!(c.len(), 23);
+        assert_eq!(code_hash(&c), code_hash(&c.to_lowercase().replace('-', "")));
+        assert_ne!(code_hash(&c), code_hash(&new_code()));
+    }
+}
