@@ -1,8 +1,9 @@
 //! `trustring`: one identity, every device rings.
 //!
-//! Subcommands: `serve` (SIP registrar + forking proxy + admin API). More (device, gateway,
-//! demo, admin) come with their issues.
+//! Subcommands: `serve` (SIP registrar + forking proxy + admin API) and `device` (the phone:
+//! trusted zone, enrolment, calls). More (gateway, demo, admin) come with their issues.
 
+mod device;
 mod serve;
 mod token;
 mod trust;
@@ -33,6 +34,9 @@ enum LogFormat {
 enum Command {
     /// Run the server: SIP registrar and forking proxy (UDP and TCP) plus the admin API.
     Serve(ServeArgs),
+    /// The phone: create its trusted zone, enrol, take calls, switch the service on/off.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
 }
 
 /// `trustring serve` options; every one has a default, so no config file is needed.
@@ -73,6 +77,7 @@ fn main() -> anyhow::Result<()> {
                 .build()?;
             rt.block_on(serve::run(args))
         }
+        Command::Device(cmd) => device::run(cmd),
     }
 }
 

@@ -1,0 +1,549 @@
+//! `trustring device …`: the phone's side (SPEC R6–R10, R14).
+//!
+//! - `init` creates the trusted zone (software file or PKCS#11 token) and its key pair;
+//! - `enroll` sends the zone's public key and the EULA acceptance with a one-time code and
+//!   installs the sealed package the server returns: the identifier and the license key go
+//!   straight into the zone;
+//! - `status`, `service on|off` talk to the server with the device token;
+//! - `run` keeps the phone reachable (a SIP UA registered with the device's credentials) and
+//!   answers each call's trust challenge through the zone.
+//!
+//! The zone directory holds `zone.json` (which backend), the zone's own files, and
+//! `device.json` (normal-world settings: server, device id, SIP credentials, device token).
+//! Nothing here ever prints the identifier or the license key: the zone never gives them out.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use zone::pkcs11::Pkcs11Zone;
+use zone::software::SoftwareZone;
+use zone::{CallBinding, Challenge, SealedPackage, ServerPublicKey, TrustedZone};
+
+/// `trustring device` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub(crate) enum DeviceCommand {
+    /// Create the phone's trusted zone and its key pair.
+    Init(InitArgs),
+    /// Enrol with a one-time code: accept the EULA, receive the sealed identifier and key.
+    Enroll(EnrollArgs),
+    /// Show the zone's and the server's view of this phone.
+    Status(ZoneArgs),
+    /// Switch the single-number service on or off.
+    Service(ServiceArgs),
+    /// Keep the phone reachable for calls and answer their trust challenges.
+    Run(RunArgs),
+}
+
+/// Where the zone lives and how to unlock it.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ZoneArgs {
+    /// The zone directory.
+    #[arg(long, env = "TRUSTRING_ZONE")]
+    zone: PathBuf,
+    /// Passphrase of a software zone, or user PIN of a PKCS#11 token.
+    #[arg(long, env = "TRUSTRING_ZONE_PIN", hide_env_values = true)]
+    pin: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Backend {
+    /// Keys sealed in a file (AEAD under an Argon2-derived key): not hardware.
+    Software,
+    /// Keys inside a PKCS#11 token (HSM, secure element, TPM, SoftHSM2).
+    Pkcs11,
+}
+
+/// `trustring device init`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct InitArgs {
+    #[command(flatten)]
+    zone: ZoneArgs,
+    /// Zone backend.
+    #[arg(long, value_enum, default_value_t = Backend::Software)]
+    backend: Backend,
+    /// PKCS#11 module (pkcs11 backend).
+    #[arg(long, default_value = zone::pkcs11::SOFTHSM2_MODULE)]
+    pkcs11_module: PathBuf,
+    /// Label of the PKCS#11 token (pkcs11 backend).
+    #[arg(long, default_value = "trustring-zone")]
+    token_label: String,
+}
+
+/// `trustring device enroll`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct EnrollArgs {
+    #[command(flatten)]
+    zone: ZoneArgs,
+    /// The server's admin/enrolment HTTP address, e.g. http://127.0.0.1:8080.
+    #[arg(long)]
+    server: String,
+    /// The one-time enrolment code the operator issued.
+    #[arg(long, env = "TRUSTRING_ENROL_CODE", hide_env_values = true)]
+    code: String,
+    /// Accept the server's current EULA (its text is printed first).
+    #[arg(long)]
+    accept_eula: bool,
+}
+
+/// `trustring device service on|off`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct ServiceArgs {
+    #[command(flatten)]
+    zone: ZoneArgs,
+    /// `on` or `off`.
+    #[arg(value_parser = ["on", "off"])]
+    state: String,
+}
+
+/// `trustring device run`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct RunArgs {
+    #[command(flatten)]
+    zone: ZoneArgs,
+    /// The SIP server (registrar/proxy) address.
+    #[arg(long)]
+    sip_server: SocketAddr,
+    /// Local SIP address (default: an ephemeral port on the server's loopback/any).
+    #[arg(long)]
+    local: Option<SocketAddr>,
+    /// Answer every call automatically after this many milliseconds (default: on keypress:
+    /// type `a` + Enter to answer, `h` + Enter to hang up).
+    #[arg(long)]
+    answer_after_ms: Option<u64>,
+    /// Registration lifetime to ask for, seconds.
+    #[arg(long, default_value_t = 300)]
+    expires: u32,
+}
+
+/// `DIR/zone.json`: which backend the zone is.
+#[derive(Debug, Serialize, Deserialize)]
+struct ZoneInfo {
+    backend: Backend,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pkcs11_module: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token_label: Option<String>,
+}
+
+/// `DIR/device.json`: what enrolment gave the normal world (no identifier, no key).
+#[derive(Serialize, Deserialize)]
+struct DeviceConfig {
+    server: String,
+    device_id: String,
+    user: String,
+    aor: String,
+    domain: String,
+    sip_username: String,
+    sip_password: String,
+    token: String,
+    server_key: String,
+}
+
+pub(crate) fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
+    match cmd {
+        DeviceCommand::Init(a) => init(a),
+        DeviceCommand::Enroll(a) => enroll(a),
+        DeviceCommand::Status(a) => status(a),
+        DeviceCommand::Service(a) => service(a),
+        DeviceCommand::Run(a) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(run_phone(a))
+        }
+    }
+}
+
+fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("writing {}", path.display()))
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path, what: &str) -> anyhow::Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading {} ({what})", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+}
+
+fn open_zone(args: &ZoneArgs) -> anyhow::Result<Box<dyn TrustedZone + Send>> {
+    let info: ZoneInfo = read_json(
+        &args.zone.join("zone.json"),
+        "no zone here: run `trustring device init` first",
+    )?;
+    Ok(match info.backend {
+        Backend::Software => Box::new(
+            SoftwareZone::open(&args.zone, &args.pin).context("opening the software zone")?,
+        ),
+        Backend::Pkcs11 => {
+            let module = info
+                .pkcs11_module
+                .unwrap_or_else(|| PathBuf::from(zone::pkcs11::SOFTHSM2_MODULE));
+            let label = info.token_label.unwrap_or_else(|| "trustring-zone".into());
+            Box::new(
+                Pkcs11Zone::open(&module, &label, &args.pin, &args.zone)
+                    .context("opening the PKCS#11 zone")?,
+            )
+        }
+    })
+}
+
+fn device_config(zone: &Path) -> anyhow::Result<DeviceConfig> {
+    read_json(
+        &zone.join("device.json"),
+        "not enrolled: run `trustring device enroll` first",
+    )
+}
+
+fn init(a: InitArgs) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.zone.zone)
+        .with_context(|| format!("creating {}", a.zone.zone.display()))?;
+    let info_path = a.zone.zone.join("zone.json");
+    if info_path.exists() {
+        bail!("{} already holds a zone", a.zone.zone.display());
+    }
+    let (zone, info): (Box<dyn TrustedZone>, ZoneInfo) = match a.backend {
+        Backend::Software => (
+            Box::new(
+                SoftwareZone::init(&a.zone.zone, &a.zone.pin)
+                    .context("creating the software zone")?,
+            ),
+            ZoneInfo {
+                backend: Backend::Software,
+                pkcs11_module: None,
+                token_label: None,
+            },
+        ),
+        Backend::Pkcs11 => (
+            Box::new(
+                Pkcs11Zone::init(&a.pkcs11_module, &a.token_label, &a.zone.pin, &a.zone.zone)
+                    .context("creating the PKCS#11 zone")?,
+            ),
+            ZoneInfo {
+                backend: Backend::Pkcs11,
+                pkcs11_module: Some(a.pkcs11_module.clone()),
+                token_label: Some(a.token_label.clone()),
+            },
+        ),
+    };
+    write_private(&info_path, &serde_json::to_vec_pretty(&info)?)?;
+    let st = zone.status()?;
+    println!("zone created in {}", a.zone.zone.display());
+    println!("security level: {}", level_text(st.security_level));
+    println!("public key: {}", zone.public_key()?);
+    Ok(())
+}
+
+fn level_text(l: zone::SecurityLevel) -> &'static str {
+    match l {
+        zone::SecurityLevel::Software => "software (keys in a sealed file; not a hardware zone)",
+        zone::SecurityLevel::Pkcs11 => "pkcs11 (keys inside the token, non-extractable)",
+    }
+}
+
+fn http() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(15)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// The API's error message from a failed response.
+fn api_error(status: u16, body: &str) -> anyhow::Error {
+    let msg = serde_json::from_str::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| {
+            let e = v.get("error")?;
+            Some(format!(
+                "{} ({})",
+                e.get("message")?.as_str()?,
+                e.get("code")?.as_str()?
+            ))
+        })
+        .unwrap_or_else(|| body.chars().take(200).collect());
+    anyhow::anyhow!("server answered {status}: {msg}")
+}
+
+#[derive(Deserialize)]
+struct EulaView {
+    version: String,
+    text: String,
+}
+
+#[derive(Deserialize)]
+struct EnrolResponse {
+    device_id: String,
+    user: String,
+    aor: String,
+    security_level: zone::SecurityLevel,
+    sip: Sip,
+    token: String,
+    server_key: String,
+    package: SealedPackage,
+}
+
+#[derive(Deserialize)]
+struct Sip {
+    username: String,
+    password: String,
+    domain: String,
+}
+
+fn enroll(a: EnrollArgs) -> anyhow::Result<()> {
+    let mut zone = open_zone(&a.zone)?;
+    if zone.status()?.enrolled {
+        bail!("this zone is already enrolled");
+    }
+    let server = a.server.trim_end_matches('/').to_owned();
+    let agent = http();
+    let mut r = agent
+        .get(format!("{server}/api/v1/enrol/eula"))
+        .call()
+        .with_context(|| format!("reaching {server}"))?;
+    let body = r.body_mut().read_to_string()?;
+    if r.status().as_u16() != 200 {
+        return Err(api_error(r.status().as_u16(), &body));
+    }
+    let eula: EulaView = serde_json::from_str(&body).context("EULA response")?;
+    println!(
+        "End-user licence agreement, version {}:\n{}\n",
+        eula.version, eula.text
+    );
+    if !a.accept_eula {
+        bail!("the EULA must be accepted: run again with --accept-eula");
+    }
+    let request = serde_json::json!({
+        "code": a.code,
+        "zone_public_key": zone.public_key()?.to_string(),
+        "eula_version": eula.version,
+        "accept_eula": true,
+    });
+    let mut r = agent
+        .post(format!("{server}/api/v1/enrol"))
+        .header("content-type", "application/json")
+        .send(serde_json::to_vec(&request)?.as_slice())
+        .with_context(|| format!("reaching {server}"))?;
+    let body = r.body_mut().read_to_string()?;
+    if r.status().as_u16() != 201 {
+        return Err(api_error(r.status().as_u16(), &body));
+    }
+    let e: EnrolResponse = serde_json::from_str(&body).context("enrolment response")?;
+    let server_key: ServerPublicKey = e.server_key.parse().context("server key")?;
+    zone.install(&e.package, &server_key)
+        .context("installing the sealed package into the zone")?;
+    let cfg = DeviceConfig {
+        server,
+        device_id: e.device_id.clone(),
+        user: e.user,
+        aor: e.aor.clone(),
+        domain: e.sip.domain,
+        sip_username: e.sip.username,
+        sip_password: e.sip.password,
+        token: e.token,
+        server_key: e.server_key,
+    };
+    write_private(
+        &a.zone.zone.join("device.json"),
+        &serde_json::to_vec_pretty(&cfg)?,
+    )?;
+    println!(
+        "enrolled: device {} for {} (security level {})",
+        e.device_id,
+        e.aor,
+        level_text(e.security_level)
+    );
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct ServerView {
+    status: String,
+    service_on: bool,
+    revoked_reason: Option<String>,
+}
+
+fn server_view(cfg: &DeviceConfig) -> anyhow::Result<ServerView> {
+    let mut r = http()
+        .get(format!("{}/api/v1/device", cfg.server))
+        .header("authorization", &format!("Bearer {}", cfg.token))
+        .call()
+        .with_context(|| format!("reaching {}", cfg.server))?;
+    let body = r.body_mut().read_to_string()?;
+    if r.status().as_u16() != 200 {
+        return Err(api_error(r.status().as_u16(), &body));
+    }
+    Ok(serde_json::from_str(&body)?)
+}
+
+fn status(a: ZoneArgs) -> anyhow::Result<()> {
+    let mut zone = open_zone(&a)?;
+    let cfg = device_config(&a.zone).ok();
+    // Learn a revocation from the server and record it in the zone (R9).
+    let server = cfg.as_ref().map(server_view);
+    if let Some(Ok(v)) = &server
+        && v.status == "revoked"
+    {
+        let reason = v.revoked_reason.clone().unwrap_or_else(|| "revoked".into());
+        if zone.status()?.revoked.is_none() {
+            zone.mark_revoked(&reason)?;
+        }
+    }
+    let st = zone.status()?;
+    println!(
+        "device: {}",
+        st.device_id.as_deref().unwrap_or("(not enrolled)")
+    );
+    if let Some(cfg) = &cfg {
+        println!("identity: {}", cfg.aor);
+    }
+    println!("security level: {}", level_text(st.security_level));
+    let state = match (&st.revoked, st.enrolled) {
+        (Some(reason), _) => format!("revoked ({reason})"),
+        (None, true) => "enrolled".into(),
+        (None, false) => "not enrolled".into(),
+    };
+    println!("status: {state}");
+    match server {
+        Some(Ok(v)) => println!(
+            "service: {} (server: {})",
+            if v.service_on { "on" } else { "off" },
+            v.status
+        ),
+        Some(Err(e)) => println!(
+            "service: {} (server unreachable: {e:#})",
+            on_off(st.service_on)
+        ),
+        None => println!("service: {}", on_off(st.service_on)),
+    }
+    Ok(())
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
+fn service(a: ServiceArgs) -> anyhow::Result<()> {
+    let on = a.state == "on";
+    let mut zone = open_zone(&a.zone)?;
+    let cfg = device_config(&a.zone.zone)?;
+    let mut r = http()
+        .put(format!("{}/api/v1/device/service", cfg.server))
+        .header("authorization", &format!("Bearer {}", cfg.token))
+        .header("content-type", "application/json")
+        .send(serde_json::to_vec(&serde_json::json!({ "on": on }))?.as_slice())
+        .with_context(|| format!("reaching {}", cfg.server))?;
+    let body = r.body_mut().read_to_string()?;
+    if r.status().as_u16() != 200 {
+        return Err(api_error(r.status().as_u16(), &body));
+    }
+    zone.set_service(on)?;
+    println!("single-number service {} for {}", on_off(on), cfg.aor);
+    Ok(())
+}
+
+/// Answers each INVITE's `Trust-Challenge` with the zone's proof.
+struct ZoneProver(Box<dyn TrustedZone + Send>);
+
+impl phone::Prover for ZoneProver {
+    fn prove(&mut self, challenge: &str, call_id: &str, branch: &str) -> Result<String, String> {
+        let c = Challenge::from_header(challenge).map_err(|e| e.to_string())?;
+        let binding = CallBinding { call_id, branch };
+        self.0
+            .prove(&c, &binding)
+            .map(|p| p.to_header())
+            .map_err(|e| e.to_string())
+    }
+}
+
+async fn run_phone(a: RunArgs) -> anyhow::Result<()> {
+    let zone = open_zone(&a.zone)?;
+    let st = zone.status()?;
+    if let Some(reason) = st.revoked {
+        bail!("this phone is revoked ({reason}): it cannot take calls");
+    }
+    if !st.enrolled {
+        bail!("this zone is not enrolled: run `trustring device enroll` first");
+    }
+    let cfg = device_config(&a.zone.zone)?;
+    let mut pc = phone::PhoneConfig::new(
+        a.sip_server,
+        cfg.domain.clone(),
+        cfg.user.clone(),
+        cfg.sip_username.clone(),
+        cfg.sip_password.clone(),
+        cfg.device_id.clone(),
+    );
+    if let Some(local) = a.local {
+        pc.local = local;
+    } else if a.sip_server.ip().is_loopback() {
+        pc.local = SocketAddr::new(a.sip_server.ip(), 0);
+    }
+    pc.expires = a.expires;
+    pc.answer_after = a.answer_after_ms.map(Duration::from_millis);
+    let (handle, mut events) = phone::Phone::start(pc, Box::new(ZoneProver(zone)))
+        .await
+        .context("starting the phone")?;
+    println!(
+        "phone {} for {} on {} (server {})",
+        cfg.device_id,
+        cfg.aor,
+        handle.local_addr(),
+        a.sip_server
+    );
+    // Keypress control: `a` answers the newest ringing call, `h` hangs it up.
+    let (keys_tx, mut keys) = tokio::sync::mpsc::unbounded_channel::<String>();
+    if a.answer_after_ms.is_none() {
+        std::thread::spawn(move || {
+            for line in std::io::stdin().lock().lines() {
+                let Ok(line) = line else { break };
+                if keys_tx.send(line.trim().to_owned()).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    let mut current: Option<String> = None;
+    loop {
+        tokio::select! {
+            e = events.recv() => {
+                let Some(e) = e else { break };
+                if let phone::PhoneEvent::Ringing { call_id, .. } = &e {
+                    current = Some(call_id.clone());
+                }
+                println!("{e}");
+            }
+            k = keys.recv() => {
+                let (Some(k), Some(call)) = (k, current.clone()) else { continue };
+                let r = match k.as_str() {
+                    "a" | "answer" => handle.answer(&call).await,
+                    "h" | "hangup" => handle.hangup(&call).await,
+                    _ => continue,
+                };
+                if let Err(e) = r {
+                    println!("{e}");
+                }
+            }
+            _ = crate::serve::shutdown_signal() => break,
+        }
+    }
+    handle.shutdown().await.context("unregistering")?;
+    println!("phone stopped");
+    Ok(())
+}

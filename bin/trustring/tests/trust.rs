@@ -1,0 +1,427 @@
+//! Trusted provisioning end to end (issue #3; SPEC R3–R10, R14): the real `trustring serve`,
+//! real `trustring device` phones (software zone and a SoftHSM2 PKCS#11 zone), SIPp callers
+//! and desktops on 127.0.0.1.
+#![allow(missing_docs, clippy::unwrap_used)]
+
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Server, caller, device, serial, sipp};
+
+const WAIT: Duration = Duration::from_secs(45);
+const PIN: &str = "1234";
+/// The pool every test loads: ten identifiers that must never show up anywhere.
+const POOL: &str = "+15550100000..+15550100009";
+
+fn identifiers() -> Vec<String> {
+    (0..10).map(|i| format!("+1555010000{i}")).collect()
+}
+
+/// A server with alice (desktop password s3cret), the pool and an EULA.
+fn server() -> Server {
+    let s = Server::start();
+    s.add_subscriber("alice", "s3cret");
+    let (c, b) = s.api(
+        "POST",
+        "/api/v1/pools/numbers",
+        Some(&format!(r#"{{"range":"{POOL}"}}"#)),
+    );
+    assert_eq!(c, 200, "{b}");
+    let (c, b) = s.api(
+        "POST",
+        "/api/v1/eulas",
+        Some(r#"{"version":"2026-1","text":"Be nice."}"#),
+    );
+    assert_eq!(c, 201, "{b}");
+    s
+}
+
+/// Output of a `trustring device …` command that must succeed.
+fn dev(env: &[(&str, &str)], args: &[&str]) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_trustring"))
+        .arg("device")
+        .args(args)
+        .envs(env.iter().copied())
+        .env("TRUSTRING_ZONE_PIN", PIN)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "device {args:?} failed: {text}");
+    text
+}
+
+struct Phone {
+    zone: PathBuf,
+    env: Vec<(&'static str, String)>,
+    _dir: tempfile::TempDir,
+    /// Everything the device commands printed (scanned for secrets at the end).
+    printed: String,
+}
+
+impl Phone {
+    fn env(&self) -> Vec<(&str, &str)> {
+        self.env.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+
+    fn cmd(&mut self, args: &[&str]) -> String {
+        let zone = self.zone.to_str().unwrap().to_owned();
+        let mut all = args.to_vec();
+        all.extend(["--zone", &zone]);
+        let out = dev(&self.env(), &all);
+        self.printed.push_str(&out);
+        out
+    }
+
+    fn device_json(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(self.zone.join("device.json")).unwrap())
+            .unwrap()
+    }
+}
+
+/// A SoftHSM2 token directory of its own, with one token labelled `trustring-zone`.
+fn softhsm(dir: &Path) -> Vec<(&'static str, String)> {
+    let tokens = dir.join("tokens");
+    std::fs::create_dir_all(&tokens).unwrap();
+    let conf = dir.join("softhsm2.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
+            tokens.display()
+        ),
+    )
+    .unwrap();
+    let st = Command::new("softhsm2-util")
+        .args(["--init-token", "--free", "--label", "trustring-zone"])
+        .args(["--so-pin", "12345678", "--pin", PIN])
+        .env("SOFTHSM2_CONF", &conf)
+        .stdout(Stdio::null())
+        .status()
+        .expect("softhsm2-util is needed (apt-get install softhsm2; .ci/run does it)");
+    assert!(st.success());
+    vec![("SOFTHSM2_CONF", conf.to_str().unwrap().to_owned())]
+}
+
+/// Creates a zone, gets a code for alice and enrols the phone.
+fn enrol(s: &Server, backend: &str) -> Phone {
+    let dir = tempfile::tempdir().unwrap();
+    let zone = dir.path().join("zone");
+    let env = if backend == "pkcs11" {
+        softhsm(dir.path())
+    } else {
+        Vec::new()
+    };
+    let mut p = Phone {
+        zone,
+        env,
+        _dir: dir,
+        printed: String::new(),
+    };
+    let out = p.cmd(&["init", "--backend", backend]);
+    assert!(out.contains(&format!("security level: {backend}")), "{out}");
+    let (c, b) = s.api("POST", "/api/v1/subscribers/alice/enrolments", None);
+    assert_eq!(c, 201, "{b}");
+    let code: serde_json::Value = serde_json::from_str(&b).unwrap();
+    let code = code["code"].as_str().unwrap().to_owned();
+    let server = format!("http://{}", s.http);
+    let out = p.cmd(&[
+        "enroll",
+        "--server",
+        &server,
+        "--code",
+        &code,
+        "--accept-eula",
+    ]);
+    assert!(out.contains("enrolled: device d-"), "{out}");
+    // The code works once.
+    let zone2 = tempfile::tempdir().unwrap();
+    let z2 = zone2.path().to_str().unwrap();
+    dev(&[], &["init", "--zone", z2]);
+    let out = Command::new(env!("CARGO_BIN_EXE_trustring"))
+        .args(["device", "enroll", "--zone", z2, "--server", &server])
+        .args(["--code", &code, "--accept-eula"])
+        .env("TRUSTRING_ZONE_PIN", PIN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("code_used"));
+    p
+}
+
+/// `trustring device run` in the background, answering after `answer_ms`.
+struct Running {
+    child: Option<Child>,
+    out: PathBuf,
+}
+
+impl Running {
+    fn start(p: &Phone, s: &Server, answer_ms: u64) -> Self {
+        let out = p.zone.join(format!("run-{}.out", common::free_port()));
+        let child = Command::new(env!("CARGO_BIN_EXE_trustring"))
+            .args(["device", "run", "--zone"])
+            .arg(&p.zone)
+            .args(["--sip-server", &s.target()])
+            .args(["--answer-after-ms", &answer_ms.to_string()])
+            .envs(p.env())
+            .env("TRUSTRING_ZONE_PIN", PIN)
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let r = Self {
+            child: Some(child),
+            out,
+        };
+        assert!(
+            r.wait_for("registered"),
+            "phone did not register: {}",
+            r.text()
+        );
+        r
+    }
+
+    fn text(&self) -> String {
+        std::fs::read_to_string(&self.out).unwrap_or_default()
+    }
+
+    fn wait_for(&self, needle: &str) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < Duration::from_secs(15) {
+            if self.text().contains(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// SIGTERM: the phone unregisters and exits.
+    fn stop(&mut self) -> String {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .arg("-TERM")
+                .arg(c.id().to_string())
+                .status();
+            if common::wait_timeout(&mut c, Duration::from_secs(15)).is_none() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        self.text()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn events(s: &Server) -> String {
+    let (c, b) = s.api("GET", "/api/v1/security-events", None);
+    assert_eq!(c, 200, "{b}");
+    b
+}
+
+/// The phone answers with its zone's proof: it wins and the desktop gets the CANCEL with the
+/// RFC 3326 reason (R11, R12, R14).
+fn phone_answer_wins(backend: &str) {
+    let _g = serial();
+    let s = server();
+    let mut p = enrol(&s, backend);
+    let mut run = Running::start(&p, &s, 400);
+    let mut desk = device(&s, "uas-ring-cancel.xml", 0, false);
+    caller(&s, "uac-call.xml").arg("-d").arg("500").run_ok();
+    desk.expect_ok(WAIT);
+    assert!(run.wait_for("ended"), "{}", run.text());
+    let out = run.stop();
+    assert!(
+        out.contains("incoming call") && out.contains("answered"),
+        "{out}"
+    );
+    assert!(!out.contains("proof failed"), "{out}");
+    let ev = events(&s);
+    assert!(
+        !ev.contains("-proof"),
+        "no proof failure for a good proof: {ev}"
+    );
+    assert!(
+        ev.contains("enrolment-refused"),
+        "the reused code was recorded: {ev}"
+    );
+    p.printed.push_str(&out);
+    no_secret_leaks(&s, &p);
+}
+
+#[test]
+fn software_zone_phone_answers_with_proof_and_desktop_is_cancelled() {
+    phone_answer_wins("software");
+}
+
+#[test]
+fn pkcs11_zone_phone_answers_with_proof_and_desktop_is_cancelled() {
+    phone_answer_wins("pkcs11");
+}
+
+/// Registers a SIPp UAS as the phone (the device's SIP credentials) but it answers without
+/// any proof: it is hung up, the caller never sees its 200, the desktop answers.
+#[test]
+fn phone_without_proof_never_connects() {
+    let _g = serial();
+    let s = server();
+    let p = enrol(&s, "software");
+    let cfg = p.device_json();
+    // A forged phone: SIPp with the device's credentials, answering at once with no proof.
+    let mut forged = sipp("uas-answer.xml").arg("-d").arg("0").spawn();
+    std::thread::sleep(Duration::from_millis(150));
+    sipp("register.xml")
+        .arg("-s")
+        .arg("alice")
+        .arg("-au")
+        .arg(cfg["sip_username"].as_str().unwrap())
+        .arg("-ap")
+        .arg(cfg["sip_password"].as_str().unwrap())
+        .key("domain", "localhost")
+        .key("contact_port", &forged.port.to_string())
+        .key("expires", "3600")
+        .target(&s.target())
+        .run_ok();
+    let mut desk = device(&s, "uas-answer.xml", 1500, false);
+    caller(&s, "uac-call.xml").arg("-d").arg("500").run_ok();
+    desk.expect_ok(WAIT);
+    // The forged phone got ACK + BYE from the proxy (its scenario ends with the BYE).
+    forged.expect_ok(WAIT);
+    let ev = events(&s);
+    assert!(ev.contains("missing-proof"), "{ev}");
+    assert!(ev.contains(cfg["device_id"].as_str().unwrap()), "{ev}");
+}
+
+/// Off: only the desktop rings (R10); on again: both ring.
+#[test]
+fn service_off_rings_only_the_desktop() {
+    let _g = serial();
+    let s = server();
+    let mut p = enrol(&s, "software");
+    let mut run = Running::start(&p, &s, 60_000);
+    let out = p.cmd(&["service", "off"]);
+    assert!(out.contains("service off"), "{out}");
+    let mut desk = device(&s, "uas-answer.xml", 300, false);
+    caller(&s, "uac-call.xml").arg("-d").arg("300").run_ok();
+    desk.expect_ok(WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!run.text().contains("incoming call"), "{}", run.text());
+    let st = p.cmd(&["status"]);
+    assert!(st.contains("service: off"), "{st}");
+    p.cmd(&["service", "on"]);
+    let st = p.cmd(&["status"]);
+    assert!(st.contains("service: on"), "{st}");
+    run.stop();
+}
+
+/// Revoked: at once the phone's registrations go, calls do not fork to it, the device learns
+/// why, and it can no longer take calls (R9).
+#[test]
+fn revoked_phone_does_not_ring() {
+    let _g = serial();
+    let s = server();
+    let mut p = enrol(&s, "software");
+    let mut run = Running::start(&p, &s, 60_000);
+    let id = p.device_json()["device_id"].as_str().unwrap().to_owned();
+    let regs = s.registrations("alice");
+    assert!(regs.contains(&format!("trustring-device={id}")), "{regs}");
+    let (c, b) = s.api(
+        "POST",
+        &format!("/api/v1/devices/{id}/revoke"),
+        Some(r#"{"reason":"lost"}"#),
+    );
+    assert_eq!(c, 200, "{b}");
+    assert!(b.contains(r#""status":"revoked""#), "{b}");
+    let regs = s.registrations("alice");
+    assert_eq!(regs, "[]", "the phone's registration is gone");
+    let mut desk = device(&s, "uas-answer.xml", 300, false);
+    caller(&s, "uac-call.xml").arg("-d").arg("300").run_ok();
+    desk.expect_ok(WAIT);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!run.text().contains("incoming call"), "{}", run.text());
+    run.stop();
+    let st = p.cmd(&["status"]);
+    assert!(st.contains("status: revoked (lost)"), "{st}");
+    // The zone refuses to serve calls now.
+    let out = Command::new(env!("CARGO_BIN_EXE_trustring"))
+        .args(["device", "run", "--zone"])
+        .arg(&p.zone)
+        .args(["--sip-server", &s.target()])
+        .env("TRUSTRING_ZONE_PIN", PIN)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("revoked"));
+    let (_, counts) = s.api("GET", "/api/v1/pools/numbers", None);
+    assert!(counts.contains(r#""quarantined":1"#), "{counts}");
+}
+
+/// R5 / threat 6: neither an identifier of the pool nor the license key (in any usual
+/// encoding) appears in the server log, any API answer or anything the device printed.
+fn no_secret_leaks(s: &Server, p: &Phone) {
+    let mut seen = s.log_text();
+    for path in [
+        "/api/v1/devices",
+        "/api/v1/security-events",
+        "/api/v1/subscribers/alice/registrations",
+        "/api/v1/pools/numbers",
+    ] {
+        seen.push_str(&s.api("GET", path, None).1);
+    }
+    let id = p.device_json()["device_id"].as_str().unwrap().to_owned();
+    seen.push_str(&s.api("GET", &format!("/api/v1/devices/{id}"), None).1);
+    seen.push_str(&p.printed);
+    let mut zone_files = String::new();
+    for entry in std::fs::read_dir(&p.zone).unwrap() {
+        let mut f = std::fs::File::open(entry.unwrap().path()).unwrap();
+        let mut b = Vec::new();
+        let _ = f.read_to_end(&mut b);
+        zone_files.push_str(&String::from_utf8_lossy(&b));
+    }
+    seen.push_str(&zone_files);
+    // The license key in clear, from the store with the server's master key.
+    let store = store::SqliteStore::open(&s.data.join("trustring.db")).unwrap();
+    let d = store::Store::device(&store, &id).unwrap().unwrap();
+    let keys = zone::master::MasterKeyRing::load(&s.data.join("master-key")).unwrap();
+    let key = keys.decrypt(&d.license_key_enc, &id).unwrap();
+    let raw = key.expose();
+    let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+    use base64::Engine;
+    let b64s = [
+        base64::engine::general_purpose::STANDARD.encode(raw),
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw),
+    ];
+    assert!(!seen.contains(&hex), "license key (hex) leaked");
+    assert!(
+        !seen.to_lowercase().contains(&hex),
+        "license key (HEX) leaked"
+    );
+    for b in &b64s {
+        assert!(
+            !seen.contains(b.trim_end_matches('=')),
+            "license key (base64) leaked"
+        );
+    }
+    for ident in identifiers() {
+        assert!(!seen.contains(&ident), "identifier {ident} leaked");
+        assert!(!seen.contains(&ident[1..]), "identifier {ident} leaked");
+    }
+    assert!(seen.contains(&id), "the scan saw the device's records");
+}
