@@ -37,6 +37,26 @@ enum Command {
     /// The phone: create its trusted zone, enrol, take calls, switch the service on/off.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// The master key that keeps license keys encrypted at rest (docs/trust.md).
+    #[command(subcommand)]
+    MasterKey(MasterKeyCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MasterKeyCommand {
+    /// Add a new current key to DATA/master.key and re-encrypt every license key under it
+    /// (stop the server first).
+    Rotate(DataArg),
+    /// Re-encrypt every license key under the current key of the ring in use (after putting
+    /// a new key first in TRUSTRING_MASTER_KEY).
+    Reencrypt(DataArg),
+}
+
+#[derive(Debug, clap::Args)]
+struct DataArg {
+    /// Data directory.
+    #[arg(long, default_value = "./trustring-data", env = "TRUSTRING_DATA")]
+    data: PathBuf,
 }
 
 /// `trustring serve` options; every one has a default, so no config file is needed.
@@ -78,6 +98,8 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(serve::run(args))
         }
         Command::Device(cmd) => device::run(cmd),
+        Command::MasterKey(MasterKeyCommand::Rotate(a)) => trust::rotate(&a.data, true),
+        Command::MasterKey(MasterKeyCommand::Reencrypt(a)) => trust::rotate(&a.data, false),
     }
 }
 

@@ -24,14 +24,14 @@ pub(crate) fn new_authority() -> Authority {
     Arc::new(Mutex::new(TrustAuthority::new(AuthorityConfig::default())))
 }
 
-/// The master key ring: `TRUSTRING_MASTER_KEY` if set, else `DATA/master-key`, created
+/// The master key ring: `TRUSTRING_MASTER_KEY` if set, else `DATA/master.key`, created
 /// (mode 0600) on first start. See docs/trust.md for rotation.
 pub(crate) fn master_keys(data: &Path) -> anyhow::Result<MasterKeyRing> {
     match std::env::var("TRUSTRING_MASTER_KEY") {
         Ok(v) if !v.trim().is_empty() => MasterKeyRing::from_env_value(v.trim())
             .context("TRUSTRING_MASTER_KEY is not a valid key"),
         _ => {
-            let path = data.join("master-key");
+            let path = data.join(zone::master::MASTER_KEY_FILE);
             MasterKeyRing::load_or_create(&path)
                 .with_context(|| format!("loading master key {}", path.display()))
         }
@@ -127,4 +127,41 @@ impl TrustGate for Gate {
             .unwrap_or_else(PoisonError::into_inner)
             .forget(&binding);
     }
+}
+
+/// `trustring master-key rotate`: adds a new current key to `DATA/master.key` and
+/// re-encrypts every stored license key under it (run it with the server stopped; with
+/// `TRUSTRING_MASTER_KEY`, put the new key first yourself and run `reencrypt`).
+pub(crate) fn rotate(data: &Path, rotate_file: bool) -> anyhow::Result<()> {
+    let ring = if rotate_file {
+        let path = data.join(zone::master::MASTER_KEY_FILE);
+        MasterKeyRing::rotate_file(&path).with_context(|| format!("rotating {}", path.display()))?
+    } else {
+        master_keys(data)?
+    };
+    let db = data.join("trustring.db");
+    let store =
+        store::SqliteStore::open(&db).with_context(|| format!("opening store {}", db.display()))?;
+    let store: &dyn store::Store = &store;
+    let mut n = 0;
+    for d in store.devices(None).context("listing devices")? {
+        let stale = ring
+            .needs_reencrypt(&d.license_key_enc)
+            .with_context(|| format!("the key record of device {} is unreadable", d.id))?;
+        if !stale {
+            continue;
+        }
+        let enc = ring
+            .reencrypt(&d.license_key_enc, &d.id)
+            .with_context(|| format!("re-encrypting the key of device {}", d.id))?;
+        store
+            .set_license_key_enc(&d.id, &enc)
+            .with_context(|| format!("storing device {}", d.id))?;
+        n += 1;
+    }
+    println!(
+        "current master key {}; {n} license key record(s) re-encrypted",
+        ring.current().id()
+    );
+    Ok(())
 }

@@ -399,7 +399,8 @@ fn no_secret_leaks(s: &Server, p: &Phone) {
     // The license key in clear, from the store with the server's master key.
     let store = store::SqliteStore::open(&s.data.join("trustring.db")).unwrap();
     let d = store::Store::device(&store, &id).unwrap().unwrap();
-    let keys = zone::master::MasterKeyRing::load(&s.data.join("master-key")).unwrap();
+    let keys =
+        zone::master::MasterKeyRing::load(&s.data.join(zone::master::MASTER_KEY_FILE)).unwrap();
     let key = keys.decrypt(&d.license_key_enc, &id).unwrap();
     let raw = key.expose();
     let hex: String = raw.iter().map(|b| format!("{b:02x}")).collect();
@@ -424,4 +425,45 @@ fn no_secret_leaks(s: &Server, p: &Phone) {
         assert!(!seen.contains(&ident[1..]), "identifier {ident} leaked");
     }
     assert!(seen.contains(&id), "the scan saw the device's records");
+}
+
+/// Enrolled phones survive a restart and a master key rotation: the re-encrypted license
+/// key still verifies the phone's proof (R4, "nothing stored is lost on restart").
+#[test]
+fn phone_survives_restart_and_master_key_rotation() {
+    let _g = serial();
+    let mut s = server();
+    let p = enrol(&s, "software");
+    let data = s.data.clone();
+    let port = s.sip.port();
+    s.stop();
+    let out = Command::new(env!("CARGO_BIN_EXE_trustring"))
+        .args(["master-key", "rotate", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("1 license key record(s) re-encrypted"),
+        "{text}"
+    );
+    let keys = std::fs::read_to_string(data.join(zone::master::MASTER_KEY_FILE)).unwrap();
+    assert_eq!(
+        keys.lines().filter(|l| l.starts_with("v1:")).count(),
+        2,
+        "old key kept"
+    );
+    let s = Server::start_in(&data, port);
+    let mut run = Running::start(&p, &s, 300);
+    let mut desk = device(&s, "uas-ring-cancel.xml", 0, false);
+    caller(&s, "uac-call.xml").arg("-d").arg("300").run_ok();
+    desk.expect_ok(WAIT);
+    let out = run.stop();
+    assert!(out.contains("answered"), "{out}");
+    assert!(!events(&s).contains("-proof"), "{}", events(&s));
 }

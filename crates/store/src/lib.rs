@@ -398,6 +398,9 @@ pub trait Store: Send + Sync + 'static {
     /// Switches the single-number service of a device on or off (R10);
     /// [`StoreError::NotFound`] if there is no such device.
     fn set_service(&self, id: &str, on: bool) -> Result<(), StoreError>;
+    /// Replaces a device's encrypted license key (master key rotation re-encrypts every
+    /// record); [`StoreError::NotFound`] if there is no such device.
+    fn set_license_key_enc(&self, id: &str, license_key_enc: &str) -> Result<(), StoreError>;
     /// Revokes a device (R9): records the reason and time, moves its identifier to
     /// quarantine (at `now_ms`) and deletes its registrations; returns the revoked device.
     /// [`StoreError::NotFound`] if there is no such device, [`StoreError::Conflict`] if it

@@ -191,6 +191,10 @@ impl Store for MemStore {
         Err(unsupported())
     }
 
+    fn set_license_key_enc(&self, _id: &str, _enc: &str) -> Result<(), StoreError> {
+        Err(unsupported())
+    }
+
     fn revoke_device(&self, _id: &str, _reason: &str, _now_ms: i64) -> Result<Device, StoreError> {
         Err(unsupported())
     }

@@ -431,6 +431,21 @@ pub(super) fn set_service(conn: &Connection, id: &str, on: bool) -> Result<(), S
     Ok(())
 }
 
+pub(super) fn set_license_key_enc(
+    conn: &Connection,
+    id: &str,
+    enc: &str,
+) -> Result<(), StoreError> {
+    let n = conn
+        .prepare_cached("UPDATE devices SET license_key_enc = ?2 WHERE id = ?1")
+        .and_then(|mut stmt| stmt.execute(params![id, enc]))
+        .map_err(db("set_license_key_enc"))?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("device {id}")));
+    }
+    Ok(())
+}
+
 pub(super) fn revoke_device(
     conn: &mut Connection,
     id: &str,

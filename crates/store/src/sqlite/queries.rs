@@ -335,6 +335,10 @@ impl Store for SqliteStore {
         provisioning::devices(&self.conn(), user)
     }
 
+    fn set_license_key_enc(&self, id: &str, enc: &str) -> Result<(), StoreError> {
+        provisioning::set_license_key_enc(&self.conn(), id, enc)
+    }
+
     fn set_service(&self, id: &str, on: bool) -> Result<(), StoreError> {
         provisioning::set_service(&self.conn(), id, on)
     }
