@@ -208,14 +208,17 @@ fn binding(r: &Registration, now: Instant, now_ms: i64) -> Option<Binding> {
     } else {
         Transport::Udp
     };
+    let uri = Uri::parse(&r.contact).ok()?;
+    let source = Target {
+        transport,
+        addr: r.source.parse().ok()?,
+        conn: None,
+    };
     Some(Binding {
         contact: r.contact.clone(),
-        uri: Uri::parse(&r.contact).ok()?,
-        target: Target {
-            transport,
-            addr: r.source.parse().ok()?,
-            conn: None,
-        },
+        target: Binding::target_for(&uri, source),
+        uri,
+        source,
         call_id: r.call_id.clone(),
         cseq: r.cseq,
         expires_at: now + Duration::from_millis(left),
@@ -246,8 +249,8 @@ fn spawn_writer(
                     let reg = Registration {
                         user: user.clone(),
                         contact: binding.contact.clone(),
-                        transport: binding.target.transport.as_str().to_owned(),
-                        source: binding.target.addr.to_string(),
+                        transport: binding.source.transport.as_str().to_owned(),
+                        source: binding.source.addr.to_string(),
                         local: String::new(),
                         call_id: binding.call_id.clone(),
                         cseq: binding.cseq,

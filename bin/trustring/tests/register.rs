@@ -44,7 +44,15 @@ fn md5_registration_wrong_password_hijack_and_replay() {
     let _g = serial();
     let s = server();
     register(&s, "alice", "s3cret", 5999, false);
-    assert!(s.registrations("alice").contains("127.0.0.1:5999"));
+    let regs = s.registrations("alice");
+    assert!(regs.contains("sip:alice@127.0.0.1:5999"), "{regs}");
+    // `source` is where the REGISTER came from (SIPp's own port), not the Contact.
+    let v: serde_json::Value = serde_json::from_str(&regs).unwrap();
+    let source = v[0]["source"].as_str().unwrap();
+    assert!(
+        source.starts_with("127.0.0.1:") && source != "127.0.0.1:5999",
+        "{regs}"
+    );
     reg(&s, "register-wrongpass.xml", "alice", "alice", "nope", 5998).run_ok();
     reg(&s, "register-hijack.xml", "alice", "bob", "b0bpass", 5997).run_ok();
     let regs = s.registrations("alice");

@@ -56,7 +56,12 @@ impl ExpectedToken {
 /// The token of an `Authorization: Bearer TOKEN` header (RFC 6750 §2.1; the scheme name is
 /// case-insensitive, RFC 7235 §2.1). `None` if absent, not ASCII or another scheme.
 fn bearer_token(req: &Request) -> Option<&str> {
-    let value = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+    bearer_in(req.headers())
+}
+
+/// The token of an `Authorization: Bearer TOKEN` header (scheme case-insensitive, RFC 7235).
+pub(crate) fn bearer_in(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return None;

@@ -8,7 +8,7 @@
 use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection};
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, header};
+use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use store::{Device, SecurityEvent, StoreError};
 
@@ -178,13 +178,7 @@ pub(crate) async fn put_service(
 
 /// The device behind `Authorization: Bearer DEVICE_TOKEN`.
 async fn authenticated_device(state: &AppState, headers: &HeaderMap) -> Result<Device, ApiError> {
-    let token = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .ok_or_else(ApiError::unauthorized)?;
+    let token = crate::auth::bearer_in(headers).ok_or_else(ApiError::unauthorized)?;
     let hash = token_hash(token);
     read(state, move |store| Ok(store.device_by_token_hash(&hash)?))
         .await?

@@ -380,7 +380,9 @@ fn hex(b: &[u8]) -> String {
         })
 }
 
-fn refused(state: &AppState, kind: &str, detail: String) {
+/// Records a refused enrolment before the refusal is answered, so an operator who sees the
+/// error can already find the event.
+async fn refused(state: &AppState, kind: &str, detail: String) {
     let event = SecurityEvent {
         id: 0,
         at_ms: unix_now_ms(),
@@ -391,11 +393,11 @@ fn refused(state: &AppState, kind: &str, detail: String) {
         detail,
     };
     let store = Arc::clone(&state.store);
-    tokio::task::spawn_blocking(move || {
-        if let Err(e) = store.add_security_event(&event) {
-            tracing::warn!(error = %e, "could not record a security event");
-        }
-    });
+    match tokio::task::spawn_blocking(move || store.add_security_event(&event)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not record a security event"),
+        Err(e) => tracing::warn!(error = %e, "security event task failed"),
+    }
 }
 
 /// `POST /api/v1/enrol` -> 201 [`EnrolResponse`] (the patent's EULA provisioning).
@@ -422,7 +424,8 @@ pub(crate) async fn enrol(
             &state,
             "enrolment-refused",
             "software zone refused by policy".into(),
-        );
+        )
+        .await;
         return Err(ApiError::with_code(
             StatusCode::FORBIDDEN,
             "zone_not_allowed",
@@ -467,7 +470,7 @@ pub(crate) async fn enrol(
         Ok(e) => e,
         Err(e) => {
             if e.status() != StatusCode::INTERNAL_SERVER_ERROR {
-                refused(&state, "enrolment-refused", e.message().to_owned());
+                refused(&state, "enrolment-refused", e.message().to_owned()).await;
             }
             return Err(e);
         }

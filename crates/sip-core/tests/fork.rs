@@ -46,6 +46,11 @@ impl Sim {
                         addr: addr(d),
                         conn: None,
                     },
+                    source: Target {
+                        transport: Transport::Udp,
+                        addr: addr(d),
+                        conn: None,
+                    },
                     call_id: format!("reg-{d}"),
                     cseq: 1,
                     expires_at: now + Duration::from_secs(3600),

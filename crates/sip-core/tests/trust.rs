@@ -110,6 +110,11 @@ fn binding(d: &str, device: Option<&str>, now: Instant) -> Binding {
             addr: addr(d),
             conn: None,
         },
+        source: Target {
+            transport: Transport::Udp,
+            addr: addr(d),
+            conn: None,
+        },
         call_id: format!("reg-{d}"),
         cseq: 1,
         expires_at: now + Duration::from_secs(3600),

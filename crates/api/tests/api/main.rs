@@ -5,6 +5,7 @@ mod auth;
 mod errors;
 mod mem_store;
 mod ordering;
+mod provisioning;
 mod sqlite;
 mod subscribers;
 
@@ -16,7 +17,7 @@ use axum::http::{HeaderMap, Request, StatusCode, header};
 use serde_json::Value;
 use store::Store;
 use tower::ServiceExt;
-use trustring_api::{ApiConfig, Change, router};
+use trustring_api::{ApiConfig, Change, Provisioning, router, router_with};
 
 use mem_store::MemStore;
 
@@ -42,17 +43,30 @@ impl App {
 
 impl<S: Store> App<S> {
     pub(crate) fn over(store: Arc<S>, token: &str) -> Self {
+        Self::over_with(store, token, None)
+    }
+
+    /// [`App::over`] with phone provisioning enabled by `provisioning` (`None`: disabled, like
+    /// `trustring_api::router`).
+    pub(crate) fn over_with(
+        store: Arc<S>,
+        token: &str,
+        provisioning: Option<Arc<Provisioning>>,
+    ) -> Self {
         let changes = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&changes);
         let config = ApiConfig {
             domain: DOMAIN.into(),
             token: token.into(),
         };
-        let router = router(
-            Arc::clone(&store) as Arc<dyn Store>,
-            config,
-            Arc::new(move |change| sink.lock().expect("changes lock").push(change)),
-        );
+        let dyn_store = Arc::clone(&store) as Arc<dyn Store>;
+        let on_change: Arc<dyn Fn(Change) + Send + Sync> =
+            Arc::new(move |change| sink.lock().expect("changes lock").push(change));
+        // Without provisioning, the plain `router` (what a server without a master key runs).
+        let router = match provisioning {
+            Some(p) => router_with(dyn_store, config, Some(p), on_change),
+            None => router(dyn_store, config, on_change),
+        };
         Self {
             router,
             store,
@@ -66,10 +80,21 @@ impl<S: Store> App<S> {
 
     /// Sends a request with the right token; JSON bodies get `Content-Type: application/json`.
     pub(crate) async fn call(&self, method: &str, path: &str, body: Option<&str>) -> Reply {
-        let mut req = Request::builder()
-            .method(method)
-            .uri(path)
-            .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        self.call_as(Some(TOKEN), method, path, body).await
+    }
+
+    /// [`App::call`] with `Authorization: Bearer BEARER`, or no `Authorization` at all.
+    pub(crate) async fn call_as(
+        &self,
+        bearer: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+    ) -> Reply {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(bearer) = bearer {
+            req = req.header(header::AUTHORIZATION, format!("Bearer {bearer}"));
+        }
         if body.is_some() {
             req = req.header(header::CONTENT_TYPE, "application/json");
         }
@@ -91,7 +116,12 @@ impl<S: Store> App<S> {
         let json = if bytes.is_empty() {
             Value::Null
         } else {
-            serde_json::from_slice(&bytes).expect("response body is JSON")
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "response body is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
         };
         Reply {
             status,

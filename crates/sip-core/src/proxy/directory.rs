@@ -45,9 +45,10 @@ pub struct Binding {
     pub contact: String,
     /// Parsed contact URI (the branch's Request-URI).
     pub uri: Uri,
-    /// Where requests for this contact go: the REGISTER's source (symmetric, like
-    /// RFC 3581 / 5626 flows), so NATed and TCP devices are reachable.
+    /// Where requests for this contact go (see [`Binding::target_for`]).
     pub target: Target,
+    /// Where the REGISTER came from (transport and source address, RFC 3581 style).
+    pub source: Target,
     /// REGISTER Call-ID.
     pub call_id: String,
     /// REGISTER CSeq.
@@ -59,6 +60,20 @@ pub struct Binding {
     /// The enrolled phone this binding belongs to (registered with the device's
     /// credentials): its branch must prove trust before it is connected (R14).
     pub device: Option<String>,
+}
+
+impl Binding {
+    /// Where requests for a contact registered from `source` go: the Contact's own address
+    /// when it names one we can reach directly, over the REGISTER's flow (and TCP
+    /// connection) when that is the same address; the REGISTER's source otherwise (a host
+    /// name we cannot resolve, or a NATed client), like RFC 3581 / 5626 flows.
+    pub fn target_for(contact: &Uri, source: Target) -> Target {
+        match super::route::literal_target(contact) {
+            Some(t) if t.addr == source.addr => source,
+            Some(t) => t,
+            None => source,
+        }
+    }
 }
 
 /// An enrolled phone as the core sees it (R9, R10, R14). Its digest user name is

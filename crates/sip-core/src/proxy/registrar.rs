@@ -176,18 +176,12 @@ impl Proxy {
                 continue;
             }
             let expires_in = Duration::from_secs(expires);
-            // Requests go to the Contact's address; over the REGISTER's own flow (and TCP
-            // connection) when that is the same address, or when the Contact names no
-            // address we can reach directly.
-            let target = match super::route::literal_target(&uri) {
-                Some(t) if t.addr == peer.addr => peer,
-                Some(t) => t,
-                None => peer,
-            };
+            let target = Binding::target_for(&uri, peer);
             let binding = Binding {
                 contact,
                 uri,
                 target,
+                source: peer,
                 call_id: call_id.clone(),
                 cseq,
                 expires_at: now + expires_in,
