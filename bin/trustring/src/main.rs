@@ -3,6 +3,7 @@
 //! Subcommands: `serve` (SIP registrar + forking proxy + admin API) and `device` (the phone:
 //! trusted zone, enrolment, calls). More (gateway, demo, admin) come with their issues.
 
+mod cdr;
 mod device;
 mod serve;
 mod token;
@@ -37,6 +38,9 @@ enum Command {
     /// The phone: create its trusted zone, enrol, take calls, switch the service on/off.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// Call detail records: verify the hash chain, export a period with billing totals.
+    #[command(subcommand)]
+    Cdr(cdr::CdrCommand),
     /// The master key that keeps license keys encrypted at rest (docs/trust.md).
     #[command(subcommand)]
     MasterKey(MasterKeyCommand),
@@ -98,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             rt.block_on(serve::run(args))
         }
         Command::Device(cmd) => device::run(cmd),
+        Command::Cdr(cmd) => cdr::run(cmd),
         Command::MasterKey(MasterKeyCommand::Rotate(a)) => trust::rotate(&a.data, true),
         Command::MasterKey(MasterKeyCommand::Reencrypt(a)) => trust::rotate(&a.data, false),
     }

@@ -83,7 +83,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let writer = spawn_writer(store.clone(), events_rx);
+    let writer = spawn_writer(store.clone(), events_rx, args.domain.clone());
     let (sip, sip_task) = sip_net::spawn(proxy, sockets, events_tx);
 
     let control = sip.clone();
@@ -237,6 +237,7 @@ fn unix_ms() -> i64 {
 fn spawn_writer(
     store: Arc<dyn Store>,
     mut events: mpsc::UnboundedReceiver<Event>,
+    domain: String,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while let Some(e) = events.blocking_recv() {
@@ -262,6 +263,24 @@ fn spawn_writer(
                 }
                 Event::BindingRemoved { user, contact } => {
                     store.delete_registration(user, contact).map(|_| ())
+                }
+                Event::CallEnded(call) => {
+                    // R18: the CDR is committed (synchronous=FULL) before anything reports it.
+                    let enterprise = store
+                        .subscriber(&call.called)
+                        .ok()
+                        .flatten()
+                        .map_or_else(|| call.called.clone(), |s| s.enterprise);
+                    let cdr = crate::cdr::from_call(
+                        call,
+                        &domain,
+                        &enterprise,
+                        crate::cdr::instant_to_unix_ms(),
+                    );
+                    store.append_cdr(&cdr).map(|c| {
+                        tracing::info!(cdr = c.id, call_id = %c.call_id, status = c.final_status,
+                            duration_ms = c.duration_ms, released_by = %c.released_by, "call ended");
+                    })
                 }
                 Event::Security {
                     kind,

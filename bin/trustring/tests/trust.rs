@@ -263,7 +263,64 @@ fn phone_answer_wins(backend: &str) {
         "the reused code was recorded: {ev}"
     );
     p.printed.push_str(&out);
+    // R18: one CDR for the call, the phone's leg answered, the desktop's cancelled elsewhere.
+    let device = p.device_json()["device_id"].as_str().unwrap().to_owned();
+    let cdrs = cdr_export(&s);
+    assert_eq!(cdrs["records"].as_array().unwrap().len(), 1, "{cdrs}");
+    let r = &cdrs["records"][0];
+    assert_eq!(r["final_status"], 200, "{r}");
+    assert_eq!(r["called"], "sip:alice@localhost");
+    assert_eq!(r["released_by"], "caller", "{r}");
+    let legs = r["legs"].as_array().unwrap();
+    let answered = &legs[r["answered_by"].as_u64().unwrap() as usize];
+    assert_eq!(answered["device"], device.as_str(), "{r}");
+    assert_eq!(answered["outcome"], "answered");
+    assert!(answered["billable_ms"].as_i64().unwrap() > 0, "{r}");
+    assert!(
+        legs.iter()
+            .any(|l| l["device"].is_null() && l["outcome"] == "cancelled-elsewhere"),
+        "{r}"
+    );
+    assert_eq!(cdrs["totals"][0]["entity"], "acme", "{cdrs}");
+    let v = Command::new(env!("CARGO_BIN_EXE_trustring"))
+        .args(["cdr", "verify", "--data"])
+        .arg(&s.data)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
+    assert!(String::from_utf8_lossy(&v.stdout).contains("1 CDR(s): hash chain intact"));
     no_secret_leaks(&s, &p);
+}
+
+/// `trustring cdr export --format json` once a record is there (the writer is asynchronous
+/// to the SIP loop; the record is durable before it is listed).
+fn cdr_export(s: &Server) -> serde_json::Value {
+    let t0 = Instant::now();
+    loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_trustring"))
+            .args([
+                "cdr",
+                "export",
+                "--format",
+                "json",
+                "--rate-voip",
+                "0.02",
+                "--data",
+            ])
+            .arg(&s.data)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        if !v["records"].as_array().unwrap().is_empty() || t0.elapsed() > Duration::from_secs(10) {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -307,6 +364,17 @@ fn phone_without_proof_never_connects() {
     let ev = events(&s);
     assert!(ev.contains("missing-proof"), "{ev}");
     assert!(ev.contains(cfg["device_id"].as_str().unwrap()), "{ev}");
+    // The CDR shows the phone's leg as failed-trust and the desktop as the answering leg.
+    let cdrs = cdr_export(&s);
+    let r = &cdrs["records"][0];
+    let legs = r["legs"].as_array().unwrap();
+    let answered = &legs[r["answered_by"].as_u64().unwrap() as usize];
+    assert!(answered["device"].is_null(), "{r}");
+    assert!(
+        legs.iter()
+            .any(|l| l["device"] == cfg["device_id"] && l["outcome"] == "failed-trust"),
+        "{r}"
+    );
 }
 
 /// Off: only the desktop rings (R10); on again: both ring.

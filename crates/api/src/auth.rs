@@ -5,7 +5,8 @@
 //! - **Deny by default.** The check is a layer over the whole router, fallbacks included, and
 //!   lets a request through without a token only if its path is in [`crate::PUBLIC_ROUTES`].
 //!   A route added later is protected without anyone remembering to protect it, and an
-//!   unauthenticated client cannot even tell which paths exist (unknown paths get 401 too).
+//!   unauthenticated client learns nothing by probing (unknown paths get 401 too). The route
+//!   table itself is no secret: the public OpenAPI document lists it.
 //! - **Constant time.** A plain `==` on strings stops at the first differing byte, so the
 //!   response time tells an attacker how many leading bytes of a guess are right, and the token
 //!   can be recovered byte by byte. We compare with `subtle`, and we compare SHA-256 digests of

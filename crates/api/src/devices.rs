@@ -11,8 +11,10 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use serde::{Deserialize, Serialize};
 use store::{Device, SecurityEvent, StoreError};
+use utoipa::ToSchema;
+use utoipa::openapi::schema::{ObjectBuilder, Type};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::provisioning::token_hash;
 use crate::subscribers::{read, unix_now_ms, write};
 use crate::{AppState, Change};
@@ -20,21 +22,53 @@ use crate::{AppState, Change};
 /// Revocation reasons an operator may give (R9).
 pub const REVOKE_REASONS: &[&str] = &["non-payment", "left-enterprise", "eula-violation", "lost"];
 
-/// A device as the API shows it. Never the identifier, never the key.
-#[derive(Debug, Serialize)]
+/// An enrolled phone. Never its hidden identifier, never its license key (R5).
+// It has no field for either, so no handler can return them by mistake.
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct DeviceView {
+    /// The device id (public; not the hidden identifier).
+    #[schema(example = "d-0123456789ab")]
     id: String,
+    /// The subscriber the phone rings for.
     user: String,
+    /// `software` or `pkcs11`.
     security_level: String,
+    /// The zone's public key it enrolled with (`x25519:…` or `p256:…`).
     zone_public_key: String,
+    /// The EULA version the user accepted.
     eula_version: String,
+    /// When the user accepted it, Unix milliseconds.
     eula_accepted_at_ms: i64,
+    /// The single-number service switch (R10).
     service_on: bool,
     /// `active` or `revoked`.
+    #[schema(schema_with = device_status_schema)]
     status: &'static str,
+    /// Why it was revoked; `null` while active.
+    #[schema(required = true)]
     revoked_reason: Option<String>,
+    /// When it was revoked, Unix milliseconds; `null` while active.
+    #[schema(required = true)]
     revoked_at_ms: Option<i64>,
+    /// Enrolment time, Unix milliseconds.
     created_at_ms: i64,
+}
+
+/// `status` of a [`DeviceView`]: a string, one of `active` and `revoked`.
+fn device_status_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(["active", "revoked"]))
+        .description(Some("`active` or `revoked`."))
+}
+
+/// `reason` of a [`RevokeBody`]: a string, one of [`REVOKE_REASONS`] (built from the constant,
+/// so the document cannot drift from the check).
+fn revoke_reason_schema() -> ObjectBuilder {
+    ObjectBuilder::new()
+        .schema_type(Type::String)
+        .enum_values(Some(REVOKE_REASONS.iter().copied()))
+        .description(Some("Why the device is revoked."))
 }
 
 impl From<Device> for DeviceView {
@@ -73,13 +107,31 @@ fn not_found(id: &str) -> ApiError {
 }
 
 /// Query of `GET /api/v1/devices`.
-#[derive(Debug, Deserialize)]
+// `utoipa::IntoParams` spelled out, not imported: the `params(...)` expansion names it so,
+// and an import would make that an unnecessary qualification (a lint).
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct DeviceQuery {
+    /// Only this subscriber's devices.
     user: Option<String>,
 }
 
 /// `GET /api/v1/devices[?user=alice]`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices",
+    tag = "devices",
+    operation_id = "list_devices",
+    security(("bearer" = [])),
+    params(DeviceQuery),
+    responses(
+        (status = 200, description = "Enrolled phones, revoked ones included.", body = [DeviceView]),
+        (status = 400, description = "Bad query string (unknown parameter).", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     query: Result<Query<DeviceQuery>, axum::extract::rejection::QueryRejection>,
@@ -90,6 +142,21 @@ pub(crate) async fn list(
 }
 
 /// `GET /api/v1/devices/{id}`.
+#[utoipa::path(
+    get,
+    path = "/api/v1/devices/{id}",
+    tag = "devices",
+    operation_id = "get_device",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The device id.")),
+    responses(
+        (status = 200, description = "The device.", body = DeviceView),
+        (status = 400, description = "Invalid device id.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 404, description = "No such device.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -103,14 +170,35 @@ pub(crate) async fn get(
 }
 
 /// Body of `POST /api/v1/devices/{id}/revoke`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct RevokeBody {
+    /// Why the device is revoked.
+    #[schema(schema_with = revoke_reason_schema)]
     reason: String,
 }
 
 /// `POST /api/v1/devices/{id}/revoke` -> 200 the revoked device. Effective at once: the SIP
 /// core drops its registrations and never forks to it again; its identifier is quarantined.
+#[utoipa::path(
+    post,
+    path = "/api/v1/devices/{id}/revoke",
+    tag = "devices",
+    operation_id = "revoke_device",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The device id.")),
+    request_body = RevokeBody,
+    responses(
+        (status = 200, description = "Revoked, effective at once.", body = DeviceView),
+        (status = 400, description = "Invalid device id, bad JSON or an unknown reason.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 404, description = "No such device.", body = ErrorBody),
+        (status = 409, description = "Already revoked.", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -141,9 +229,10 @@ pub(crate) async fn revoke(
 }
 
 /// Body of the on/off endpoints.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServiceBody {
+    /// `true`: the phone rings with the desktop; `false`: it does not.
     on: bool,
 }
 
@@ -166,6 +255,25 @@ async fn set_service(state: &AppState, id: String, on: bool) -> Result<DeviceVie
 }
 
 /// `PUT /api/v1/devices/{id}/service {"on": bool}` (operator).
+#[utoipa::path(
+    put,
+    path = "/api/v1/devices/{id}/service",
+    tag = "devices",
+    operation_id = "put_device_service",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The device id.")),
+    request_body = ServiceBody,
+    responses(
+        (status = 200, description = "The device with its switch set.", body = DeviceView),
+        (status = 400, description = "Invalid device id or bad JSON.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 404, description = "No such device.", body = ErrorBody),
+        (status = 409, description = "The device is revoked.", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn put_service(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -187,6 +295,18 @@ async fn authenticated_device(state: &AppState, headers: &HeaderMap) -> Result<D
 
 /// `GET /api/v1/device` (device token): the phone's own status — enrolled or revoked and why,
 /// and the service switch.
+#[utoipa::path(
+    get,
+    path = "/api/v1/device",
+    tag = "device",
+    operation_id = "own_status",
+    security(("device_token" = [])),
+    responses(
+        (status = 200, description = "The phone's own record: active or revoked and why, and the switch.", body = DeviceView),
+        (status = 401, description = "Missing or unknown device token.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn own_status(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -195,6 +315,23 @@ pub(crate) async fn own_status(
 }
 
 /// `PUT /api/v1/device/service {"on": bool}` (device token): the user's on/off (R10).
+#[utoipa::path(
+    put,
+    path = "/api/v1/device/service",
+    tag = "device",
+    operation_id = "own_service",
+    security(("device_token" = [])),
+    request_body = ServiceBody,
+    responses(
+        (status = 200, description = "The phone's record with its switch set.", body = DeviceView),
+        (status = 400, description = "Bad JSON.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown device token.", body = ErrorBody),
+        (status = 409, description = "The device is revoked.", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn own_service(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -206,26 +343,83 @@ pub(crate) async fn own_service(
 }
 
 /// Query of `GET /api/v1/security-events`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub(crate) struct EventQuery {
+    /// Only events with a larger id (default 0: from the start).
     since: Option<i64>,
+    /// At most this many events, 1 to 1000 (default 100; out-of-range values are clamped).
     limit: Option<u32>,
 }
 
+/// A security event (R14): a refused proof, lock-out, revoked device, refused enrolment...
+// The store's `SecurityEvent`, field for field: the store's types carry no schema.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = SecurityEvent)]
+pub(crate) struct SecurityEventView {
+    /// Increasing id; pass the last one seen as `since`.
+    id: i64,
+    /// When it happened, Unix milliseconds.
+    at_ms: i64,
+    /// What happened, e.g. `missing-proof`, `wrong-proof`, `replayed-proof`, `locked-out`,
+    /// `revoked-device`, `enrolment-refused`.
+    kind: String,
+    /// The subscriber concerned, if known.
+    #[schema(required = true)]
+    user: Option<String>,
+    /// The device concerned, if known.
+    #[schema(required = true)]
+    device_id: Option<String>,
+    /// The SIP Call-ID concerned, if any.
+    #[schema(required = true)]
+    call_id: Option<String>,
+    /// Human-readable detail (never a secret or an identifier).
+    detail: String,
+}
+
+impl From<SecurityEvent> for SecurityEventView {
+    fn from(e: SecurityEvent) -> Self {
+        Self {
+            id: e.id,
+            at_ms: e.at_ms,
+            kind: e.kind,
+            user: e.user,
+            device_id: e.device_id,
+            call_id: e.call_id,
+            detail: e.detail,
+        }
+    }
+}
+
 /// `GET /api/v1/security-events[?since=ID&limit=N]` -> events after id `since`, oldest first.
+#[utoipa::path(
+    get,
+    path = "/api/v1/security-events",
+    tag = "security",
+    operation_id = "list_security_events",
+    security(("bearer" = [])),
+    params(EventQuery),
+    responses(
+        (status = 200, description = "Events after `since`, oldest first.", body = [SecurityEventView]),
+        (status = 400, description = "Bad query string.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn security_events(
     State(state): State<AppState>,
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<SecurityEvent>>, ApiError> {
+) -> Result<Json<Vec<SecurityEventView>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let since = q.since.unwrap_or(0);
+    let events = read(
+        &state,
+        move |store| Ok(store.security_events(since, limit)?),
+    )
+    .await?;
     Ok(Json(
-        read(
-            &state,
-            move |store| Ok(store.security_events(since, limit)?),
-        )
-        .await?,
+        events.into_iter().map(SecurityEventView::from).collect(),
     ))
 }

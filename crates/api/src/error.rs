@@ -13,11 +13,12 @@
 //! (STYLE.md habit 5, SPEC R21).
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 use store::StoreError;
+use utoipa::ToSchema;
 
 /// An API error: HTTP status, stable code and a human message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +79,15 @@ impl ApiError {
         )
     }
 
+    /// 413: the body is larger than [`crate::BODY_LIMIT`].
+    fn payload_too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body larger than {} bytes", crate::BODY_LIMIT),
+        )
+    }
+
     /// 409: the resource exists already.
     pub(crate) fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
@@ -99,23 +109,33 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Detail<'a>,
+/// The body of every error response (4xx and 5xx), `application/json`.
+// As serialized and as documented: one type for both, so the schema cannot drift from the wire.
+#[derive(Serialize, ToSchema)]
+#[schema(example = json!({"error": {"code": "not_found", "message": "subscriber alice not found"}}))]
+pub(crate) struct ErrorBody {
+    error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Detail<'a> {
-    code: &'a str,
-    message: &'a str,
+/// What went wrong.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct ErrorDetail {
+    /// Stable machine-readable code: `invalid_request`, `invalid_json`, `invalid_body`,
+    /// `unsupported_media_type`, `payload_too_large`, `unauthorized`, `not_found`,
+    /// `method_not_allowed`, `conflict`, `internal`, `provisioning_disabled`,
+    /// `zone_not_allowed`, `code_invalid`, `code_used`, `code_expired`, `eula_not_current`,
+    /// `pool_exhausted`.
+    code: &'static str,
+    /// For humans; never contains server internals.
+    message: String,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Detail {
+        let body = ErrorBody {
+            error: ErrorDetail {
                 code: self.code,
-                message: &self.message,
+                message: self.message,
             },
         };
         let mut response = (self.status, Json(body)).into_response();
@@ -158,13 +178,25 @@ impl From<JsonRejection> for ApiError {
             JsonRejection::JsonDataError(_) | JsonRejection::JsonSyntaxError(_) => {
                 Self::new(StatusCode::BAD_REQUEST, "invalid_json", message)
             }
-            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("request body larger than {} bytes", crate::BODY_LIMIT),
-            ),
+            other if other.status() == StatusCode::PAYLOAD_TOO_LARGE => Self::payload_too_large(),
             // Failed to read the body (client went away, bad chunking): the client's problem.
             _ => Self::new(StatusCode::BAD_REQUEST, "invalid_body", message),
+        }
+    }
+}
+
+/// Raw body extractor failures (a body that is optional JSON, read as bytes): too large is
+/// 413, anything else a 400, in our shape rather than axum's plain text.
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            Self::payload_too_large()
+        } else {
+            Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_body",
+                rejection.body_text(),
+            )
         }
     }
 }

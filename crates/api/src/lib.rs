@@ -4,13 +4,14 @@
 //! | method | path | success | errors |
 //! |---|---|---|---|
 //! | GET | `/healthz` | 200 `{"status":"ok"}` (no token) | |
+//! | GET | `/api/v1/openapi.json` | 200 this API's OpenAPI 3.1 document (no token) | |
 //! | POST | `/api/v1/subscribers` | 201 subscriber | 400, 409, 413, 415 |
 //! | GET | `/api/v1/subscribers` | 200 list | |
 //! | GET | `/api/v1/subscribers/{user}` | 200 subscriber | 400, 404 |
 //! | DELETE | `/api/v1/subscribers/{user}` | 204 | 400, 404 |
 //! | PUT | `/api/v1/subscribers/{user}/profile` | 200 subscriber | 400, 404, 413, 415 |
 //! | GET | `/api/v1/subscribers/{user}/registrations` | 200 live registrations | 400, 404 |
-//! | POST | `/api/v1/subscribers/{user}/enrolments` | 201 one-time enrolment code | 400, 404, 503 |
+//! | POST | `/api/v1/subscribers/{user}/enrolments` | 201 one-time enrolment code | 400, 404, 413, 503 |
 //! | POST | `/api/v1/pools/numbers` | 200 added + counts | 400 |
 //! | GET | `/api/v1/pools/numbers` | 200 free / assigned / quarantined | |
 //! | POST | `/api/v1/pools/numbers/release` | 200 released count | 400 |
@@ -25,6 +26,11 @@
 //! | POST | `/api/v1/enrol` | 201 sealed package (no token; the code authenticates) | 400, 403, 409 |
 //! | GET | `/api/v1/device` | 200 own status (device token) | 401 |
 //! | PUT | `/api/v1/device/service` | 200 own on/off (device token) | 400, 401, 409 |
+//!
+//! The table is a summary. Every row is an operation of the OpenAPI document served at
+//! `/api/v1/openapi.json`, generated from the handlers (`openapi` module), which lists every
+//! status of each (also 401 without the admin token, 500, and 413/415 for JSON bodies), its
+//! bodies' schemas and its security scheme.
 //!
 //! Design choices, and why:
 //!
@@ -43,19 +49,21 @@
 //! - **The SIP core stays in step.** The `on_change` callback runs after each committed change.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::Json;
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post, put};
-use serde_json::{Value, json};
+use axum::routing::{MethodRouter, get, post, put};
+use serde::Serialize;
+use utoipa::ToSchema;
 
 mod auth;
 mod devices;
 mod error;
 mod model;
+mod openapi;
 mod provisioning;
 mod subscribers;
 
@@ -66,42 +74,22 @@ use error::ApiError;
 
 /// Paths served without a bearer token. Everything else, including unknown paths, answers 401
 /// without a valid token.
-/// The enrolment and device endpoints authenticate by enrolment code or device token instead.
+/// The enrolment and device endpoints authenticate by enrolment code or device token instead;
+/// the OpenAPI document describes the API and holds nothing secret.
 pub const PUBLIC_ROUTES: &[&str] = &[
     "/healthz",
+    "/api/v1/openapi.json",
     "/api/v1/enrol",
     "/api/v1/enrol/eula",
     "/api/v1/device",
     "/api/v1/device/service",
 ];
 
-/// Every route of the router as (method, path template), `{user}` standing for a user name.
-/// Tests walk it to check that each one is protected or listed in [`PUBLIC_ROUTES`]; keep it
-/// in step with [`router`].
-pub const ROUTES: &[(&str, &str)] = &[
-    ("GET", "/healthz"),
-    ("POST", "/api/v1/subscribers"),
-    ("GET", "/api/v1/subscribers"),
-    ("GET", "/api/v1/subscribers/{user}"),
-    ("DELETE", "/api/v1/subscribers/{user}"),
-    ("PUT", "/api/v1/subscribers/{user}/profile"),
-    ("GET", "/api/v1/subscribers/{user}/registrations"),
-    ("POST", "/api/v1/subscribers/{user}/enrolments"),
-    ("POST", "/api/v1/pools/numbers"),
-    ("GET", "/api/v1/pools/numbers"),
-    ("POST", "/api/v1/pools/numbers/release"),
-    ("POST", "/api/v1/eulas"),
-    ("GET", "/api/v1/eulas"),
-    ("GET", "/api/v1/devices"),
-    ("GET", "/api/v1/devices/{id}"),
-    ("POST", "/api/v1/devices/{id}/revoke"),
-    ("PUT", "/api/v1/devices/{id}/service"),
-    ("GET", "/api/v1/security-events"),
-    ("GET", "/api/v1/enrol/eula"),
-    ("POST", "/api/v1/enrol"),
-    ("GET", "/api/v1/device"),
-    ("PUT", "/api/v1/device/service"),
-];
+/// Every route of the router as (method, path template), `{user}` standing for a user name
+/// and `{id}` for a device id, read off the OpenAPI document (`GET /api/v1/openapi.json`).
+/// Tests walk it to check that each one is routed and is protected or listed in
+/// [`PUBLIC_ROUTES`]; a unit test checks every path of the router is documented.
+pub static ROUTES: LazyLock<Vec<(&'static str, &'static str)>> = LazyLock::new(openapi::operations);
 
 /// Largest accepted request body, in bytes; larger ones get 413.
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -179,49 +167,11 @@ pub fn router_with(
         writes: Arc::new(Mutex::new(())),
         provisioning,
     };
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route(
-            "/api/v1/subscribers",
-            get(subscribers::list).post(subscribers::create),
-        )
-        .route(
-            "/api/v1/subscribers/{user}",
-            get(subscribers::get).delete(subscribers::delete),
-        )
-        .route(
-            "/api/v1/subscribers/{user}/profile",
-            put(subscribers::put_profile),
-        )
-        .route(
-            "/api/v1/subscribers/{user}/registrations",
-            get(subscribers::registrations),
-        )
-        .route(
-            "/api/v1/subscribers/{user}/enrolments",
-            post(provisioning::create_code),
-        )
-        .route(
-            "/api/v1/pools/numbers",
-            get(provisioning::number_counts).post(provisioning::load_numbers),
-        )
-        .route(
-            "/api/v1/pools/numbers/release",
-            post(provisioning::release_numbers),
-        )
-        .route(
-            "/api/v1/eulas",
-            get(provisioning::list_eulas).post(provisioning::publish_eula),
-        )
-        .route("/api/v1/devices", get(devices::list))
-        .route("/api/v1/devices/{id}", get(devices::get))
-        .route("/api/v1/devices/{id}/revoke", post(devices::revoke))
-        .route("/api/v1/devices/{id}/service", put(devices::put_service))
-        .route("/api/v1/security-events", get(devices::security_events))
-        .route("/api/v1/enrol/eula", get(provisioning::current_eula))
-        .route("/api/v1/enrol", post(provisioning::enrol))
-        .route("/api/v1/device", get(devices::own_status))
-        .route("/api/v1/device/service", put(devices::own_service))
+    routes()
+        .into_iter()
+        .fold(Router::new(), |router, (path, methods)| {
+            router.route(path, methods)
+        })
         // After all routes: it is set on the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
@@ -234,9 +184,75 @@ pub fn router_with(
         .with_state(state)
 }
 
+/// Every route: (path, the handlers by method). Each path and method must be an operation of
+/// the OpenAPI document, i.e. its handler carries `#[utoipa::path]` and is listed in the
+/// `openapi` module (a unit test below and `tests/api/openapi.rs` check it).
+fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
+    vec![
+        ("/healthz", get(healthz)),
+        ("/api/v1/openapi.json", get(openapi::openapi_json)),
+        (
+            "/api/v1/subscribers",
+            get(subscribers::list).post(subscribers::create),
+        ),
+        (
+            "/api/v1/subscribers/{user}",
+            get(subscribers::get).delete(subscribers::delete),
+        ),
+        (
+            "/api/v1/subscribers/{user}/profile",
+            put(subscribers::put_profile),
+        ),
+        (
+            "/api/v1/subscribers/{user}/registrations",
+            get(subscribers::registrations),
+        ),
+        (
+            "/api/v1/subscribers/{user}/enrolments",
+            post(provisioning::create_code),
+        ),
+        (
+            "/api/v1/pools/numbers",
+            get(provisioning::number_counts).post(provisioning::load_numbers),
+        ),
+        (
+            "/api/v1/pools/numbers/release",
+            post(provisioning::release_numbers),
+        ),
+        (
+            "/api/v1/eulas",
+            get(provisioning::list_eulas).post(provisioning::publish_eula),
+        ),
+        ("/api/v1/devices", get(devices::list)),
+        ("/api/v1/devices/{id}", get(devices::get)),
+        ("/api/v1/devices/{id}/revoke", post(devices::revoke)),
+        ("/api/v1/devices/{id}/service", put(devices::put_service)),
+        ("/api/v1/security-events", get(devices::security_events)),
+        ("/api/v1/enrol/eula", get(provisioning::current_eula)),
+        ("/api/v1/enrol", post(provisioning::enrol)),
+        ("/api/v1/device", get(devices::own_status)),
+        ("/api/v1/device/service", put(devices::own_service)),
+    ]
+}
+
+/// Body of `GET /healthz`.
+#[derive(Serialize, ToSchema)]
+struct Health {
+    /// Always `ok`.
+    #[schema(example = "ok")]
+    status: &'static str,
+}
+
 /// `GET /healthz`: the process is up and serving HTTP.
-async fn healthz() -> Json<Value> {
-    Json(json!({ "status": "ok" }))
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "meta",
+    operation_id = "healthz",
+    responses((status = 200, description = "The process is up and serving HTTP.", body = Health))
+)]
+async fn healthz() -> Json<Health> {
+    Json(Health { status: "ok" })
 }
 
 async fn not_found() -> ApiError {
@@ -245,4 +261,28 @@ async fn not_found() -> ApiError {
 
 async fn method_not_allowed() -> ApiError {
     ApiError::method_not_allowed()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The router direction of "the document and the routes agree": every path the router
+    /// serves is documented (tests/api/openapi.rs checks methods, and the other direction,
+    /// through HTTP).
+    #[test]
+    fn every_routed_path_is_documented() {
+        let documented: Vec<&str> = ROUTES.iter().map(|(_, path)| *path).collect();
+        let routed: Vec<&str> = routes().iter().map(|(path, _)| *path).collect();
+        for path in &routed {
+            assert!(
+                documented.contains(path),
+                "{path} is routed but not in the OpenAPI document: add #[utoipa::path] to its \
+                 handlers and list them in the openapi module"
+            );
+        }
+        for path in &documented {
+            assert!(routed.contains(path), "{path} is documented but not routed");
+        }
+    }
 }

@@ -23,6 +23,7 @@
 
 use serde::{Deserialize, Serialize};
 use store::{Registration, RingDelay, RoutingProfile, Subscriber};
+use utoipa::ToSchema;
 
 use crate::error::ApiError;
 
@@ -34,14 +35,29 @@ const RING_DELAYS_MAX: usize = 16;
 const CONTACT_CONTAINS_MAX: usize = 128;
 const DELAY_MS_MAX: u32 = 60_000;
 
-/// `POST /api/v1/subscribers`. No `Debug`: it holds the password.
-#[derive(Deserialize)]
+/// Body of `POST /api/v1/subscribers`.
+// No `Debug`: it holds the password. Doc comments here become the OpenAPI descriptions; the
+// schema's bounds repeat the constants above, and a test checks they agree.
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateSubscriber {
+    /// The SIP user name; the address of record is `sip:USER@DOMAIN`.
+    #[schema(
+        pattern = r"^[A-Za-z0-9][A-Za-z0-9._~+-]*$",
+        min_length = 1,
+        max_length = 64,
+        example = "alice"
+    )]
     pub(crate) user: String,
+    /// The SIP digest password. Stored only as the two digest HA1s, never returned.
+    #[schema(format = Password, min_length = 1, max_length = 128)]
     pub(crate) password: String,
+    /// The enterprise the subscriber belongs to (printable, not only spaces).
+    #[schema(min_length = 1, max_length = 64, example = "acme")]
     pub(crate) enterprise: String,
+    /// How long a forked call rings, in seconds (default 30).
     #[serde(default)]
+    #[schema(minimum = 1, maximum = 600)]
     pub(crate) ring_timeout_secs: Option<u32>,
 }
 
@@ -72,21 +88,30 @@ impl CreateSubscriber {
     }
 }
 
-/// `PUT /api/v1/subscribers/{user}/profile`: replaces the whole profile, so an omitted
+/// Body of `PUT /api/v1/subscribers/{user}/profile`: replaces the whole profile, so an omitted
 /// `ring_delays` means "no delayed branches".
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ProfileUpdate {
+    /// How long a forked call rings before the caller gets 480, in seconds.
+    #[schema(minimum = 1, maximum = 600)]
     ring_timeout_secs: u32,
+    /// Delayed branches (omitted: none).
     #[serde(default)]
+    #[schema(max_items = 16)]
     ring_delays: Vec<RingDelayUpdate>,
 }
 
-/// One rule of a [`ProfileUpdate`].
-#[derive(Debug, Deserialize)]
+/// One delayed-branch rule: contacts whose URI contains `contact_contains` ring `delay_ms`
+/// after the others.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 struct RingDelayUpdate {
+    /// Substring of the contact URI that selects the device.
+    #[schema(min_length = 1, max_length = 128, example = "5082")]
     contact_contains: String,
+    /// Delay before that device's branch is sent, in milliseconds.
+    #[schema(maximum = 60000)]
     delay_ms: u32,
 }
 
@@ -155,12 +180,17 @@ fn validate_ring_timeout(secs: u32) -> Result<u32, ApiError> {
 }
 
 /// A subscriber as the API shows it: no password, no HA1s.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct SubscriberView {
+    /// The SIP user name.
     user: String,
+    /// The address of record, `sip:USER@DOMAIN`.
     aor: String,
+    /// The enterprise.
     enterprise: String,
-    profile: RoutingProfile,
+    /// The routing profile.
+    profile: RoutingProfileView,
+    /// Creation time, Unix seconds.
     created_at: i64,
 }
 
@@ -171,17 +201,60 @@ impl SubscriberView {
             aor: format!("sip:{}@{domain}", sub.user),
             user: sub.user,
             enterprise: sub.enterprise,
-            profile: sub.profile,
+            profile: sub.profile.into(),
             created_at: sub.created_at,
         }
     }
 }
 
+/// A subscriber's routing profile.
+// The store's `RoutingProfile`, field for field: the store's types carry no schema.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RoutingProfileView {
+    /// How long a forked call rings before the caller gets 480, in seconds.
+    ring_timeout_secs: u32,
+    /// Delayed branches.
+    ring_delays: Vec<RingDelayView>,
+}
+
+/// One delayed-branch rule.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct RingDelayView {
+    /// Substring of the contact URI that selects the device.
+    contact_contains: String,
+    /// Delay before that device's branch is sent, in milliseconds.
+    delay_ms: u32,
+}
+
+impl From<RoutingProfile> for RoutingProfileView {
+    fn from(p: RoutingProfile) -> Self {
+        Self {
+            ring_timeout_secs: p.ring_timeout_secs,
+            ring_delays: p
+                .ring_delays
+                .into_iter()
+                .map(
+                    |RingDelay {
+                         contact_contains,
+                         delay_ms,
+                     }| RingDelayView {
+                        contact_contains,
+                        delay_ms,
+                    },
+                )
+                .collect(),
+        }
+    }
+}
+
 /// A live registration as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct RegistrationView {
+    /// The contact URI as registered.
     contact: String,
+    /// `UDP` or `TCP`.
     transport: String,
+    /// Source address of the REGISTER, `ip:port`.
     source: String,
     /// Seconds until expiry, rounded up so a live registration never shows 0.
     expires_in_secs: i64,
@@ -299,6 +372,46 @@ mod tests {
             ring_delays: Vec::new(),
         };
         assert!(zero.validate().is_err());
+    }
+
+    /// The OpenAPI schema's bounds are literals (utoipa takes no constants): they must be
+    /// the rules enforced above.
+    #[test]
+    fn schema_bounds_match_the_rules() {
+        let doc = serde_json::to_value(&*crate::openapi::DOC).unwrap_or_default();
+        let bound = |schema: &str, field: &str, key: &str| {
+            doc["components"]["schemas"][schema]["properties"][field][key].as_u64()
+        };
+        let n = |v: usize| u64::try_from(v).ok();
+        assert_eq!(bound("CreateSubscriber", "user", "maxLength"), n(USER_MAX));
+        assert_eq!(bound("CreateSubscriber", "user", "minLength"), Some(1));
+        assert_eq!(
+            bound("CreateSubscriber", "password", "maxLength"),
+            n(PASSWORD_MAX)
+        );
+        assert_eq!(
+            bound("CreateSubscriber", "enterprise", "maxLength"),
+            n(ENTERPRISE_MAX)
+        );
+        for schema in ["CreateSubscriber", "ProfileUpdate"] {
+            assert_eq!(bound(schema, "ring_timeout_secs", "minimum"), Some(1));
+            assert_eq!(
+                bound(schema, "ring_timeout_secs", "maximum"),
+                Some(u64::from(RING_TIMEOUT_MAX))
+            );
+        }
+        assert_eq!(
+            bound("ProfileUpdate", "ring_delays", "maxItems"),
+            n(RING_DELAYS_MAX)
+        );
+        assert_eq!(
+            bound("RingDelayUpdate", "contact_contains", "maxLength"),
+            n(CONTACT_CONTAINS_MAX)
+        );
+        assert_eq!(
+            bound("RingDelayUpdate", "delay_ms", "maximum"),
+            Some(u64::from(DELAY_MS_MAX))
+        );
     }
 
     #[test]

@@ -11,18 +11,19 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::body::Bytes;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use sip_core::auth::{Algorithm, ha1};
-use store::{EnrolError, Enrolment, Eula, NewDevice, SecurityEvent, StoreError};
+use store::{EnrolError, Enrolment, Eula, NewDevice, PoolCounts, SecurityEvent, StoreError};
+use utoipa::ToSchema;
 use zone::{LicenseKey, SecurityLevel, ZonePublicKey};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::subscribers::{path_user, read, unix_now_ms, write};
 use crate::{AppState, Change};
 
@@ -64,12 +65,50 @@ fn provisioning(state: &AppState) -> Result<Arc<Provisioning>, ApiError> {
 // ---- number identity pool (R3) ----
 
 /// Body of `POST /api/v1/pools/numbers`: a range `"+15550100000..+15550109999"` (inclusive,
-/// both ends the same length) or a list of identifiers.
-#[derive(Debug, Deserialize)]
+/// both ends the same length) or a list of identifiers. Exactly one of the two.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PoolLoad {
+    /// `FIRST..LAST`, both E.164 numbers (`+` and 2 to 15 digits) of equal length, at most
+    /// 1 000 000 identifiers.
+    #[schema(example = "+15550100000..+15550109999")]
     range: Option<String>,
+    /// E.164 numbers (`+` and 2 to 15 digits), 1 to 1 000 000 of them.
     identifiers: Option<Vec<String>>,
+}
+
+/// The number identity pool's counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PoolStatus {
+    /// Identifiers ready to be assigned.
+    free: u64,
+    /// Identifiers assigned to an enrolled device.
+    assigned: u64,
+    /// Identifiers taken back from revoked devices, not assignable until released.
+    quarantined: u64,
+}
+
+impl From<PoolCounts> for PoolStatus {
+    fn from(c: PoolCounts) -> Self {
+        Self {
+            free: c.free,
+            assigned: c.assigned,
+            quarantined: c.quarantined,
+        }
+    }
+}
+
+/// Answer of `POST /api/v1/pools/numbers`: how many identifiers were new, and the counts.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct PoolLoaded {
+    /// Identifiers added (those already in the pool are skipped).
+    added: usize,
+    /// Identifiers ready to be assigned.
+    free: u64,
+    /// Identifiers assigned to an enrolled device.
+    assigned: u64,
+    /// Identifiers taken back from revoked devices, not assignable until released.
+    quarantined: u64,
 }
 
 /// An identifier is an E.164 number: `+` and 2 to 15 digits.
@@ -127,10 +166,26 @@ fn expand(load: PoolLoad) -> Result<Vec<String>, ApiError> {
 }
 
 /// `POST /api/v1/pools/numbers` -> 200 `{"added": N, "free":…, "assigned":…, "quarantined":…}`.
+#[utoipa::path(
+    post,
+    path = "/api/v1/pools/numbers",
+    tag = "pools",
+    operation_id = "load_numbers",
+    security(("bearer" = [])),
+    request_body = PoolLoad,
+    responses(
+        (status = 200, description = "Identifiers added; the pool's counts after.", body = PoolLoaded),
+        (status = 400, description = "Bad JSON, or not exactly one of a valid `range` or `identifiers`.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn load_numbers(
     State(state): State<AppState>,
     body: Result<Json<PoolLoad>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<PoolLoaded>, ApiError> {
     let Json(body) = body?;
     let ids = expand(body)?;
     let (added, counts) = read(&state, move |store| {
@@ -139,55 +194,132 @@ pub(crate) async fn load_numbers(
     })
     .await?;
     tracing::info!(added, "number identity pool loaded");
-    Ok(Json(json!({
-        "added": added,
-        "free": counts.free,
-        "assigned": counts.assigned,
-        "quarantined": counts.quarantined,
-    })))
+    Ok(Json(PoolLoaded {
+        added,
+        free: counts.free,
+        assigned: counts.assigned,
+        quarantined: counts.quarantined,
+    }))
 }
 
 /// `GET /api/v1/pools/numbers` -> the free / assigned / quarantined counts.
-pub(crate) async fn number_counts(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/pools/numbers",
+    tag = "pools",
+    operation_id = "pool_counts",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The pool's counts.", body = PoolStatus),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn number_counts(
+    State(state): State<AppState>,
+) -> Result<Json<PoolStatus>, ApiError> {
     let c = read(&state, |store| Ok(store.pool_counts()?)).await?;
-    Ok(Json(json!({
-        "free": c.free,
-        "assigned": c.assigned,
-        "quarantined": c.quarantined,
-    })))
+    Ok(Json(c.into()))
 }
 
 /// Body of `POST /api/v1/pools/numbers/release`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct Release {
     /// Release identifiers quarantined at least this long ago.
     min_age_secs: u64,
 }
 
+/// Answer of `POST /api/v1/pools/numbers/release`.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct Released {
+    /// Identifiers moved from quarantined back to free.
+    released: usize,
+}
+
 /// `POST /api/v1/pools/numbers/release` -> quarantined identifiers back to free (R3).
+#[utoipa::path(
+    post,
+    path = "/api/v1/pools/numbers/release",
+    tag = "pools",
+    operation_id = "release_numbers",
+    security(("bearer" = [])),
+    request_body = Release,
+    responses(
+        (status = 200, description = "Quarantined identifiers old enough are free again.", body = Released),
+        (status = 400, description = "Bad JSON.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn release_numbers(
     State(state): State<AppState>,
     body: Result<Json<Release>, JsonRejection>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Released>, ApiError> {
     let Json(body) = body?;
     let age = i64::try_from(body.min_age_secs.saturating_mul(1000)).unwrap_or(i64::MAX);
     let before = unix_now_ms().saturating_sub(age);
     let released = read(&state, move |store| Ok(store.release_quarantined(before)?)).await?;
-    Ok(Json(json!({ "released": released })))
+    Ok(Json(Released { released }))
 }
 
 // ---- EULA versions (R4) ----
 
 /// Body of `POST /api/v1/eulas`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct PublishEula {
+    /// The version label, unique: 1 to 64 of `A-Z a-z 0-9 . - _` (surrounding spaces are
+    /// trimmed).
+    #[schema(example = "2026-1")]
     version: String,
+    /// The full text of the agreement, not empty.
     text: String,
 }
 
+/// A published EULA version.
+// The store's `Eula`, field for field: the store's types carry no schema.
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Eula)]
+pub(crate) struct EulaView {
+    /// The version label, unique.
+    version: String,
+    /// The full text of the agreement.
+    text: String,
+    /// Publication time, Unix milliseconds.
+    published_at_ms: i64,
+}
+
+impl From<Eula> for EulaView {
+    fn from(e: Eula) -> Self {
+        Self {
+            version: e.version,
+            text: e.text,
+            published_at_ms: e.published_at_ms,
+        }
+    }
+}
+
 /// `POST /api/v1/eulas` -> 201: publishes a version; the newest is current.
+#[utoipa::path(
+    post,
+    path = "/api/v1/eulas",
+    tag = "eulas",
+    operation_id = "publish_eula",
+    security(("bearer" = [])),
+    request_body = PublishEula,
+    responses(
+        (status = 201, description = "Published; it is now the current version.", body = EulaView),
+        (status = 400, description = "Bad JSON, bad version label or empty text.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 409, description = "That version exists already.", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn publish_eula(
     State(state): State<AppState>,
     body: Result<Json<PublishEula>, JsonRejection>,
@@ -222,29 +354,74 @@ pub(crate) async fn publish_eula(
     })
     .await?;
     tracing::info!(version = %eula.version, "EULA published");
-    Ok((StatusCode::CREATED, Json(eula)).into_response())
+    Ok((StatusCode::CREATED, Json(EulaView::from(eula))).into_response())
 }
 
 /// `GET /api/v1/eulas` -> every version, oldest first.
-pub(crate) async fn list_eulas(State(state): State<AppState>) -> Result<Json<Vec<Eula>>, ApiError> {
-    Ok(Json(read(&state, |store| Ok(store.eulas()?)).await?))
+#[utoipa::path(
+    get,
+    path = "/api/v1/eulas",
+    tag = "eulas",
+    operation_id = "list_eulas",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every published version, oldest first.", body = [EulaView]),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn list_eulas(
+    State(state): State<AppState>,
+) -> Result<Json<Vec<EulaView>>, ApiError> {
+    let eulas = read(&state, |store| Ok(store.eulas()?)).await?;
+    Ok(Json(eulas.into_iter().map(EulaView::from).collect()))
 }
 
 /// `GET /api/v1/enrol/eula` (public) -> the current EULA the phone must show and accept.
-pub(crate) async fn current_eula(State(state): State<AppState>) -> Result<Json<Eula>, ApiError> {
+#[utoipa::path(
+    get,
+    path = "/api/v1/enrol/eula",
+    tag = "enrolment",
+    operation_id = "current_eula",
+    responses(
+        (status = 200, description = "The current EULA, which an enrolling phone must accept.", body = EulaView),
+        (status = 404, description = "No EULA has been published.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn current_eula(
+    State(state): State<AppState>,
+) -> Result<Json<EulaView>, ApiError> {
     read(&state, |store| store.current_eula().map_err(ApiError::from))
         .await?
-        .map(Json)
+        .map(|e| Json(e.into()))
         .ok_or_else(|| ApiError::not_found("no EULA has been published"))
 }
 
 // ---- enrolment codes ----
 
+/// Longest lifetime an operator may give an enrolment code: 30 days.
+const CODE_TTL_MAX_SECS: u64 = 30 * 24 * 3600;
+
 /// Body of `POST /api/v1/subscribers/{user}/enrolments` (optional).
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct NewCode {
+    /// How long the code stays valid, 1 second to 30 days (default: the server's setting).
+    #[schema(minimum = 1, maximum = 2592000)]
     ttl_secs: Option<u64>,
+}
+
+/// A freshly issued enrolment code, shown this once.
+#[derive(Serialize, ToSchema)]
+pub(crate) struct EnrolmentCode {
+    /// The one-time code: 20 characters of Crockford base32 in groups of 5.
+    #[schema(example = "ABCDE-FGHJK-MNPQR-STVWX")]
+    code: String,
+    /// The subscriber the code enrols a phone for.
+    user: String,
+    /// The code is valid until then, Unix milliseconds.
+    expires_at_ms: i64,
 }
 
 /// Hash under which a code is stored: the code itself is shown once and never kept.
@@ -277,12 +454,35 @@ fn new_code() -> String {
 
 /// `POST /api/v1/subscribers/{user}/enrolments` -> 201 `{"code", "user", "expires_at_ms"}`.
 /// The code is returned this once.
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscribers/{user}/enrolments",
+    tag = "subscribers",
+    operation_id = "create_enrolment_code",
+    security(("bearer" = [])),
+    params(("user" = String, Path, description = "The subscriber's user name.")),
+    request_body(
+        content = Option<NewCode>,
+        description = "Optional; empty means the server's default lifetime.",
+        content_type = "application/json",
+    ),
+    responses(
+        (status = 201, description = "A one-time enrolment code, shown this once.", body = EnrolmentCode),
+        (status = 400, description = "Bad user name, bad JSON or `ttl_secs` out of range.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 404, description = "No such subscriber.", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+        (status = 503, description = "Provisioning is disabled (no master key).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn create_code(
     State(state): State<AppState>,
     user: Result<Path<String>, PathRejection>,
-    body: axum::body::Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let user = path_user(user)?;
+    let body = body?;
     let prov = provisioning(&state)?;
     // The body is optional: empty means the server's default lifetime.
     let body: NewCode = if body.iter().all(u8::is_ascii_whitespace) {
@@ -291,7 +491,7 @@ pub(crate) async fn create_code(
         serde_json::from_slice(&body).map_err(|e| ApiError::invalid(format!("body: {e}")))?
     };
     let ttl = body.ttl_secs.map_or(prov.code_ttl, Duration::from_secs);
-    if ttl.is_zero() || ttl > Duration::from_secs(30 * 24 * 3600) {
+    if ttl.is_zero() || ttl > Duration::from_secs(CODE_TTL_MAX_SECS) {
         return Err(ApiError::invalid("ttl_secs: 1 second to 30 days"));
     }
     let code = new_code();
@@ -316,7 +516,11 @@ pub(crate) async fn create_code(
     tracing::info!(%user, "enrolment code issued");
     Ok((
         StatusCode::CREATED,
-        Json(json!({ "code": code, "user": user, "expires_at_ms": expires_at_ms })),
+        Json(EnrolmentCode {
+            code,
+            user,
+            expires_at_ms,
+        }),
     )
         .into_response())
 }
@@ -324,9 +528,10 @@ pub(crate) async fn create_code(
 // ---- enrolment (public, authenticated by the code) ----
 
 /// Body of `POST /api/v1/enrol`, sent by `trustring device enroll`.
-#[derive(Deserialize)]
+#[derive(Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct EnrolBody {
+    /// The one-time enrolment code (case and dashes do not matter).
     code: String,
     /// `x25519:…` (software zone) or `p256:…` (PKCS#11 zone).
     zone_public_key: String,
@@ -337,25 +542,38 @@ pub(crate) struct EnrolBody {
 }
 
 /// What the phone gets back: everything it needs, the secrets only sealed.
-#[derive(Serialize)]
+#[derive(Serialize, ToSchema)]
 pub(crate) struct EnrolResponse {
+    /// The new device's id (public; not the hidden identifier).
     device_id: String,
+    /// The subscriber the phone now rings for.
     user: String,
+    /// The subscriber's address of record, `sip:USER@DOMAIN`.
     aor: String,
+    /// `software` (X25519 zone key) or `pkcs11` (P-256 zone key).
+    #[schema(value_type = String, example = "software")]
     security_level: SecurityLevel,
+    /// The phone's own SIP credentials.
     sip: SipCredentials,
     /// The device's bearer token for `/api/v1/device*` (status, on/off).
     token: String,
     /// The server's package-signing key, to pin.
     server_key: String,
-    /// Identifier + license key, sealed to the zone (R7).
+    /// Identifier + license key, sealed to the zone (R7): `version`, `device_id`, `body`
+    /// (by `scheme`) and `signature`; only the zone can open it.
+    #[schema(value_type = Object)]
     package: zone::SealedPackage,
 }
 
-#[derive(Serialize)]
+/// The phone's SIP digest credentials, returned this once.
+#[derive(Serialize, ToSchema)]
 struct SipCredentials {
+    /// The SIP user name of the device.
     username: String,
+    /// The SIP digest password.
+    #[schema(format = Password)]
     password: String,
+    /// The SIP domain (digest realm).
     domain: String,
 }
 
@@ -401,6 +619,23 @@ async fn refused(state: &AppState, kind: &str, detail: String) {
 }
 
 /// `POST /api/v1/enrol` -> 201 [`EnrolResponse`] (the patent's EULA provisioning).
+#[utoipa::path(
+    post,
+    path = "/api/v1/enrol",
+    tag = "enrolment",
+    operation_id = "enrol",
+    request_body = EnrolBody,
+    responses(
+        (status = 201, description = "Enrolled: the identifier and license key sealed to the zone.", body = EnrolResponse),
+        (status = 400, description = "Bad JSON, bad zone key, or the EULA not accepted.", body = ErrorBody),
+        (status = 403, description = "Unknown, used or expired code (`code_invalid`, `code_used`, `code_expired`), or a software zone where PKCS#11 is required (`zone_not_allowed`).", body = ErrorBody),
+        (status = 409, description = "The accepted EULA is not the current one (`eula_not_current`), or the pool is exhausted (`pool_exhausted`).", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+        (status = 503, description = "Provisioning is disabled (no master key).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn enrol(
     State(state): State<AppState>,
     body: Result<Json<EnrolBody>, JsonRejection>,
@@ -548,6 +783,15 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    /// The schema's literal bound is the enforced one.
+    #[test]
+    fn code_ttl_schema_bound_matches_the_rule() {
+        let doc = serde_json::to_value(&*crate::openapi::DOC).unwrap_or_default();
+        let ttl = &doc["components"]["schemas"]["NewCode"]["properties"]["ttl_secs"];
+        assert_eq!(ttl["maximum"].as_u64(), Some(CODE_TTL_MAX_SECS));
+        assert_eq!(ttl["minimum"].as_u64(), Some(1));
     }
 
     #[test]

@@ -22,7 +22,7 @@ use axum::response::{IntoResponse, Response};
 use sip_core::auth::{Algorithm, ha1};
 use store::{Store, StoreError, Subscriber};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::model::{
     CreateSubscriber, ProfileUpdate, RegistrationView, SubscriberView, validate_user,
 };
@@ -77,6 +77,24 @@ pub(crate) fn unix_now_ms() -> i64 {
 }
 
 /// `POST /api/v1/subscribers` -> 201 with the subscriber and a `Location` header.
+#[utoipa::path(
+    post,
+    path = "/api/v1/subscribers",
+    tag = "subscribers",
+    operation_id = "create_subscriber",
+    security(("bearer" = [])),
+    request_body = CreateSubscriber,
+    responses(
+        (status = 201, description = "Created.", body = SubscriberView,
+            headers(("Location" = String, description = "`/api/v1/subscribers/USER`"))),
+        (status = 400, description = "Bad JSON or an invalid field.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 409, description = "The subscriber exists already.", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     body: Result<Json<CreateSubscriber>, JsonRejection>,
@@ -119,6 +137,18 @@ pub(crate) async fn create(
 }
 
 /// `GET /api/v1/subscribers` -> 200 with every subscriber, ordered by user.
+#[utoipa::path(
+    get,
+    path = "/api/v1/subscribers",
+    tag = "subscribers",
+    operation_id = "list_subscribers",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Every subscriber, ordered by user.", body = [SubscriberView]),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
 ) -> Result<Json<Vec<SubscriberView>>, ApiError> {
@@ -131,6 +161,21 @@ pub(crate) async fn list(
 }
 
 /// `GET /api/v1/subscribers/{user}` -> 200 or 404.
+#[utoipa::path(
+    get,
+    path = "/api/v1/subscribers/{user}",
+    tag = "subscribers",
+    operation_id = "get_subscriber",
+    security(("bearer" = [])),
+    params(("user" = String, Path, description = "The subscriber's user name.")),
+    responses(
+        (status = 200, description = "The subscriber.", body = SubscriberView),
+        (status = 400, description = "Invalid user name.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 404, description = "No such subscriber.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -145,6 +190,24 @@ pub(crate) async fn get(
 }
 
 /// `PUT /api/v1/subscribers/{user}/profile` -> 200 with the updated subscriber, 404 if none.
+#[utoipa::path(
+    put,
+    path = "/api/v1/subscribers/{user}/profile",
+    tag = "subscribers",
+    operation_id = "put_profile",
+    security(("bearer" = [])),
+    params(("user" = String, Path, description = "The subscriber's user name.")),
+    request_body = ProfileUpdate,
+    responses(
+        (status = 200, description = "The profile was replaced; the updated subscriber.", body = SubscriberView),
+        (status = 400, description = "Invalid user name, bad JSON or an invalid field.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 404, description = "No such subscriber.", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn put_profile(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -172,6 +235,21 @@ pub(crate) async fn put_profile(
 
 /// `DELETE /api/v1/subscribers/{user}` -> 204, 404 if none. The store drops the subscriber's
 /// registrations in the same transaction.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/subscribers/{user}",
+    tag = "subscribers",
+    operation_id = "delete_subscriber",
+    security(("bearer" = [])),
+    params(("user" = String, Path, description = "The subscriber's user name.")),
+    responses(
+        (status = 204, description = "Deleted, with its registrations."),
+        (status = 400, description = "Invalid user name.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 404, description = "No such subscriber.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn delete(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,
@@ -192,6 +270,21 @@ pub(crate) async fn delete(
 
 /// `GET /api/v1/subscribers/{user}/registrations` -> 200 with the live registrations (q
 /// descending), 404 if the subscriber does not exist.
+#[utoipa::path(
+    get,
+    path = "/api/v1/subscribers/{user}/registrations",
+    tag = "subscribers",
+    operation_id = "list_registrations",
+    security(("bearer" = [])),
+    params(("user" = String, Path, description = "The subscriber's user name.")),
+    responses(
+        (status = 200, description = "The live registrations, highest q first.", body = [RegistrationView]),
+        (status = 400, description = "Invalid user name.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 404, description = "No such subscriber.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
 pub(crate) async fn registrations(
     State(state): State<AppState>,
     path: Result<Path<String>, PathRejection>,

@@ -642,3 +642,164 @@ Contact: {contact}
         );
     }
 }
+
+mod call_records {
+    use super::*;
+    use sip_core::proxy::{BranchOutcome, CallRecord, Released};
+
+    fn ended(sim: &Sim) -> Vec<CallRecord> {
+        sim.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::CallEnded(r) => Some((**r).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn outcomes(r: &CallRecord) -> Vec<(bool, Option<BranchOutcome>)> {
+        r.branches
+            .iter()
+            .map(|b| (b.device.is_some(), b.outcome))
+            .collect()
+    }
+
+    fn bye_from_caller(answer: &Response) -> String {
+        let to = answer.headers.get(&HeaderName::To).unwrap();
+        format!(
+            "BYE sip:alice@127.0.0.1:6002 SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKbye1;rport
+Max-Forwards: 70
+Route: <sip:127.0.0.1:5060;lr>
+From: <sip:bob@example.net>;tag=bobtag
+To: {to}
+Call-ID: call-1
+CSeq: 2 BYE
+Content-Length: 0
+
+"
+        )
+    }
+
+    #[test]
+    fn answered_call_ends_with_the_callers_bye() {
+        let (mut sim, desk, phone) = fork();
+        sim.recv(DESK, &answer(&desk, 180, "td", DESK, None));
+        sim.recv(
+            PHONE,
+            &answer(&phone, 200, "tp", PHONE, Some(&good_proof(&phone))),
+        );
+        let ok = responses_to(&sim.take(), CALLER).pop().unwrap();
+        assert!(ended(&sim).is_empty(), "no record while the call is up");
+        assert_eq!(sim.proxy.active_calls(), 1);
+        sim.recv(CALLER, &bye_from_caller(&ok));
+        let r = ended(&sim);
+        assert_eq!(r.len(), 1);
+        let r = &r[0];
+        assert_eq!((r.call_id.as_str(), r.called.as_str()), ("call-1", "alice"));
+        assert_eq!(r.caller, "sip:bob@example.net");
+        assert_eq!(r.final_status, 200);
+        assert_eq!(r.released_by, Released::Caller);
+        assert_eq!(r.release_cause, "BYE");
+        assert!(r.answer_at.is_some());
+        let i = r.answered_by.unwrap();
+        assert_eq!(r.branches[i].device.as_deref(), Some("d-1"));
+        let mut o = outcomes(r);
+        o.sort_by_key(|x| x.0);
+        assert_eq!(
+            o,
+            [
+                (false, Some(BranchOutcome::CancelledElsewhere)),
+                (true, Some(BranchOutcome::Answered))
+            ]
+        );
+        assert!(r.branches.iter().all(|b| b.rang_at == Some(r.setup_at)));
+        assert_eq!(sim.proxy.active_calls(), 0);
+    }
+
+    #[test]
+    fn failed_trust_and_busy_give_one_record_with_both_outcomes() {
+        let (mut sim, desk, phone) = fork();
+        sim.recv(PHONE, &answer(&phone, 200, "tp", PHONE, None));
+        sim.recv(DESK, &answer(&desk, 486, "td", DESK, None));
+        let r = ended(&sim);
+        assert_eq!(r.len(), 1, "{r:?}");
+        let r = &r[0];
+        assert_eq!(r.final_status, 486);
+        assert_eq!(r.released_by, Released::Callee);
+        assert_eq!(r.answered_by, None);
+        let mut o = outcomes(r);
+        o.sort_by_key(|x| x.0);
+        assert_eq!(
+            o,
+            [
+                (false, Some(BranchOutcome::Busy)),
+                (true, Some(BranchOutcome::FailedTrust))
+            ]
+        );
+    }
+
+    #[test]
+    fn a_call_nobody_can_take_still_gets_a_record() {
+        // Only the phone is registered, and it is locked out: nothing rings.
+        let mut sim = Sim::new(true, true);
+        let now = sim.now;
+        let mut proxy = Proxy::new(ProxyConfig::new("localhost", addr(PROXY), [7; 32]), now);
+        proxy.upsert_subscriber(SubscriberEntry {
+            user: "alice".into(),
+            ha1_md5: String::new(),
+            ha1_sha256: String::new(),
+            ring_timeout: Duration::from_secs(30),
+            ring_delays: Vec::new(),
+        });
+        proxy.upsert_device(DeviceEntry {
+            id: "d-1".into(),
+            user: "alice".into(),
+            ha1_md5: String::new(),
+            ha1_sha256: String::new(),
+            service_on: true,
+        });
+        proxy.restore_binding("alice", binding(PHONE, Some("d-1"), now), now);
+        proxy.set_trust_gate(Box::new(Shared(sim.gate.clone())));
+        sim.proxy = proxy;
+        sim.gate.lock().unwrap().locked = true;
+        sim.recv(CALLER, INVITE);
+        assert_eq!(statuses(&responses_to(&sim.take(), CALLER)), [100, 480]);
+        let r = ended(&sim);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert!(r[0].branches.is_empty());
+        assert_eq!(r[0].final_status, 480);
+        assert_eq!(r[0].released_by, Released::Proxy);
+    }
+
+    #[test]
+    fn caller_cancel_is_released_by_the_caller() {
+        let (mut sim, desk, phone) = fork();
+        sim.recv(DESK, &answer(&desk, 180, "td", DESK, None));
+        sim.recv(
+            CALLER,
+            "CANCEL sip:alice@localhost SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKcaller1;rport
+Max-Forwards: 70
+From: <sip:bob@example.net>;tag=bobtag
+To: <sip:alice@localhost>
+Call-ID: call-1
+CSeq: 1 CANCEL
+Content-Length: 0
+
+",
+        );
+        sim.recv(DESK, &answer(&desk, 487, "td", DESK, None));
+        sim.recv(PHONE, &answer(&phone, 487, "tp", PHONE, None));
+        let r = ended(&sim);
+        assert_eq!(r.len(), 1, "{r:?}");
+        assert_eq!(r[0].released_by, Released::Caller);
+        assert_eq!(r[0].release_cause, "CANCEL");
+        assert_eq!(r[0].final_status, 487);
+        assert!(
+            r[0].branches
+                .iter()
+                .all(|b| b.outcome == Some(BranchOutcome::Cancelled))
+        );
+    }
+}

@@ -12,14 +12,15 @@ use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use bytes::Bytes;
 use sip_core::proxy::{
     ConnId, DeviceEntry, Event, Output, Proxy, SubscriberEntry, Target, Transport,
 };
-use tokio::net::{TcpListener, UdpSocket};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::{TcpListener, TcpSocket, UdpSocket};
 use tokio::sync::mpsc;
 
 /// Commands from the rest of the server (admin API) to the proxy.
@@ -74,11 +75,27 @@ pub struct SipSockets {
     tcp: TcpListener,
 }
 
+/// The kernel buffer size asked for the UDP socket, each way (SO_RCVBUF and SO_SNDBUF), as
+/// Kamailio's kit does: with the Linux default (212 992 bytes) the socket drops datagrams
+/// in the bursts of a few thousand calls per second.
+pub const UDP_BUFFER_SIZE: usize = 4 * 1024 * 1024;
+
+/// Backlog of the TCP listener (what `tokio::net::TcpListener::bind` uses).
+const TCP_BACKLOG: u32 = 1024;
+
+/// Set once the "buffers capped" notice was logged, so a process logs it at most once.
+static CAP_LOGGED: AtomicBool = AtomicBool::new(false);
+
 impl SipSockets {
     /// Binds UDP and TCP on `addr` (same port for both).
+    ///
+    /// The UDP socket's receive and send buffers are raised to [`UDP_BUFFER_SIZE`]. The
+    /// kernel may grant less (Linux caps at `net.core.rmem_max` / `net.core.wmem_max`):
+    /// that is logged, never an error. The TCP listener sets SO_REUSEADDR, so a restarted
+    /// server rebinds its port while old connections linger in TIME_WAIT.
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
-        let udp = UdpSocket::bind(addr).await?;
-        let tcp = TcpListener::bind(udp.local_addr()?).await?;
+        let udp = bind_udp(addr)?;
+        let tcp = bind_tcp(udp.local_addr()?)?;
         Ok(Self { udp, tcp })
     }
 
@@ -86,6 +103,71 @@ impl SipSockets {
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.udp.local_addr()
     }
+}
+
+/// Creates the UDP socket, sizes its buffers, binds it and hands it to tokio.
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    size_udp_buffers(&socket);
+    socket.bind(&addr.into())?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Asks for [`UDP_BUFFER_SIZE`] each way and logs what the kernel granted. Nothing here
+/// fails the bind: a smaller buffer only means drops under bursts.
+fn size_udp_buffers(socket: &Socket) {
+    if let Err(e) = socket.set_recv_buffer_size(UDP_BUFFER_SIZE) {
+        tracing::warn!(error = %e, "setting the UDP receive buffer size (SO_RCVBUF) failed");
+    }
+    if let Err(e) = socket.set_send_buffer_size(UDP_BUFFER_SIZE) {
+        tracing::warn!(error = %e, "setting the UDP send buffer size (SO_SNDBUF) failed");
+    }
+    let (rcv, snd) = match (socket.recv_buffer_size(), socket.send_buffer_size()) {
+        (Ok(rcv), Ok(snd)) => (rcv, snd),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::debug!(error = %e, "reading the UDP socket buffer sizes failed");
+            return;
+        }
+    };
+    tracing::debug!(
+        rcvbuf = rcv,
+        sndbuf = snd,
+        asked = UDP_BUFFER_SIZE,
+        "UDP socket buffer sizes granted by the kernel"
+    );
+    // Linux doubles the size asked (room for its bookkeeping) and reports the doubled value.
+    let usable = |reported: usize| {
+        if cfg!(target_os = "linux") {
+            reported / 2
+        } else {
+            reported
+        }
+    };
+    if (usable(rcv) < UDP_BUFFER_SIZE || usable(snd) < UDP_BUFFER_SIZE)
+        && !CAP_LOGGED.swap(true, Ordering::Relaxed)
+    {
+        tracing::info!(
+            rcvbuf = rcv,
+            sndbuf = snd,
+            asked = UDP_BUFFER_SIZE,
+            "the kernel capped the UDP socket buffers, so bursts of traffic may be dropped; \
+             raise the caps with `sysctl -w net.core.rmem_max={UDP_BUFFER_SIZE} \
+             net.core.wmem_max={UDP_BUFFER_SIZE}`"
+        );
+    }
+}
+
+/// Binds the TCP listener with SO_REUSEADDR.
+fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(TCP_BACKLOG)
 }
 
 /// Runs the SIP server until [`Control::Shutdown`]. `events` receives every proxy event
@@ -240,5 +322,87 @@ impl Driver {
                 tokio::spawn(tcp::connect(id, target.addr, r, self.net_tx.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use socket2::SockRef;
+
+    /// A `net.core` sysctl, when this is Linux and it can be read.
+    fn sysctl(name: &str) -> Option<usize> {
+        std::fs::read_to_string(format!("/proc/sys/net/core/{name}"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    #[tokio::test]
+    async fn udp_buffers_are_raised() {
+        let s = SipSockets::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("binds although the kernel may cap the buffers");
+        let udp = SockRef::from(&s.udp);
+        let (rcv, snd) = (
+            udp.recv_buffer_size().expect("SO_RCVBUF"),
+            udp.send_buffer_size().expect("SO_SNDBUF"),
+        );
+        // What a socket gets when nobody asks (212 992 on a stock Linux).
+        let plain = Socket::new(Domain::IPV4, Type::DGRAM, None).expect("plain socket");
+        let (default_rcv, default_snd) = (
+            plain.recv_buffer_size().expect("default SO_RCVBUF"),
+            plain.send_buffer_size().expect("default SO_SNDBUF"),
+        );
+        assert!(
+            rcv >= default_rcv,
+            "SO_RCVBUF {rcv} < default {default_rcv}"
+        );
+        assert!(
+            snd >= default_snd,
+            "SO_SNDBUF {snd} < default {default_snd}"
+        );
+        // Where the caps allow more than the default, more was granted; where they allow
+        // the whole size asked, all of it was.
+        for (granted, default, cap) in [
+            (rcv, default_rcv, sysctl("rmem_max")),
+            (snd, default_snd, sysctl("wmem_max")),
+        ] {
+            let Some(cap) = cap else { continue };
+            if cap > default {
+                assert!(
+                    granted > default,
+                    "granted {granted}, default {default}, cap {cap}"
+                );
+            }
+            if cap >= UDP_BUFFER_SIZE {
+                assert!(granted >= UDP_BUFFER_SIZE, "granted {granted}, cap {cap}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn tcp_listener_reuses_addresses() {
+        let s = SipSockets::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+            .await
+            .expect("binds");
+        assert!(SockRef::from(&s.tcp).reuse_address().expect("SO_REUSEADDR"));
+        let (udp, tcp) = (
+            s.udp.local_addr().expect("udp"),
+            s.tcp.local_addr().expect("tcp"),
+        );
+        assert_eq!(udp, tcp, "one port for both transports");
+    }
+
+    #[tokio::test]
+    async fn binds_ipv6_when_available() {
+        // Hosts without IPv6 loopback cannot run this; the bind error is then the OS's.
+        let Ok(s) = SipSockets::bind(SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, 0))).await
+        else {
+            return;
+        };
+        assert!(s.local_addr().expect("addr").is_ipv6());
+        assert!(SockRef::from(&s.udp).recv_buffer_size().expect("SO_RCVBUF") > 0);
     }
 }

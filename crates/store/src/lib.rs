@@ -10,6 +10,7 @@
 //! callers run them on tokio's blocking pool. Every method is one transaction, so nothing is
 //! half-written if the process dies.
 
+pub mod billing;
 mod sqlite;
 
 pub use sqlite::SqliteStore;
@@ -326,6 +327,73 @@ pub struct SecurityEvent {
     pub detail: String,
 }
 
+/// One leg (branch) of a call in its CDR.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct CdrLeg {
+    /// The contact rung.
+    pub contact: String,
+    /// The enrolled phone behind it, if any.
+    pub device: Option<String>,
+    /// `voip` (SIP to a device) or `pstn` (through the gateway to the phone's number).
+    pub leg_type: String,
+    /// When the leg was rung, Unix ms (`None`: never sent).
+    pub rang_at_ms: Option<i64>,
+    /// `answered`, `cancelled-elsewhere`, `cancelled`, `busy`, `no-answer`, `declined`,
+    /// `failed-trust`, `revoked`, `not-rung`, `failed`.
+    pub outcome: String,
+    /// Its final SIP status, if any.
+    pub status: Option<u16>,
+    /// Who pays for this leg (R19): the enterprise for VoIP legs, the user for PSTN legs.
+    pub billing_entity: String,
+    /// Billable time of this leg, ms (the answered leg's talk time; 0 otherwise).
+    pub billable_ms: i64,
+}
+
+/// A call detail record (R18). Append-only; `hash` chains it to the record before.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Cdr {
+    /// Assigned by the store, increasing.
+    pub id: i64,
+    /// SIP Call-ID.
+    pub call_id: String,
+    /// The caller (From URI).
+    pub caller: String,
+    /// The called identity (address of record).
+    pub called: String,
+    /// Setup (INVITE received), Unix ms.
+    pub setup_ms: i64,
+    /// Answer, Unix ms.
+    pub answer_ms: Option<i64>,
+    /// End, Unix ms.
+    pub end_ms: i64,
+    /// Talk time (end - answer), ms; 0 if unanswered.
+    pub duration_ms: i64,
+    /// The final status the caller got.
+    pub final_status: u16,
+    /// `caller`, `callee` or `proxy`.
+    pub released_by: String,
+    /// Why it ended (`BYE`, `486 Busy Here`, `ring timeout`, ...).
+    pub release_cause: String,
+    /// Index into `legs` of the answering leg.
+    pub answered_by: Option<usize>,
+    /// Every leg, in fork order.
+    pub legs: Vec<CdrLeg>,
+    /// Hash of the previous record (64 zeros for the first).
+    pub prev_hash: String,
+    /// `SHA-256("trustring/v1/cdr" ‖ prev_hash ‖ canonical JSON of the record without id and
+    /// hashes)`, hex.
+    pub hash: String,
+}
+
+/// Result of walking the CDR hash chain.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ChainReport {
+    /// Records checked.
+    pub records: u64,
+    /// The first record that does not chain, with why; `None` if the chain is intact.
+    pub first_bad: Option<(i64, String)>,
+}
+
 /// The store: every method is atomic.
 pub trait Store: Send + Sync + 'static {
     /// Creates a subscriber; [`StoreError::Conflict`] if the user exists.
@@ -414,4 +482,15 @@ pub trait Store: Send + Sync + 'static {
     fn add_security_event(&self, event: &SecurityEvent) -> Result<i64, StoreError>;
     /// Up to `limit` security events with an id greater than `since_id`, ascending.
     fn security_events(&self, since_id: i64, limit: u32) -> Result<Vec<SecurityEvent>, StoreError>;
+
+    /// Appends a CDR (R18): the store assigns `id`, `prev_hash` and `hash` (whatever the
+    /// caller put there is ignored) in the same transaction as the insert, and returns the
+    /// record as stored. Durable when this returns.
+    fn append_cdr(&self, cdr: &Cdr) -> Result<Cdr, StoreError>;
+    /// CDRs whose setup time is in `[from_ms, to_ms)`, naming `entity` as a billing entity
+    /// if given, in id order.
+    fn cdrs(&self, from_ms: i64, to_ms: i64, entity: Option<&str>) -> Result<Vec<Cdr>, StoreError>;
+    /// Walks the whole chain and names the first record that was changed, removed or
+    /// inserted out of band.
+    fn verify_cdrs(&self) -> Result<ChainReport, StoreError>;
 }

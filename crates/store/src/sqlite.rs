@@ -3,6 +3,7 @@
 //! Methods that read before they write run in `BEGIN IMMEDIATE` transactions, so they stay
 //! correct when several connections (several stores, several processes) share the file.
 
+mod cdrs;
 mod migrate;
 mod provisioning;
 mod queries;

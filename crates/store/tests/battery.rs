@@ -58,6 +58,7 @@ backends!(
     battery_delete_subscriber_revokes_devices,
     battery_device_debug_redacts,
     battery_security_events,
+    battery_cdrs_append_query_verify,
 );
 
 #[test]

@@ -88,7 +88,7 @@ fn open_creates_a_private_wal_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/trustring.db");
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), 3);
     let conn = Connection::open(&path).unwrap();
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
@@ -132,7 +132,7 @@ fn reopen_keeps_schema_version_and_refuses_newer() {
     let path = dir.path().join("trustring.db");
     drop(SqliteStore::open(&path).unwrap());
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), 3);
     drop(store);
 
     Connection::open(&path)
@@ -245,7 +245,7 @@ fn upgrade_from_version_1_keeps_data() {
         .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 2);
+    assert_eq!(store.schema_version().unwrap(), 3);
     assert_eq!(store.subscribers().unwrap(), vec![alice()]);
     assert_eq!(store.registrations(None, 0).unwrap(), vec![alice_reg()]);
     provision_alice_existing(&store);
@@ -283,4 +283,62 @@ fn two_nodes_share_provisioning_state() {
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
     let err = b.revoke_device("phone-1", "again", 11).unwrap_err();
     assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+}
+
+#[path = "battery/cdrs.rs"]
+#[allow(dead_code, unreachable_pub)]
+mod cdr_fixture;
+
+/// R18 / threat 9: records cannot be changed through the schema, and a change made behind its
+/// back (triggers dropped, row edited or deleted) is named by `verify_cdrs`.
+#[test]
+fn cdr_tampering_is_refused_or_detected() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.db");
+    let store = SqliteStore::open(&path).unwrap();
+    for (i, call) in ["c1", "c2", "c3", "c4"].iter().enumerate() {
+        store
+            .append_cdr(&cdr_fixture::cdr(call, 1_000 * i as i64, &["acme"]))
+            .unwrap();
+    }
+    let raw = Connection::open(&path).unwrap();
+    let err = raw
+        .execute(
+            "UPDATE cdrs SET body = replace(body, '60000', '1') WHERE id = 2",
+            [],
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    let err = raw
+        .execute("DELETE FROM cdrs WHERE id = 2", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    assert_eq!(store.verify_cdrs().unwrap().first_bad, None);
+
+    // Someone with the file drops the guard and edits record 2's duration.
+    raw.execute_batch("DROP TRIGGER cdrs_no_update; DROP TRIGGER cdrs_no_delete;")
+        .unwrap();
+    raw.execute(
+        "UPDATE cdrs SET body = replace(body, '\"duration_ms\":60000', '\"duration_ms\":1') WHERE id = 2",
+        [],
+    )
+    .unwrap();
+    let r = store.verify_cdrs().unwrap();
+    assert_eq!(r.first_bad.as_ref().map(|b| b.0), Some(2), "{r:?}");
+    assert!(r.first_bad.unwrap().1.contains("changed"));
+
+    // In a fresh chain, deleting record 2 breaks the link of record 3.
+    let fresh = dir.path().join("u.db");
+    let s2 = SqliteStore::open(&fresh).unwrap();
+    for (i, call) in ["c1", "c2", "c3"].iter().enumerate() {
+        s2.append_cdr(&cdr_fixture::cdr(call, i as i64, &["acme"]))
+            .unwrap();
+    }
+    let raw2 = Connection::open(&fresh).unwrap();
+    raw2.execute_batch("DROP TRIGGER cdrs_no_delete;").unwrap();
+    raw2.execute_batch("DELETE FROM cdr_entities WHERE cdr_id = 2; DELETE FROM cdrs WHERE id = 2;")
+        .unwrap();
+    let r = s2.verify_cdrs().unwrap();
+    assert_eq!(r.first_bad.as_ref().map(|b| b.0), Some(3), "{r:?}");
+    assert!(r.first_bad.unwrap().1.contains("link"));
 }

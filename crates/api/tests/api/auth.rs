@@ -8,22 +8,23 @@ use trustring_api::{PUBLIC_ROUTES, ROUTES};
 
 use crate::{App, Reply};
 
-/// `ROUTES` with `{user}` filled in.
+/// A path template with `{user}` and `{id}` filled in (a user the tests create, a device id
+/// that is well-formed but unknown).
+pub(crate) fn concrete(path: &str) -> String {
+    path.replace("{user}", "alice").replace("{id}", "d-none")
+}
+
+/// `ROUTES` with `{user}` and `{id}` filled in.
 fn concrete_routes() -> Vec<(&'static str, String)> {
     ROUTES
         .iter()
-        .map(|(method, path)| {
-            (
-                *method,
-                path.replace("{user}", "alice").replace("{id}", "d-none"),
-            )
-        })
+        .map(|(method, path)| (*method, concrete(path)))
         .collect()
 }
 
 /// A request with an optional raw `Authorization` value and a valid JSON body for the routes
 /// that take one, so only the token can make it fail.
-fn request(method: &str, path: &str, authorization: Option<&str>) -> Request<Body> {
+pub(crate) fn request(method: &str, path: &str, authorization: Option<&str>) -> Request<Body> {
     let mut req = Request::builder().method(method).uri(path);
     if let Some(value) = authorization {
         req = req.header(header::AUTHORIZATION, value);
@@ -38,7 +39,7 @@ fn request(method: &str, path: &str, authorization: Option<&str>) -> Request<Bod
         .expect("request")
 }
 
-fn assert_unauthorized(reply: &Reply, what: &str) {
+pub(crate) fn assert_unauthorized(reply: &Reply, what: &str) {
     assert_eq!(
         reply.status,
         StatusCode::UNAUTHORIZED,
@@ -127,11 +128,15 @@ async fn route_table_matches_the_router() {
 #[tokio::test]
 async fn healthz_needs_no_token() {
     // Reviewed: each of these authenticates by its own means (the enrolment code, the
-    // device token) or shows nothing secret (health, the EULA text).
+    // device token) or shows nothing secret (health, the EULA text). The OpenAPI document
+    // is public like most API descriptions: it is built from the code, the same on every
+    // server, and holds no token, user, address or setting; a client or code generator can
+    // read it before it has any credential.
     assert_eq!(
         PUBLIC_ROUTES,
         [
             "/healthz",
+            "/api/v1/openapi.json",
             "/api/v1/enrol",
             "/api/v1/enrol/eula",
             "/api/v1/device",

@@ -4,6 +4,7 @@
 mod auth;
 mod errors;
 mod mem_store;
+mod openapi;
 mod ordering;
 mod provisioning;
 mod sqlite;

@@ -195,6 +195,23 @@ impl Store for MemStore {
         Err(unsupported())
     }
 
+    fn append_cdr(&self, _cdr: &store::Cdr) -> Result<store::Cdr, StoreError> {
+        Err(unsupported())
+    }
+
+    fn cdrs(
+        &self,
+        _from_ms: i64,
+        _to_ms: i64,
+        _entity: Option<&str>,
+    ) -> Result<Vec<store::Cdr>, StoreError> {
+        Err(unsupported())
+    }
+
+    fn verify_cdrs(&self) -> Result<store::ChainReport, StoreError> {
+        Err(unsupported())
+    }
+
     fn revoke_device(&self, _id: &str, _reason: &str, _now_ms: i64) -> Result<Device, StoreError> {
         Err(unsupported())
     }

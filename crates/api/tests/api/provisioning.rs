@@ -22,12 +22,12 @@ use zone::{SealedPackage, SecurityLevel, ServerPublicKey, TrustedZone, ZonePubli
 use crate::{App, DOMAIN, Reply, TOKEN};
 
 const RANGE_150: &str = "+15550100000..+15550100149";
-const EULA: &str = "1.0";
+pub(crate) const EULA: &str = "1.0";
 const REFUSED: &str = "enrolment-refused";
 
 /// An [`App`] over a temp-file SQLite store with provisioning enabled.
-struct Env {
-    app: App<SqliteStore>,
+pub(crate) struct Env {
+    pub(crate) app: App<SqliteStore>,
     prov: Arc<Provisioning>,
     _dir: TempDir,
 }
@@ -56,7 +56,7 @@ fn env_with(require_pkcs11: bool) -> Env {
     }
 }
 
-fn env() -> Env {
+pub(crate) fn env() -> Env {
     env_with(false)
 }
 
@@ -77,7 +77,7 @@ fn range_ids(n: u64) -> Vec<String> {
 
 impl Env {
     /// Subscribers, the current EULA and `pool` loaded.
-    async fn ready(&self, users: &[&str], pool: Value) {
+    pub(crate) async fn ready(&self, users: &[&str], pool: Value) {
         for user in users {
             self.app.create(user).await;
         }
@@ -110,7 +110,7 @@ impl Env {
     }
 
     /// A fresh enrolment code for `user`.
-    async fn code(&self, user: &str) -> String {
+    pub(crate) async fn code(&self, user: &str) -> String {
         let reply = self.code_with(user, None).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.json);
         reply.json["code"].as_str().expect("code").to_owned()
@@ -123,7 +123,7 @@ impl Env {
             .await
     }
 
-    async fn enrol(&self, code: &str, key: &ZonePublicKey) -> Reply {
+    pub(crate) async fn enrol(&self, code: &str, key: &ZonePublicKey) -> Reply {
         self.enrol_raw(&enrol_body(code, key, EULA, true)).await
     }
 
@@ -144,7 +144,7 @@ impl Env {
 
     /// Waits until exactly `n` `enrolment-refused` events are visible (the API records them
     /// off the request path) and returns them.
-    async fn refusals(&self, n: usize) -> Vec<Value> {
+    pub(crate) async fn refusals(&self, n: usize) -> Vec<Value> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let refused: Vec<Value> = self
@@ -188,7 +188,7 @@ fn enrol_body(code: &str, key: &ZonePublicKey, eula: &str, accept: bool) -> Valu
 }
 
 /// A software zone's key pair without the file around it: (secret, public key).
-fn x25519() -> (impl Deref<Target = [u8; 32]>, ZonePublicKey) {
+pub(crate) fn x25519() -> (impl Deref<Target = [u8; 32]>, ZonePublicKey) {
     let (secret, public) = x25519_generate();
     (secret, ZonePublicKey::X25519(public))
 }

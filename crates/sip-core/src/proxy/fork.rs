@@ -51,7 +51,7 @@ enum Trust {
 
 pub(super) struct Fork {
     server: u64,
-    request: Request,
+    pub(super) request: Request,
     branches: Vec<Branch>,
     finished: bool,
     winner_tag: Option<String>,
@@ -59,6 +59,8 @@ pub(super) struct Fork {
     supports_199: bool,
     ring_deadline: Option<Instant>,
     gc_at: Option<Instant>,
+    /// The caller sent CANCEL (for the call record's release side).
+    pub(super) caller_cancelled: bool,
 }
 
 /// What a fork does: its branches, whether it rings with a timeout (out-of-dialog INVITE)
@@ -88,6 +90,13 @@ impl Fork {
             self.ring_deadline
         };
         [delayed, ring, self.gc_at].into_iter().flatten().min()
+    }
+
+    /// (contact, device) of each branch, for the call record.
+    pub(super) fn branch_views(&self) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+        self.branches
+            .iter()
+            .map(|b| (b.request.uri.to_string(), b.device.clone()))
     }
 
     fn all_final(&self) -> bool {
@@ -138,6 +147,9 @@ impl Proxy {
             ring_timeout,
             record_route,
         } = plan;
+        if req.method == Method::Bye {
+            self.call_bye(&req, now);
+        }
         let id = self.alloc_id();
         let mut branches = Vec::with_capacity(targets.len());
         for t in targets {
@@ -194,6 +206,9 @@ impl Proxy {
         }
         if branches.is_empty() {
             self.reply(server, &req, 480, now);
+            if record_route {
+                self.call_unreachable(&req, now);
+            }
             return;
         }
         let supports_199 = req.headers.has_token(&HeaderName::Supported, "199");
@@ -207,10 +222,17 @@ impl Proxy {
             supports_199,
             ring_deadline: ring_timeout.map(|d| now + d),
             gc_at: None,
+            caller_cancelled: false,
         };
         self.forks.insert(id, fork);
         if let Some(s) = self.servers.get_mut(&server) {
             s.fork = Some(id);
+        }
+        if record_route
+            && let Some(f) = self.forks.get(&id)
+            && f.request.method == Method::Invite
+        {
+            self.call_started(id, now);
         }
         // Every undelayed branch leaves in this one loop (R11).
         let n = self.forks.get(&id).map_or(0, |f| f.branches.len());
@@ -249,6 +271,7 @@ impl Proxy {
         if let Some(b) = self.forks.get_mut(&id).and_then(|f| f.branches.get_mut(i)) {
             b.client = Some(client);
         }
+        self.call_branch_sent(id, i, now);
     }
 
     pub(super) fn fork_timeout(&mut self, id: u64, now: Instant) {
@@ -294,10 +317,14 @@ impl Proxy {
         f.finished = true;
         let (server, req) = (f.server, f.request.clone());
         self.reply(server, &req, status, now);
+        self.call_failed(id, status, "ring timeout", now);
     }
 
     /// Caller's CANCEL (§16.10): cancel every pending branch.
     pub(super) fn cancel_fork(&mut self, id: u64, reason: Option<&str>, now: Instant) {
+        if let Some(f) = self.forks.get_mut(&id) {
+            f.caller_cancelled = true;
+        }
         self.cancel_all(id, reason.map(str::to_owned), now);
         self.check_complete(id, now);
     }
@@ -382,6 +409,10 @@ impl Proxy {
         };
         if b.final_status.is_none() {
             b.final_status = Some(408);
+            self.call_branch_final(id, i, 408, false);
+            let Some(f) = self.forks.get_mut(&id) else {
+                return;
+            };
             if !f.finished && f.best.is_none() {
                 let mut r = Response::to_request(&f.request, 408, "Request Timeout", None);
                 r.headers.push(HeaderName::Server, "trustring");
@@ -409,6 +440,7 @@ impl Proxy {
                     if let Some(b) = self.forks.get_mut(&id).and_then(|f| f.branches.get_mut(i)) {
                         b.final_status = Some(resp.status);
                     }
+                    self.call_branch_final(id, i, resp.status, true);
                     self.end_late_answer(id, i, &resp, TRUST_FAILED, now);
                     self.check_complete(id, now);
                 }
@@ -464,6 +496,7 @@ impl Proxy {
                         self.send_199(server, &req, ended, now);
                     }
                     self.respond(server, &resp, now);
+                    self.call_answered(id, i, resp.status, now);
                     let n = self.forks.get(&id).map_or(0, |f| f.branches.len());
                     for j in (0..n).filter(|&j| j != i) {
                         self.cancel_branch(id, j, Some(COMPLETED_ELSEWHERE.to_owned()), now);
@@ -483,9 +516,14 @@ impl Proxy {
             _ => {
                 b.final_status = Some(resp.status);
                 let early = std::mem::take(&mut b.early_tags);
-                if f.finished {
+                let (trust_failed, finished) = (b.trust_failed, f.finished);
+                self.call_branch_final(id, i, resp.status, trust_failed);
+                if finished {
                     return;
                 }
+                let Some(f) = self.forks.get_mut(&id) else {
+                    return;
+                };
                 let mut resp = resp;
                 if resp.status == 503 {
                     resp.status = 500;
@@ -530,10 +568,15 @@ impl Proxy {
         f.finished = true;
         let server = f.server;
         match f.best.take() {
-            Some(best) => self.respond(server, &best, now),
+            Some(best) => {
+                let cause = format!("{} {}", best.status, best.reason);
+                self.respond(server, &best, now);
+                self.call_failed(id, best.status, &cause, now);
+            }
             None => {
                 let req = f.request.clone();
                 self.reply(server, &req, 480, now);
+                self.call_failed(id, 480, "480 Temporarily Unavailable", now);
             }
         }
     }

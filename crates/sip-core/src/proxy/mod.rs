@@ -9,6 +9,8 @@
 //! All branches of a fork are produced by one call, back to back, so they leave within
 //! microseconds of each other (R11).
 
+mod caller;
+mod calls;
 mod directory;
 mod fork;
 mod ids;
@@ -26,6 +28,7 @@ use bytes::Bytes;
 use crate::auth::{AuthFailureLimiter, Authenticator, DigestConfig};
 use crate::message::{HeaderName, Message, Request, Response, parse, reason_phrase};
 use crate::transaction::{ClientTx, ServerTx, Timers, TxAction};
+pub use calls::{BranchOutcome, BranchRecord, CallRecord, MAX_TRACKED_CALLS, Released};
 use directory::Directory;
 pub use directory::{
     Binding, DEVICE_USER_PREFIX, DeviceEntry, MAX_BINDINGS_PER_USER, SubscriberEntry, Target,
@@ -91,6 +94,8 @@ pub enum Event {
         /// The contact URI.
         contact: String,
     },
+    /// A call ended (unanswered, or answered and then hung up): write its CDR (R18).
+    CallEnded(Box<CallRecord>),
     /// A trust check failed on a phone's branch (R14): record it for the operator.
     Security {
         /// Stable kind, e.g. `missing-proof`, `wrong-proof`, `locked-out`.
@@ -206,6 +211,7 @@ pub struct Proxy {
     clients: HashMap<u64, ClientEntry>,
     forks: HashMap<u64, Fork>,
     trust: Option<Box<dyn TrustGate>>,
+    calls: calls::Calls,
     timers: BinaryHeap<std::cmp::Reverse<(Instant, TimerRef)>>,
     out: VecDeque<Output>,
     next_id: u64,
@@ -234,6 +240,7 @@ impl Proxy {
             clients: HashMap::new(),
             forks: HashMap::new(),
             trust: None,
+            calls: calls::Calls::default(),
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
             next_id: 1,

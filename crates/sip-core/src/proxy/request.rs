@@ -5,6 +5,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
+use super::caller::Caller;
 use super::{Proxy, ServerEntry, Target, TimerRef, TxKey, route};
 use crate::message::{HeaderName, Method, Request};
 use crate::transaction::ServerTx;
@@ -71,6 +72,16 @@ impl Proxy {
             self.reply(id, &req, 403, now);
             return;
         }
+        // §22.3 / R25: our own users must prove who they are before anything else is said
+        // about the request (no relay answer, no 404/480 for the callee to enumerate).
+        let caller = if self.caller_auth_exempt(&req) {
+            Caller::Unverified
+        } else {
+            match self.authenticate_caller(id, peer, &mut req, now) {
+                Some(c) => c,
+                None => return,
+            }
+        };
         if !self.is_ours(&req.uri.host, req.uri.port) {
             // No open relay (R26 / issue point 5).
             let resp = self.make_reply(&req, 403, "Relaying Forbidden");
@@ -78,7 +89,11 @@ impl Proxy {
             return;
         }
         match req.method {
-            Method::Register => self.handle_register(id, peer, &req, now),
+            Method::Register => {
+                if self.check_register_digest_uri(id, &req, now) {
+                    self.handle_register(id, peer, &req, now);
+                }
+            }
             Method::Options if req.uri.user.is_none() => {
                 let mut resp = self.make_reply(&req, 200, "OK");
                 resp.headers.push(
@@ -89,7 +104,7 @@ impl Proxy {
                     .push(HeaderName::Supported, SUPPORTED.join(", "));
                 self.respond(id, &resp, now);
             }
-            _ => self.route_to_aor(id, peer, req, now),
+            _ => self.route_to_aor(id, peer, req, &caller, now),
         }
     }
 
@@ -244,8 +259,16 @@ fn tx_key(req: &Request) -> Option<TxKey> {
 
 impl Proxy {
     /// An out-of-dialog request for one of our addresses of record: fork it to every live
-    /// binding (R11), or answer 404 / 480.
-    fn route_to_aor(&mut self, id: u64, peer: Target, mut req: Request, now: Instant) {
+    /// binding (R11), or answer 404 / 480. Every branch carries the identity the proxy
+    /// asserts for `caller` (R25) and none of our realm's credentials.
+    fn route_to_aor(
+        &mut self,
+        id: u64,
+        peer: Target,
+        mut req: Request,
+        caller: &Caller,
+        now: Instant,
+    ) {
         let user = req.uri.user_unescaped().unwrap_or_default();
         let Some(sub) = self.directory.subscriber(&user).cloned() else {
             self.reply(id, &req, 404, now);
@@ -254,11 +277,12 @@ impl Proxy {
         let bindings = self.directory.live_bindings(&user, now);
         if bindings.is_empty() {
             self.reply(id, &req, 480, now);
+            self.call_unreachable(&req, now);
             return;
         }
-        // R25: identity claims from untrusted sources are stripped.
-        req.headers.remove_all(&HeaderName::PAssertedIdentity);
-        req.headers.remove_all(&HeaderName::PPreferredIdentity);
+        // R25: identity claims from untrusted sources are stripped, ours asserted.
+        self.assert_identity(&mut req, caller);
+        self.consume_own_credentials(&mut req);
         let invite = req.method == Method::Invite;
         // A phone rings only while enrolled (not revoked) and switched on (R9, R10).
         let targets: Vec<super::fork::BranchTarget> = bindings
@@ -281,6 +305,7 @@ impl Proxy {
             .collect();
         if targets.is_empty() {
             self.reply(id, &req, 480, now);
+            self.call_unreachable(&req, now);
             return;
         }
         let plan = super::fork::ForkPlan {
@@ -293,7 +318,11 @@ impl Proxy {
 
     /// An in-dialog request (To tag): forward it along its route set, or to its
     /// Request-URI (the remote target), statefully.
-    fn forward_in_dialog(&mut self, id: u64, peer: Target, req: Request, now: Instant) {
+    fn forward_in_dialog(&mut self, id: u64, peer: Target, mut req: Request, now: Instant) {
+        // UAs often resend their cached credentials in the dialog: ours stop here (§22.3).
+        // Nobody is authenticated in a dialog, so identity claims go too (R25).
+        self.consume_own_credentials(&mut req);
+        self.assert_identity(&mut req, &Caller::Unverified);
         let next = match req.headers.get(&HeaderName::Route) {
             Some(r) => crate::message::NameAddr::parse(r).ok().map(|n| n.uri),
             None if self.is_ours(&req.uri.host, req.uri.port) => None,

@@ -27,6 +27,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "0002_provisioning.sql",
         sql: include_str!("../../migrations/sqlite/0002_provisioning.sql"),
     },
+    Migration {
+        version: 3,
+        name: "0003_cdrs.sql",
+        sql: include_str!("../../migrations/sqlite/0003_cdrs.sql"),
+    },
 ];
 
 /// Brings the schema up to the last of `migrations` and returns the resulting version.

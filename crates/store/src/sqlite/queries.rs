@@ -9,8 +9,8 @@ use rusqlite::{OptionalExtension, Row, params};
 
 use super::{SqliteStore, provisioning};
 use crate::{
-    Device, EnrolError, Enrolled, Enrolment, Eula, NewDevice, PoolCounts, Registration, RingDelay,
-    RoutingProfile, SecurityEvent, Store, StoreError, Subscriber,
+    Cdr, ChainReport, Device, EnrolError, Enrolled, Enrolment, Eula, NewDevice, PoolCounts,
+    Registration, RingDelay, RoutingProfile, SecurityEvent, Store, StoreError, Subscriber,
 };
 
 /// `SELECT <every subscriber column> FROM subscribers <rest>`, in [`subscriber_from_row`] order.
@@ -349,6 +349,18 @@ impl Store for SqliteStore {
 
     fn device_by_token_hash(&self, hash: &str) -> Result<Option<Device>, StoreError> {
         provisioning::device_by_token_hash(&self.conn(), hash)
+    }
+
+    fn append_cdr(&self, cdr: &Cdr) -> Result<Cdr, StoreError> {
+        super::cdrs::append(&mut self.conn(), cdr)
+    }
+
+    fn cdrs(&self, from_ms: i64, to_ms: i64, entity: Option<&str>) -> Result<Vec<Cdr>, StoreError> {
+        super::cdrs::query(&self.conn(), from_ms, to_ms, entity)
+    }
+
+    fn verify_cdrs(&self) -> Result<ChainReport, StoreError> {
+        super::cdrs::verify(&self.conn())
     }
 
     fn add_security_event(&self, event: &SecurityEvent) -> Result<i64, StoreError> {

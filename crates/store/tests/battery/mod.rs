@@ -4,6 +4,7 @@
 //! test file includes this module with `#[path = "battery/mod.rs"] mod battery;` and runs
 //! each function against its own store (see `tests/battery.rs` for SQLite).
 
+mod cdrs;
 mod devices;
 mod enrolment;
 mod eulas;
@@ -12,6 +13,7 @@ mod pool;
 mod registrations;
 mod subscribers;
 
+pub(crate) use cdrs::*;
 pub(crate) use devices::*;
 pub(crate) use enrolment::*;
 pub(crate) use eulas::*;

@@ -1,0 +1,627 @@
+//! Caller authentication and asserted identity in simulated time (RFC 3261 §22.3,
+//! RFC 3325; SPEC R25, R26; SECURITY §4 threats 1 and 4). The test plays the caller and the
+//! callee's device by feeding the proxy bytes and reading what it sends where.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sip_core::auth::{Algorithm, ResponseInput, ha1, response};
+use sip_core::message::{HeaderName, Message, Request, Response, Uri, parse};
+use sip_core::proxy::{
+    Binding, DeviceEntry, Output, Proxy, ProxyConfig, SubscriberEntry, Target, Transport,
+};
+
+const PROXY: &str = "127.0.0.1:5060";
+const CALLER: &str = "127.0.0.1:6000";
+const DESK: &str = "127.0.0.1:7001";
+const REALM: &str = "localhost";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Sim {
+    proxy: Proxy,
+    now: Instant,
+    sent: Vec<(SocketAddr, Message)>,
+    branch: u32,
+}
+
+fn subscriber(user: &str, pw: &str) -> SubscriberEntry {
+    SubscriberEntry {
+        user: user.into(),
+        ha1_md5: ha1(Algorithm::Md5, user, REALM, pw),
+        ha1_sha256: ha1(Algorithm::Sha256, user, REALM, pw),
+        ring_timeout: Duration::from_secs(30),
+        ring_delays: Vec::new(),
+    }
+}
+
+impl Sim {
+    /// alice (desk at DESK) and bob are subscribers; bob has the phone `d-9`.
+    fn new() -> Self {
+        let now = Instant::now();
+        let mut proxy = Proxy::new(ProxyConfig::new(REALM, addr(PROXY), [7; 32]), now);
+        proxy.upsert_subscriber(subscriber("alice", "alicepw"));
+        proxy.upsert_subscriber(subscriber("bob", "bobpw"));
+        proxy.upsert_device(DeviceEntry {
+            id: "d-9".into(),
+            user: "bob".into(),
+            ha1_md5: ha1(Algorithm::Md5, "~d-9", REALM, "devpw"),
+            ha1_sha256: ha1(Algorithm::Sha256, "~d-9", REALM, "devpw"),
+            service_on: true,
+        });
+        let uri = format!("sip:alice@{DESK}");
+        let target = Target {
+            transport: Transport::Udp,
+            addr: addr(DESK),
+            conn: None,
+        };
+        proxy.restore_binding(
+            "alice",
+            Binding {
+                contact: uri.clone(),
+                uri: Uri::parse(&uri).unwrap(),
+                target,
+                source: target,
+                call_id: "reg-desk".into(),
+                cseq: 1,
+                expires_at: now + Duration::from_secs(3600),
+                q: 1000,
+                device: None,
+            },
+            now,
+        );
+        Self {
+            proxy,
+            now,
+            sent: Vec::new(),
+            branch: 0,
+        }
+    }
+
+    fn recv(&mut self, from: &str, msg: &str) {
+        let bytes = msg.replace('\n', "\r\n");
+        self.proxy
+            .handle_receive(self.now, Transport::Udp, addr(from), None, bytes.as_bytes());
+        while let Some(o) = self.proxy.poll_output() {
+            if let Output::Transmit(t) = o {
+                let m = parse(&t.payload).expect("proxy output parses");
+                self.sent.push((t.target.addr, m));
+            }
+        }
+    }
+
+    fn take(&mut self) -> Vec<(SocketAddr, Message)> {
+        std::mem::take(&mut self.sent)
+    }
+
+    /// Sends an out-of-dialog `method` for `to_user@localhost` from `from` (`user@host`) in a
+    /// new transaction from `src`, with `extra` header lines; returns everything sent.
+    fn send(
+        &mut self,
+        src: &str,
+        method: &str,
+        from: &str,
+        to_user: &str,
+        extra: &str,
+    ) -> Vec<(SocketAddr, Message)> {
+        self.branch += 1;
+        let b = self.branch;
+        let msg = format!(
+            "{method} sip:{to_user}@localhost SIP/2.0
+Via: SIP/2.0/UDP {src};branch=z9hG4bKc{b};rport
+Max-Forwards: 70
+From: <sip:{from}>;tag=ft{b}
+To: <sip:{to_user}@localhost>
+Call-ID: call-{b}
+CSeq: {b} {method}
+Contact: <sip:caller@{src}>
+{extra}Content-Length: 0
+
+"
+        );
+        self.recv(src, &msg);
+        self.take()
+    }
+
+    /// An INVITE for alice from `from` sent from CALLER.
+    fn invite(&mut self, from: &str, extra: &str) -> Vec<(SocketAddr, Message)> {
+        self.send(CALLER, "INVITE", from, "alice", extra)
+    }
+
+    /// A fresh nonce from a 407 to an INVITE of `from` without credentials.
+    fn nonce(&mut self, from: &str) -> String {
+        let sent = self.invite(from, "");
+        nonce_of(&final_to(&sent, CALLER))
+    }
+}
+
+fn final_to(sent: &[(SocketAddr, Message)], to: &str) -> Response {
+    responses_to(sent, to)
+        .into_iter()
+        .rfind(|r| r.status >= 200)
+        .expect("a final response")
+}
+
+fn responses_to(sent: &[(SocketAddr, Message)], to: &str) -> Vec<Response> {
+    sent.iter()
+        .filter(|(a, _)| *a == addr(to))
+        .filter_map(|(_, m)| match m {
+            Message::Response(r) => Some(r.clone()),
+            Message::Request(_) => None,
+        })
+        .collect()
+}
+
+fn requests_to(sent: &[(SocketAddr, Message)], to: &str) -> Vec<Request> {
+    sent.iter()
+        .filter(|(a, _)| *a == addr(to))
+        .filter_map(|(_, m)| match m {
+            Message::Request(r) => Some(r.clone()),
+            Message::Response(_) => None,
+        })
+        .collect()
+}
+
+fn nonce_of(resp: &Response) -> String {
+    let c = resp
+        .headers
+        .get(&HeaderName::ProxyAuthenticate)
+        .expect("a Proxy-Authenticate");
+    c.split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap()
+        .to_owned()
+}
+
+/// Digest credentials (`qop=auth`, nc 1) for `method` and digest-uri `uri`.
+fn creds(user: &str, pw: &str, nonce: &str, method: &str, uri: &str, alg: Algorithm) -> String {
+    let h = ha1(alg, user, REALM, pw);
+    let r = response(
+        alg,
+        &h,
+        &ResponseInput {
+            nonce,
+            nc: "00000001",
+            cnonce: "c0ffee",
+            qop: "auth",
+            method,
+            uri,
+        },
+    );
+    format!(
+        "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{r}\", algorithm={}, qop=auth, nc=00000001, cnonce=\"c0ffee\"",
+        alg.as_str()
+    )
+}
+
+fn proxy_auth(user: &str, pw: &str, nonce: &str, uri: &str) -> String {
+    format!(
+        "Proxy-Authorization: {}\n",
+        creds(user, pw, nonce, "INVITE", uri, Algorithm::Md5)
+    )
+}
+
+const ALICE_URI: &str = "sip:alice@localhost";
+
+#[test]
+fn local_caller_without_credentials_gets_407_with_both_challenges() {
+    let mut sim = Sim::new();
+    let sent = sim.invite("bob@localhost", "");
+    let resps = responses_to(&sent, CALLER);
+    assert_eq!(
+        resps.iter().map(|r| r.status).collect::<Vec<_>>(),
+        [100, 407]
+    );
+    let r = &resps[1];
+    assert_eq!(r.reason, "Proxy Authentication Required");
+    let chal: Vec<&str> = r.headers.get_all(&HeaderName::ProxyAuthenticate).collect();
+    assert_eq!(chal.len(), 2, "{chal:?}");
+    assert!(chal[0].starts_with("Digest ") && chal[0].contains("SHA-256"));
+    assert!(chal[1].contains("algorithm=MD5"));
+    for c in &chal {
+        assert!(c.contains("realm=\"localhost\"") && c.contains("qop=\"auth\""));
+        assert!(!c.contains("stale"));
+    }
+    assert!(!r.headers.contains(&HeaderName::WwwAuthenticate));
+    assert!(r.to().unwrap().tag().is_some());
+    assert!(requests_to(&sent, DESK).is_empty(), "nothing forwarded");
+}
+
+#[test]
+fn other_methods_from_local_users_are_challenged_too_but_not_an_options_ping() {
+    let mut sim = Sim::new();
+    for method in ["MESSAGE", "SUBSCRIBE", "OPTIONS", "INFO"] {
+        let sent = sim.send(CALLER, method, "bob@localhost", "alice", "");
+        assert_eq!(final_to(&sent, CALLER).status, 407, "{method}");
+        assert!(requests_to(&sent, DESK).is_empty(), "{method}");
+    }
+    // OPTIONS for the server itself is answered, whoever asks.
+    sim.branch += 1;
+    sim.recv(
+        CALLER,
+        "OPTIONS sip:localhost SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKping
+Max-Forwards: 70
+From: <sip:bob@localhost>;tag=p
+To: <sip:localhost>
+Call-ID: ping
+CSeq: 1 OPTIONS
+Content-Length: 0
+
+",
+    );
+    assert_eq!(final_to(&sim.take(), CALLER).status, 200);
+}
+
+#[test]
+fn authenticated_caller_is_forked_with_asserted_identity_and_without_our_credentials() {
+    for alg in [Algorithm::Md5, Algorithm::Sha256] {
+        let mut sim = Sim::new();
+        let nonce = sim.nonce("bob@localhost");
+        let mine = creds("bob", "bobpw", &nonce, "INVITE", ALICE_URI, alg);
+        let theirs = "Digest username=\"bob\", realm=\"other.example\", nonce=\"n\", uri=\"sip:alice@localhost\", response=\"00\"";
+        let sent = sim.invite(
+            "bob@localhost",
+            &format!(
+                "Proxy-Authorization: {theirs}\nProxy-Authorization: {mine}\n\
+P-Asserted-Identity: <sip:ceo@localhost>\nP-Preferred-Identity: <sip:ceo@localhost>\n"
+            ),
+        );
+        let fwd = requests_to(&sent, DESK);
+        assert_eq!(fwd.len(), 1, "{alg:?}: forked to the desk");
+        let inv = &fwd[0];
+        let pai: Vec<&str> = inv
+            .headers
+            .get_all(&HeaderName::PAssertedIdentity)
+            .collect();
+        assert_eq!(pai, ["<sip:bob@localhost>"], "{alg:?}");
+        assert!(!inv.headers.contains(&HeaderName::PPreferredIdentity));
+        let pa: Vec<&str> = inv
+            .headers
+            .get_all(&HeaderName::ProxyAuthorization)
+            .collect();
+        assert_eq!(pa, [theirs], "only other realms' credentials go on");
+        assert_eq!(
+            responses_to(&sent, CALLER)
+                .iter()
+                .map(|r| r.status)
+                .collect::<Vec<_>>(),
+            [100]
+        );
+    }
+}
+
+#[test]
+fn wrong_password_gets_a_fresh_407_and_is_counted_by_the_limiter() {
+    let mut sim = Sim::new();
+    let nonce = sim.nonce("bob@localhost");
+    let mut nonces = vec![nonce.clone()];
+    // The default limiter blocks an address after 10 failures within 60 s.
+    for i in 0..10 {
+        let sent = sim.invite(
+            "bob@localhost",
+            &proxy_auth("bob", "guess", &nonce, ALICE_URI),
+        );
+        let r = final_to(&sent, CALLER);
+        assert_eq!(r.status, 407, "attempt {i}");
+        assert!(
+            !r.headers
+                .get(&HeaderName::ProxyAuthenticate)
+                .unwrap()
+                .contains("stale")
+        );
+        nonces.push(nonce_of(&r));
+        assert!(requests_to(&sent, DESK).is_empty());
+    }
+    nonces.sort();
+    nonces.dedup();
+    assert_eq!(nonces.len(), 11, "every 407 has a fresh nonce");
+    // Blocked now: even the right password from this address is refused without a check.
+    let fresh = nonces[0].clone();
+    let sent = sim.invite(
+        "bob@localhost",
+        &proxy_auth("bob", "bobpw", &fresh, ALICE_URI),
+    );
+    let r = final_to(&sent, CALLER);
+    assert_eq!(
+        (r.status, r.reason.as_str()),
+        (403, "Too Many Failed Attempts")
+    );
+    assert!(requests_to(&sent, DESK).is_empty());
+    // Another address is not blocked.
+    let other = "127.0.0.2:6001";
+    let n = nonce_of(&final_to(
+        &sim.send(other, "INVITE", "bob@localhost", "alice", ""),
+        other,
+    ));
+    let sent = sim.send(
+        other,
+        "INVITE",
+        "bob@localhost",
+        "alice",
+        &proxy_auth("bob", "bobpw", &n, ALICE_URI),
+    );
+    assert_eq!(requests_to(&sent, DESK).len(), 1);
+}
+
+#[test]
+fn bobs_credentials_on_a_from_of_alice_get_403() {
+    let mut sim = Sim::new();
+    let nonce = sim.nonce("alice@localhost");
+    let sent = sim.invite(
+        "alice@localhost",
+        &proxy_auth("bob", "bobpw", &nonce, ALICE_URI),
+    );
+    assert_eq!(final_to(&sent, CALLER).status, 403);
+    assert!(requests_to(&sent, DESK).is_empty());
+}
+
+#[test]
+fn a_phone_calls_as_its_subscriber_only() {
+    let mut sim = Sim::new();
+    let nonce = sim.nonce("bob@localhost");
+    let sent = sim.invite(
+        "bob@localhost",
+        &proxy_auth("~d-9", "devpw", &nonce, ALICE_URI),
+    );
+    let fwd = requests_to(&sent, DESK);
+    assert_eq!(fwd.len(), 1);
+    assert_eq!(
+        fwd[0].headers.get(&HeaderName::PAssertedIdentity),
+        Some("<sip:bob@localhost>"),
+        "the subscriber is asserted, not the device"
+    );
+    // bob's phone cannot call as alice, nor as the device name itself.
+    for from in ["alice@localhost", "~d-9@localhost"] {
+        let nonce = sim.nonce(from);
+        let sent = sim.invite(from, &proxy_auth("~d-9", "devpw", &nonce, ALICE_URI));
+        assert_eq!(final_to(&sent, CALLER).status, 403, "{from}");
+        assert!(requests_to(&sent, DESK).is_empty());
+    }
+}
+
+#[test]
+fn foreign_caller_is_not_challenged_and_loses_forged_identity() {
+    let mut sim = Sim::new();
+    let sent = sim.invite(
+        "mallory@example.net",
+        "P-Asserted-Identity: <sip:alice@localhost>\nP-Asserted-Identity: <tel:+15551234567>\n\
+P-Preferred-Identity: <sip:bob@localhost>\n",
+    );
+    assert_eq!(
+        responses_to(&sent, CALLER)
+            .iter()
+            .map(|r| r.status)
+            .collect::<Vec<_>>(),
+        [100],
+        "not challenged"
+    );
+    let fwd = requests_to(&sent, DESK);
+    assert_eq!(fwd.len(), 1);
+    assert!(!fwd[0].headers.contains(&HeaderName::PAssertedIdentity));
+    assert!(!fwd[0].headers.contains(&HeaderName::PPreferredIdentity));
+}
+
+/// The response as text with what legitimately differs masked: the nonce, the To tag and
+/// the From user (echoed from the request).
+fn masked(r: &Response, user: &str) -> String {
+    let mut text = String::from_utf8(r.to_bytes()).unwrap();
+    let nonce = nonce_of(r);
+    let tag = r.to().unwrap().tag().unwrap().to_owned();
+    text = text.replace(&nonce, "NONCE").replace(&tag, "TAG");
+    text.replace(&format!("sip:{user}@"), "sip:USER@")
+}
+
+#[test]
+fn known_and_unknown_local_users_get_identical_407s() {
+    for with_creds in [false, true] {
+        let mut sim = Sim::new();
+        let mut replies = Vec::new();
+        for user in ["bob", "nobody"] {
+            let from = format!("{user}@localhost");
+            let extra = if with_creds {
+                let nonce = sim.nonce(&from);
+                proxy_auth(user, "wrong", &nonce, ALICE_URI)
+            } else {
+                String::new()
+            };
+            // Same branch, Call-ID and CSeq for both, so only the user differs.
+            sim.branch = 100;
+            let sent = sim.invite(&from, &extra);
+            assert!(requests_to(&sent, DESK).is_empty());
+            replies.push(masked(&final_to(&sent, CALLER), user));
+            // Let the first transaction end so the second is not a retransmission.
+            sim.now += Duration::from_secs(40);
+            sim.proxy.handle_timeout(sim.now);
+            sim.take();
+        }
+        assert_eq!(replies[0], replies[1], "with credentials: {with_creds}");
+        assert!(replies[0].starts_with("SIP/2.0 407 "));
+        assert_eq!(replies[0].matches("Proxy-Authenticate: Digest ").count(), 2);
+        assert!(replies[0].contains("nonce=\"NONCE\"") && replies[0].contains("tag=TAG"));
+    }
+    // Nor does the callee's existence show before the caller is authenticated.
+    let mut sim = Sim::new();
+    let sent = sim.send(CALLER, "INVITE", "bob@localhost", "nosuchuser", "");
+    assert_eq!(final_to(&sent, CALLER).status, 407);
+}
+
+#[test]
+fn stale_nonce_gets_407_stale_and_is_not_counted() {
+    let mut sim = Sim::new();
+    let nonce = sim.nonce("bob@localhost");
+    sim.now += Duration::from_secs(301);
+    for _ in 0..12 {
+        let sent = sim.invite(
+            "bob@localhost",
+            &proxy_auth("bob", "bobpw", &nonce, ALICE_URI),
+        );
+        let r = final_to(&sent, CALLER);
+        assert_eq!(r.status, 407);
+        let chal: Vec<&str> = r.headers.get_all(&HeaderName::ProxyAuthenticate).collect();
+        assert_eq!(chal.len(), 2);
+        assert!(chal.iter().all(|c| c.contains("stale=true")), "{chal:?}");
+    }
+    // Twelve stale answers did not block the address: a fresh nonce works.
+    let nonce = sim.nonce("bob@localhost");
+    let sent = sim.invite(
+        "bob@localhost",
+        &proxy_auth("bob", "bobpw", &nonce, ALICE_URI),
+    );
+    assert_eq!(requests_to(&sent, DESK).len(), 1);
+}
+
+#[test]
+fn digest_uri_must_name_the_request_uri() {
+    let mut sim = Sim::new();
+    // Another user, or another host: 400, even with a correct digest over that uri.
+    for uri in [
+        "sip:carol@localhost",
+        "sip:alice@evil.example",
+        "sip:localhost",
+        "sip:127.0.0.1:5060",
+        "sip:alice@127.0.0.1:5999",
+        "not a uri",
+    ] {
+        let nonce = sim.nonce("bob@localhost");
+        let sent = sim.invite("bob@localhost", &proxy_auth("bob", "bobpw", &nonce, uri));
+        let r = final_to(&sent, CALLER);
+        assert_eq!(r.status, 400, "{uri}");
+        assert!(requests_to(&sent, DESK).is_empty(), "{uri}");
+    }
+    // The same resource written differently: another name of this server, %-escapes, sips,
+    // parameters.
+    for uri in [
+        "sip:alice@127.0.0.1:5060",
+        "sip:alice@127.0.0.1",
+        "sip:%61lice@LOCALHOST",
+        "sips:alice@localhost",
+        "sip:alice@localhost;transport=udp",
+    ] {
+        let nonce = sim.nonce("bob@localhost");
+        let sent = sim.invite("bob@localhost", &proxy_auth("bob", "bobpw", &nonce, uri));
+        assert_eq!(requests_to(&sent, DESK).len(), 1, "{uri}");
+    }
+}
+
+#[test]
+fn register_digest_uri_is_checked_too() {
+    let mut sim = Sim::new();
+    let register = |sim: &mut Sim, auth: &str| {
+        sim.branch += 1;
+        let b = sim.branch;
+        sim.recv(
+            "127.0.0.1:6100",
+            &format!(
+                "REGISTER sip:localhost SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:6100;branch=z9hG4bKr{b}
+Max-Forwards: 70
+From: <sip:bob@localhost>;tag=r
+To: <sip:bob@localhost>
+Call-ID: reg-bob
+CSeq: {b} REGISTER
+Contact: <sip:bob@127.0.0.1:6100>
+{auth}Content-Length: 0
+
+"
+            ),
+        );
+        let sent = sim.take();
+        responses_to(&sent, "127.0.0.1:6100").pop().unwrap()
+    };
+    let nonce = |r: &Response| {
+        let c = r.headers.get(&HeaderName::WwwAuthenticate).unwrap();
+        c.split("nonce=\"")
+            .nth(1)
+            .unwrap()
+            .split('"')
+            .next()
+            .unwrap()
+            .to_owned()
+    };
+    // SIPp 3.6's default digest uri (the proxy's address) and the Request-URI itself pass.
+    for uri in ["sip:127.0.0.1:5060", "sip:localhost"] {
+        let r = register(&mut sim, "");
+        assert_eq!(r.status, 401);
+        let auth = format!(
+            "Authorization: {}\n",
+            creds("bob", "bobpw", &nonce(&r), "REGISTER", uri, Algorithm::Md5)
+        );
+        assert_eq!(register(&mut sim, &auth).status, 200, "{uri}");
+    }
+    for uri in ["sip:evil.example", "sip:bob@localhost"] {
+        let r = register(&mut sim, "");
+        let auth = format!(
+            "Authorization: {}\n",
+            creds("bob", "bobpw", &nonce(&r), "REGISTER", uri, Algorithm::Md5)
+        );
+        assert_eq!(register(&mut sim, &auth).status, 400, "{uri}");
+    }
+}
+
+#[test]
+fn in_dialog_requests_lose_our_credentials_and_identity_claims() {
+    let mut sim = Sim::new();
+    let mine = creds(
+        "bob",
+        "bobpw",
+        "n",
+        "BYE",
+        "sip:alice@127.0.0.1:7001",
+        Algorithm::Md5,
+    );
+    let theirs = "Digest username=\"bob\", realm=\"other.example\", nonce=\"n\", uri=\"sip:x\", response=\"00\"";
+    sim.recv(
+        CALLER,
+        &format!(
+            "BYE sip:alice@{DESK} SIP/2.0
+Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKbye1
+Max-Forwards: 70
+Route: <sip:{PROXY};lr>
+From: <sip:bob@localhost>;tag=ft
+To: <sip:alice@localhost>;tag=tt
+Call-ID: dialog-1
+CSeq: 2 BYE
+Proxy-Authorization: {mine}
+Proxy-Authorization: {theirs}
+P-Asserted-Identity: <sip:ceo@localhost>
+Content-Length: 0
+
+"
+        ),
+    );
+    let fwd = requests_to(&sim.take(), DESK);
+    assert_eq!(fwd.len(), 1);
+    let pa: Vec<&str> = fwd[0]
+        .headers
+        .get_all(&HeaderName::ProxyAuthorization)
+        .collect();
+    assert_eq!(pa, [theirs]);
+    assert!(!fwd[0].headers.contains(&HeaderName::PAssertedIdentity));
+}
+
+#[test]
+fn unauthenticated_local_caller_to_a_foreign_domain_is_challenged_first() {
+    let mut sim = Sim::new();
+    sim.branch += 1;
+    sim.recv(
+        CALLER,
+        "INVITE sip:someone@other.example SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKrelay
+Max-Forwards: 70
+From: <sip:bob@localhost>;tag=r
+To: <sip:someone@other.example>
+Call-ID: relay
+CSeq: 1 INVITE
+Content-Length: 0
+
+",
+    );
+    assert_eq!(final_to(&sim.take(), CALLER).status, 407);
+}

@@ -1,0 +1,75 @@
+//! Call detail records (R18, R19): append, query by period and billing entity, chain.
+
+use trustring_store::{Cdr, CdrLeg, Store};
+
+pub(crate) fn cdr(call_id: &str, setup_ms: i64, entities: &[&str]) -> Cdr {
+    Cdr {
+        id: 0,
+        call_id: call_id.to_owned(),
+        caller: "sip:bob@example.net".to_owned(),
+        called: "sip:alice@localhost".to_owned(),
+        setup_ms,
+        answer_ms: Some(setup_ms + 2_000),
+        end_ms: setup_ms + 62_000,
+        duration_ms: 60_000,
+        final_status: 200,
+        released_by: "caller".to_owned(),
+        release_cause: "BYE".to_owned(),
+        answered_by: Some(0),
+        legs: entities
+            .iter()
+            .enumerate()
+            .map(|(i, e)| CdrLeg {
+                contact: format!("sip:alice@192.0.2.{i}"),
+                device: None,
+                leg_type: "voip".to_owned(),
+                rang_at_ms: Some(setup_ms + 1),
+                outcome: if i == 0 {
+                    "answered"
+                } else {
+                    "cancelled-elsewhere"
+                }
+                .to_owned(),
+                status: Some(if i == 0 { 200 } else { 487 }),
+                billing_entity: (*e).to_owned(),
+                billable_ms: if i == 0 { 60_000 } else { 0 },
+            })
+            .collect(),
+        prev_hash: "ignored".to_owned(),
+        hash: "ignored".to_owned(),
+    }
+}
+
+pub(crate) fn battery_cdrs_append_query_verify(store: &dyn Store) {
+    assert_eq!(store.verify_cdrs().unwrap().records, 0);
+    let a = store.append_cdr(&cdr("c1", 1_000, &["acme"])).unwrap();
+    let b = store
+        .append_cdr(&cdr("c2", 2_000, &["acme", "alice"]))
+        .unwrap();
+    let c = store.append_cdr(&cdr("c3", 3_000, &["globex"])).unwrap();
+    assert!(a.id < b.id && b.id < c.id);
+    assert_eq!(a.prev_hash, "0".repeat(64));
+    assert_eq!(b.prev_hash, a.hash);
+    assert_eq!(c.prev_hash, b.hash);
+    assert_eq!(a.hash.len(), 64);
+    assert_ne!(a.hash, b.hash);
+
+    let all = store.cdrs(0, i64::MAX, None).unwrap();
+    assert_eq!(
+        all,
+        vec![a.clone(), b.clone(), c.clone()],
+        "stored exactly as returned"
+    );
+    let ids = |v: Vec<Cdr>| v.into_iter().map(|c| c.call_id).collect::<Vec<_>>();
+    assert_eq!(ids(store.cdrs(1_500, 3_000, None).unwrap()), ["c2"]);
+    assert_eq!(
+        ids(store.cdrs(0, i64::MAX, Some("acme")).unwrap()),
+        ["c1", "c2"]
+    );
+    assert_eq!(ids(store.cdrs(0, i64::MAX, Some("alice")).unwrap()), ["c2"]);
+    assert!(store.cdrs(0, i64::MAX, Some("nobody")).unwrap().is_empty());
+
+    let report = store.verify_cdrs().unwrap();
+    assert_eq!(report.records, 3);
+    assert_eq!(report.first_bad, None);
+}
