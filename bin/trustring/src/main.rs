@@ -1,8 +1,10 @@
 //! `trustring`: one identity, every device rings.
 //!
-//! Subcommands: `serve` (SIP registrar + forking proxy + admin API) and `device` (the phone:
-//! trusted zone, enrolment, calls). More (gateway, demo, admin) come with their issues.
+//! Subcommands: `serve` (SIP registrar + forking proxy + admin API), `device` (the phone:
+//! trusted zone, enrolment, calls), `admin` (the operator's CLI over the API), `cdr` (verify,
+//! export) and `master-key`. The gateway and the demo come with their issues.
 
+mod admin;
 mod cdr;
 mod device;
 mod serve;
@@ -38,6 +40,8 @@ enum Command {
     /// The phone: create its trusted zone, enrol, take calls, switch the service on/off.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// Operate a running server through its admin API (subscribers, pool, phones, CDRs).
+    Admin(admin::AdminArgs),
     /// Call detail records: verify the hash chain, export a period with billing totals.
     #[command(subcommand)]
     Cdr(cdr::CdrCommand),
@@ -103,6 +107,7 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Device(cmd) => device::run(cmd),
         Command::Cdr(cmd) => cdr::run(cmd),
+        Command::Admin(a) => admin::run(a),
         Command::MasterKey(MasterKeyCommand::Rotate(a)) => trust::rotate(&a.data, true),
         Command::MasterKey(MasterKeyCommand::Reencrypt(a)) => trust::rotate(&a.data, false),
     }
