@@ -153,14 +153,33 @@ enum DeviceCmd {
     },
 }
 
-struct Client {
+pub(crate) struct Client {
     base: String,
     token: String,
     agent: ureq::Agent,
 }
 
 impl Client {
-    fn call(&self, method: &str, path: &str, body: Option<Value>) -> anyhow::Result<Value> {
+    /// A client of the API at `base` with the admin `token`.
+    pub(crate) fn new(base: &str, token: &str) -> Self {
+        Self {
+            base: base.trim_end_matches('/').to_owned(),
+            token: token.to_owned(),
+            agent: ureq::Agent::config_builder()
+                .timeout_global(Some(Duration::from_secs(15)))
+                .http_status_as_error(false)
+                .build()
+                .into(),
+        }
+    }
+
+    /// One API call; a non-2xx answer is an error carrying the API's message.
+    pub(crate) fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
         let auth = format!("Bearer {}", self.token);
         let mut resp = match (method, body) {
@@ -233,15 +252,7 @@ fn q(s: &str) -> String {
 }
 
 pub(crate) fn run(a: AdminArgs) -> anyhow::Result<()> {
-    let client = Client {
-        base: a.server.trim_end_matches('/').to_owned(),
-        token: token(&a)?,
-        agent: ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(15)))
-            .http_status_as_error(false)
-            .build()
-            .into(),
-    };
+    let client = Client::new(&a.server, &token(&a)?);
     let (value, table) = match &a.command {
         AdminCommand::Subscribers(c) => match c {
             SubscriberCmd::List => {

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
+use api::parse_time;
 use sip_core::proxy::CallRecord;
 use store::billing::{Rates, totals};
 use store::{Cdr, CdrLeg, Store};
@@ -146,29 +147,6 @@ fn verify(data: &Path) -> anyhow::Result<()> {
             bail!("CDR hash chain broken at record {id}")
         }
     }
-}
-
-/// `YYYY-MM-DD` (UTC midnight) or Unix milliseconds.
-fn parse_time(s: &str) -> anyhow::Result<i64> {
-    if let Ok(ms) = s.parse::<i64>() {
-        return Ok(ms);
-    }
-    let parts: Vec<&str> = s.split('-').collect();
-    let [y, m, d] = parts.as_slice() else {
-        bail!("{s}: expected YYYY-MM-DD or Unix milliseconds");
-    };
-    let (y, m, d): (i64, i64, i64) = (y.parse()?, m.parse()?, d.parse()?);
-    if !(1..=12).contains(&m) || !(1..=31).contains(&d) {
-        bail!("{s}: not a date");
-    }
-    // Days from civil (H. Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Ok((era * 146_097 + doe - 719_468) * 86_400_000)
 }
 
 fn export(a: ExportArgs) -> anyhow::Result<()> {

@@ -459,7 +459,7 @@ fn service(a: ServiceArgs) -> anyhow::Result<()> {
 }
 
 /// Answers each INVITE's `Trust-Challenge` with the zone's proof.
-struct ZoneProver(Box<dyn TrustedZone + Send>);
+pub(crate) struct ZoneProver(Box<dyn TrustedZone + Send>);
 
 impl phone::Prover for ZoneProver {
     fn prove(&mut self, challenge: &str, call_id: &str, branch: &str) -> Result<String, String> {
@@ -472,8 +472,16 @@ impl phone::Prover for ZoneProver {
     }
 }
 
-async fn run_phone(a: RunArgs) -> anyhow::Result<()> {
-    let zone = open_zone(&a.zone)?;
+/// The phone's SIP settings and its zone's prover, from an enrolled zone directory.
+pub(crate) fn load_phone(
+    zone_dir: &Path,
+    pin: &str,
+    sip_server: SocketAddr,
+) -> anyhow::Result<(phone::PhoneConfig, ZoneProver, String)> {
+    let zone = open_zone(&ZoneArgs {
+        zone: zone_dir.to_owned(),
+        pin: pin.to_owned(),
+    })?;
     let st = zone.status()?;
     if let Some(reason) = st.revoked {
         bail!("this phone is revoked ({reason}): it cannot take calls");
@@ -481,29 +489,38 @@ async fn run_phone(a: RunArgs) -> anyhow::Result<()> {
     if !st.enrolled {
         bail!("this zone is not enrolled: run `trustring device enroll` first");
     }
-    let cfg = device_config(&a.zone.zone)?;
+    let cfg = device_config(zone_dir)?;
     let mut pc = phone::PhoneConfig::new(
-        a.sip_server,
+        sip_server,
         cfg.domain.clone(),
         cfg.user.clone(),
         cfg.sip_username.clone(),
         cfg.sip_password.clone(),
         cfg.device_id.clone(),
     );
+    if sip_server.ip().is_loopback() {
+        pc.local = SocketAddr::new(sip_server.ip(), 0);
+    }
+    Ok((
+        pc,
+        ZoneProver(zone),
+        format!("{} ({})", cfg.device_id, cfg.aor),
+    ))
+}
+
+async fn run_phone(a: RunArgs) -> anyhow::Result<()> {
+    let (mut pc, prover, who) = load_phone(&a.zone.zone, &a.zone.pin, a.sip_server)?;
     if let Some(local) = a.local {
         pc.local = local;
-    } else if a.sip_server.ip().is_loopback() {
-        pc.local = SocketAddr::new(a.sip_server.ip(), 0);
     }
     pc.expires = a.expires;
     pc.answer_after = a.answer_after_ms.map(Duration::from_millis);
-    let (handle, mut events) = phone::Phone::start(pc, Box::new(ZoneProver(zone)))
+    let zone = prover;
+    let (handle, mut events) = phone::Phone::start(pc, Box::new(zone))
         .await
         .context("starting the phone")?;
     println!(
-        "phone {} for {} on {} (server {})",
-        cfg.device_id,
-        cfg.aor,
+        "phone {who} on {} (server {})",
         handle.local_addr(),
         a.sip_server
     );

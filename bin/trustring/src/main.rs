@@ -6,6 +6,7 @@
 
 mod admin;
 mod cdr;
+mod demo;
 mod device;
 mod serve;
 mod token;
@@ -42,6 +43,9 @@ enum Command {
     Device(device::DeviceCommand),
     /// Operate a running server through its admin API (subscribers, pool, phones, CDRs).
     Admin(admin::AdminArgs),
+    /// Run the whole product once on loopback: server, desktop, enrolled phone, a call, and
+    /// print the ladder, fork skew, trust proof and CDR.
+    Demo(demo::DemoArgs),
     /// Call detail records: verify the hash chain, export a period with billing totals.
     #[command(subcommand)]
     Cdr(cdr::CdrCommand),
@@ -92,11 +96,23 @@ struct ServeArgs {
     /// Enrol only phones whose trusted zone is a PKCS#11 token (refuse software zones).
     #[arg(long, env = "TRUSTRING_REQUIRE_PKCS11")]
     require_pkcs11: bool,
+    /// Per-minute rate of VoIP legs in the billing totals of `GET /api/v1/cdrs`.
+    #[arg(long, default_value_t = 0.0, env = "TRUSTRING_RATE_VOIP")]
+    rate_voip: f64,
+    /// Per-minute rate of PSTN legs in the billing totals of `GET /api/v1/cdrs`.
+    #[arg(long, default_value_t = 0.0, env = "TRUSTRING_RATE_PSTN")]
+    rate_pstn: f64,
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    // The demo's own output is the point: only warnings from the library code.
+    let default_filter = if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    };
+    init_tracing(cli.log_format, default_filter);
     match cli.command {
         Command::Serve(args) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -108,14 +124,15 @@ fn main() -> anyhow::Result<()> {
         Command::Device(cmd) => device::run(cmd),
         Command::Cdr(cmd) => cdr::run(cmd),
         Command::Admin(a) => admin::run(a),
+        Command::Demo(a) => demo::run(a),
         Command::MasterKey(MasterKeyCommand::Rotate(a)) => trust::rotate(&a.data, true),
         Command::MasterKey(MasterKeyCommand::Reencrypt(a)) => trust::rotate(&a.data, false),
     }
 }
 
-fn init_tracing(format: LogFormat) {
+fn init_tracing(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("TRUSTRING_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

@@ -4,7 +4,8 @@
 //!
 //! Registration changes are persisted by a dedicated writer thread, in the order the proxy
 //! made them, so the SIP loop never waits on a disk sync. On shutdown the writer drains its
-//! queue before the process exits.
+//! queue before the process exits. The writer times every store call into the store latency
+//! histogram of the metrics served at `GET /metrics` (with the SIP loop's counters).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use sip_core::message::Uri;
 use sip_core::proxy::{Binding, Event, Proxy, ProxyConfig, SubscriberEntry, Target, Transport};
-use sip_net::{Control, SipSockets};
+use sip_net::{Control, Metrics, SipSockets, StoreOp};
 use store::{Device, Registration, SecurityEvent, SqliteStore, Store, Subscriber};
 use tokio::sync::mpsc;
 
@@ -22,6 +23,15 @@ use crate::token::{self, Origin};
 use crate::trust;
 
 pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
+    for (flag, rate) in [
+        ("--rate-voip", args.rate_voip),
+        ("--rate-pstn", args.rate_pstn),
+    ] {
+        anyhow::ensure!(
+            rate.is_finite() && rate >= 0.0,
+            "{flag} {rate}: a rate per minute must be a finite number, 0 or more"
+        );
+    }
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating data directory {}", args.data.display()))?;
     let db = args.data.join("trustring.db");
@@ -83,8 +93,16 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
-    let writer = spawn_writer(store.clone(), events_rx, args.domain.clone());
-    let (sip, sip_task) = sip_net::spawn(proxy, sockets, events_tx);
+    // Every message in and out, per call, for the console's ladders and `trustring demo`.
+    let traces = sip_net::trace::TraceSink::new();
+    let (sip, sip_task) = sip_net::spawn_traced(proxy, sockets, events_tx, Some(traces.clone()));
+    // Events wait in the channel until the writer runs.
+    let writer = spawn_writer(
+        store.clone(),
+        events_rx,
+        args.domain.clone(),
+        sip.metrics().clone(),
+    );
 
     let control = sip.clone();
     let (change_store, change_keys) = (store.clone(), keys.clone());
@@ -124,13 +142,25 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         code_ttl: Duration::from_secs(args.enrol_code_ttl_secs),
         require_pkcs11: args.require_pkcs11,
     };
-    let app = api::router_with(
+    let scraped = sip.clone();
+    let options = api::ApiOptions::default()
+        .call_traces(traces)
+        .provisioning(Arc::new(provisioning))
+        .rates(api::Rates {
+            voip_per_min: args.rate_voip,
+            pstn_per_min: args.rate_pstn,
+        })
+        .metrics(move || {
+            let sip = scraped.clone();
+            async move { sip.render_metrics().await }
+        });
+    let app = api::router_with_options(
         store.clone(),
         api::ApiConfig {
             domain: args.domain.clone(),
             token,
         },
-        Some(Arc::new(provisioning)),
+        options,
         on_change,
     );
     let listener = tokio::net::TcpListener::bind(args.http)
@@ -233,14 +263,25 @@ fn unix_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Persists binding events in order on a thread of its own.
+/// Persists binding events in order on a thread of its own, timing each store call into
+/// `metrics`.
 fn spawn_writer(
     store: Arc<dyn Store>,
     mut events: mpsc::UnboundedReceiver<Event>,
     domain: String,
+    metrics: Arc<Metrics>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while let Some(e) = events.blocking_recv() {
+            let op = match &e {
+                Event::BindingSaved { .. } | Event::BindingRemoved { .. } => {
+                    Some(StoreOp::Registration)
+                }
+                Event::CallEnded(_) => Some(StoreOp::Cdr),
+                Event::Security { .. } => Some(StoreOp::SecurityEvent),
+                _ => None,
+            };
+            let started = Instant::now();
             let res = match &e {
                 Event::BindingSaved {
                     user,
@@ -301,6 +342,9 @@ fn spawn_writer(
                     .map(|_| ()),
                 _ => Ok(()),
             };
+            if let Some(op) = op {
+                metrics.observe_store(op, started.elapsed());
+            }
             if let Err(err) = res {
                 tracing::error!(error = %err, "persisting a registration change failed");
             }

@@ -124,7 +124,7 @@ pub(crate) struct ErrorDetail {
     /// `unsupported_media_type`, `payload_too_large`, `unauthorized`, `not_found`,
     /// `method_not_allowed`, `conflict`, `internal`, `provisioning_disabled`,
     /// `zone_not_allowed`, `code_invalid`, `code_used`, `code_expired`, `eula_not_current`,
-    /// `pool_exhausted`.
+    /// `pool_exhausted`, `metrics_disabled`.
     code: &'static str,
     /// For humans; never contains server internals.
     message: String,

@@ -22,6 +22,8 @@
 //! | POST | `/api/v1/devices/{id}/revoke` | 200 revoked phone | 400, 404, 409 |
 //! | PUT | `/api/v1/devices/{id}/service` | 200 phone (on/off) | 400, 404, 409 |
 //! | GET | `/api/v1/security-events` | 200 events (`?since=ID&limit=N`) | 400 |
+//! | GET | `/api/v1/cdrs` | 200 CDRs + totals per billing entity (`?from=&to=&entity=`) | 400 |
+//! | GET | `/metrics` | 200 Prometheus text format 0.0.4 | 503 |
 //! | GET | `/api/v1/enrol/eula` | 200 current EULA (no token) | 404 |
 //! | POST | `/api/v1/enrol` | 201 sealed package (no token; the code authenticates) | 400, 403, 409 |
 //! | GET | `/api/v1/device` | 200 own status (device token) | 401 |
@@ -47,8 +49,13 @@
 //! - **Secrets.** The password is turned into the MD5 and SHA-256 digest HA1s (realm = the SIP
 //!   domain) and dropped; neither it nor the HA1s are ever returned or logged.
 //! - **The SIP core stays in step.** The `on_change` callback runs after each committed change.
+//! - **Optional parts are options.** Provisioning, the billing rates and the metrics source
+//!   are given with [`ApiOptions`] ([`router_with_options`]); without them the routes still
+//!   exist (the document does not change) and answer 503, or use zero rates.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, LazyLock, Mutex};
 
 use axum::Json;
@@ -60,15 +67,21 @@ use serde::Serialize;
 use utoipa::ToSchema;
 
 mod auth;
+mod calls;
+mod cdrs;
 mod devices;
 mod error;
+mod metrics;
 mod model;
 mod openapi;
 mod provisioning;
 mod subscribers;
 
+pub use cdrs::{TimeError, parse_time};
 pub use devices::REVOKE_REASONS;
+pub use metrics::METRICS_CONTENT_TYPE;
 pub use provisioning::{MAX_POOL_LOAD, Provisioning};
+pub use store::billing::Rates;
 
 use error::ApiError;
 
@@ -114,6 +127,67 @@ impl fmt::Debug for ApiConfig {
     }
 }
 
+/// Renders the body of `GET /metrics` (Prometheus text format 0.0.4) each time it is
+/// called; see [`ApiOptions::metrics`].
+pub type MetricsSource =
+    Arc<dyn Fn() -> Pin<Box<dyn Future<Output = String> + Send>> + Send + Sync>;
+
+/// The optional parts of the admin API, for [`router_with_options`]. The default has none:
+/// no provisioning (503), zero billing rates, no metrics (503).
+#[derive(Clone, Default)]
+pub struct ApiOptions {
+    provisioning: Option<Arc<Provisioning>>,
+    rates: Rates,
+    metrics: Option<MetricsSource>,
+    calls: Option<sip_net::trace::TraceSink>,
+}
+
+impl ApiOptions {
+    /// Enables phone provisioning with these keys and policy.
+    #[must_use]
+    pub fn provisioning(mut self, provisioning: Arc<Provisioning>) -> Self {
+        self.provisioning = Some(provisioning);
+        self
+    }
+
+    /// The per-minute rates `GET /api/v1/cdrs` computes its totals at.
+    #[must_use]
+    pub fn rates(mut self, rates: Rates) -> Self {
+        self.rates = rates;
+        self
+    }
+
+    /// Serves the call views (`/api/v1/calls…`) from the SIP driver's message traces.
+    #[must_use]
+    pub fn call_traces(mut self, sink: sip_net::trace::TraceSink) -> Self {
+        self.calls = Some(sink);
+        self
+    }
+
+    /// Serves `GET /metrics` with the text `render` produces on each scrape.
+    #[must_use]
+    pub fn metrics<F, Fut>(mut self, render: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = String> + Send + 'static,
+    {
+        self.metrics = Some(Arc::new(move || {
+            Box::pin(render()) as Pin<Box<dyn Future<Output = String> + Send>>
+        }));
+        self
+    }
+}
+
+impl fmt::Debug for ApiOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiOptions")
+            .field("provisioning", &self.provisioning)
+            .field("rates", &self.rates)
+            .field("metrics", &self.metrics.is_some())
+            .finish()
+    }
+}
+
 /// A committed change the SIP core must know about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
@@ -136,6 +210,12 @@ pub(crate) struct AppState {
     pub(crate) writes: Arc<Mutex<()>>,
     /// Keys and policy for provisioning phones; `None` disables those endpoints (503).
     pub(crate) provisioning: Option<Arc<Provisioning>>,
+    /// Per-minute rates of the CDR totals.
+    pub(crate) rates: Rates,
+    /// Renders `GET /metrics`; `None` answers 503.
+    pub(crate) metrics: Option<MetricsSource>,
+    /// The SIP driver's message traces; `None` answers 404 on the call views.
+    pub(crate) calls: Option<sip_net::trace::TraceSink>,
 }
 
 /// The admin router. `on_change` is called after each committed change so the SIP core can
@@ -159,13 +239,36 @@ pub fn router_with(
     provisioning: Option<Arc<Provisioning>>,
     on_change: Arc<dyn Fn(Change) + Send + Sync>,
 ) -> Router {
+    let options = ApiOptions {
+        provisioning,
+        ..ApiOptions::default()
+    };
+    router_with_options(store, config, options, on_change)
+}
+
+/// [`router`] with the optional parts in `options`: provisioning, billing rates, metrics.
+pub fn router_with_options(
+    store: Arc<dyn store::Store>,
+    config: ApiConfig,
+    options: ApiOptions,
+    on_change: Arc<dyn Fn(Change) + Send + Sync>,
+) -> Router {
     let expected = auth::ExpectedToken::new(&config.token);
+    let ApiOptions {
+        provisioning,
+        rates,
+        metrics,
+        calls,
+    } = options;
     let state = AppState {
         store,
         domain: Arc::from(config.domain),
         on_change,
         writes: Arc::new(Mutex::new(())),
         provisioning,
+        rates,
+        metrics,
+        calls,
     };
     routes()
         .into_iter()
@@ -228,6 +331,11 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/v1/devices/{id}/revoke", post(devices::revoke)),
         ("/api/v1/devices/{id}/service", put(devices::put_service)),
         ("/api/v1/security-events", get(devices::security_events)),
+        ("/api/v1/cdrs", get(cdrs::list)),
+        ("/api/v1/calls", get(calls::list)),
+        ("/api/v1/calls/stream", get(calls::stream)),
+        ("/api/v1/calls/{call_id}/trace", get(calls::trace)),
+        ("/metrics", get(metrics::metrics)),
         ("/api/v1/enrol/eula", get(provisioning::current_eula)),
         ("/api/v1/enrol", post(provisioning::enrol)),
         ("/api/v1/device", get(devices::own_status)),

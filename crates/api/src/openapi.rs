@@ -36,11 +36,13 @@ pub(crate) const DEVICE_TOKEN: &str = "device_token";
     info(
         title = "trustring admin API",
         description = "Subscribers, their routing profiles and live registrations; the number \
-            identity pool, EULA versions, enrolment codes and enrolled phones (SPEC R21). Every \
+            identity pool, EULA versions, enrolment codes and enrolled phones (SPEC R21); call \
+            detail records with billing totals (R18, R19) and the Prometheus metrics. Every \
             error is `application/json` of one shape, `{\"error\":{\"code\",\"message\"}}` \
             (schema `ErrorBody`), axum's own 404/405/413/415 included. Every path needs the \
             admin token (`Authorization: Bearer TOKEN`, scheme `bearer`) unless its operation \
-            declares otherwise; unknown paths answer 401 without it."
+            declares otherwise; unknown paths answer 401 without it. `GET /metrics` answers \
+            `text/plain` (Prometheus text format 0.0.4), not JSON."
     ),
     paths(
         crate::healthz,
@@ -62,6 +64,11 @@ pub(crate) const DEVICE_TOKEN: &str = "device_token";
         crate::devices::revoke,
         crate::devices::put_service,
         crate::devices::security_events,
+        crate::cdrs::list,
+        crate::calls::list,
+        crate::calls::stream,
+        crate::calls::trace,
+        crate::metrics::metrics,
         crate::provisioning::current_eula,
         crate::provisioning::enrol,
         crate::devices::own_status,
@@ -74,8 +81,11 @@ pub(crate) const DEVICE_TOKEN: &str = "device_token";
         (name = "subscribers", description = "Subscribers, profiles, registrations, enrolment codes."),
         (name = "pools", description = "The number identity pool (R3)."),
         (name = "eulas", description = "EULA versions (R4)."),
+        (name = "calls", description = "Recent calls and their message ladders (R22)."),
         (name = "devices", description = "Enrolled phones, the operator's view (R9, R10)."),
         (name = "security", description = "Security events (R14)."),
+        (name = "cdrs", description = "Call detail records and billing totals (R18, R19)."),
+        (name = "metrics", description = "Prometheus metrics (admin token; text format 0.0.4)."),
         (name = "enrolment", description = "A phone's enrolment (no token: the code authenticates)."),
         (name = "device", description = "A phone's own endpoints (device token)."),
     )

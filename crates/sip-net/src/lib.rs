@@ -5,23 +5,34 @@
 //! next timer, and after every input drains the proxy's outputs: datagrams are sent at once,
 //! stream bytes go to the connection's writer task, and events go to the caller's event sink
 //! (the store writer). No SIP logic lives here.
+//!
+//! Metrics ([`Metrics`]): the driver times the branch INVITEs of each fork as they leave
+//! (fork skew, R11) and hands out the proxy's counters when a scrape asks
+//! ([`SipHandle::render_metrics`]).
 
+mod metrics;
 mod tcp;
+pub mod trace;
+
+pub use metrics::{
+    FORK_SKEW_BUCKETS_US, Histogram, HistogramSnapshot, KNOWN_TRUST_KINDS, Metrics,
+    STORE_LATENCY_BUCKETS_MS, StoreOp, render,
+};
 
 use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sip_core::proxy::{
-    ConnId, DeviceEntry, Event, Output, Proxy, SubscriberEntry, Target, Transport,
+    ConnId, DeviceEntry, Event, Output, Proxy, ProxyStats, SubscriberEntry, Target, Transport,
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 /// Commands from the rest of the server (admin API) to the proxy.
 #[derive(Debug)]
@@ -35,6 +46,8 @@ pub enum Control {
     UpsertDevice(DeviceEntry),
     /// A phone was revoked: drop its bindings and never fork to it again.
     RemoveDevice(String),
+    /// Answer with a snapshot of the proxy's counters and gauges (for metrics).
+    Stats(oneshot::Sender<ProxyStats>),
     /// Stop the loop (after draining what is queued).
     Shutdown,
 }
@@ -55,16 +68,48 @@ pub(crate) enum NetInput {
     Closed(ConnId),
 }
 
+/// How long a scrape waits for the SIP loop's counters before it serves the last ones.
+pub const STATS_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// Handles to a running SIP server.
 #[derive(Debug, Clone)]
 pub struct SipHandle {
     control: mpsc::UnboundedSender<Control>,
+    metrics: Arc<Metrics>,
 }
 
 impl SipHandle {
     /// Sends a control command; returns `false` if the server has stopped.
     pub fn send(&self, c: Control) -> bool {
         self.control.send(c).is_ok()
+    }
+
+    /// The server's metrics (shared: the store writer observes its latency into them).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// A fresh snapshot of the proxy's counters, taken by the SIP loop between two inputs;
+    /// `None` if the server has stopped or did not answer within [`STATS_TIMEOUT`].
+    pub async fn stats(&self) -> Option<ProxyStats> {
+        let (tx, rx) = oneshot::channel();
+        if !self.send(Control::Stats(tx)) {
+            return None;
+        }
+        tokio::time::timeout(STATS_TIMEOUT, rx).await.ok()?.ok()
+    }
+
+    /// Every metric in the Prometheus text format, with the proxy's counters fresh from the
+    /// SIP loop (or the last ones taken, if it does not answer in time).
+    pub async fn render_metrics(&self) -> String {
+        let stats = match self.stats().await {
+            Some(s) => {
+                self.metrics.set_proxy_stats(s.clone());
+                s
+            }
+            None => self.metrics.proxy_stats(),
+        };
+        self.metrics.render_with(&stats)
     }
 }
 
@@ -177,11 +222,30 @@ pub fn spawn(
     sockets: SipSockets,
     events: mpsc::UnboundedSender<Event>,
 ) -> (SipHandle, tokio::task::JoinHandle<()>) {
+    spawn_traced(proxy, sockets, events, None)
+}
+
+/// [`spawn`], recording every message received and sent into `trace` (ladder diagrams).
+pub fn spawn_traced(
+    proxy: Proxy,
+    sockets: SipSockets,
+    events: mpsc::UnboundedSender<Event>,
+    trace: Option<trace::TraceSink>,
+) -> (SipHandle, tokio::task::JoinHandle<()>) {
     let (control_tx, control_rx) = mpsc::unbounded_channel();
-    let task = tokio::spawn(run(proxy, sockets, control_rx, events));
+    let metrics = Arc::new(Metrics::new());
+    let task = tokio::spawn(run(
+        proxy,
+        sockets,
+        control_rx,
+        events,
+        metrics.clone(),
+        trace,
+    ));
     (
         SipHandle {
             control: control_tx,
+            metrics,
         },
         task,
     )
@@ -195,6 +259,8 @@ struct Driver {
     net_tx: mpsc::UnboundedSender<NetInput>,
     next_conn: Arc<AtomicU64>,
     events: mpsc::UnboundedSender<Event>,
+    metrics: Arc<Metrics>,
+    trace: Option<trace::TraceSink>,
 }
 
 async fn run(
@@ -202,6 +268,8 @@ async fn run(
     sockets: SipSockets,
     mut control: mpsc::UnboundedReceiver<Control>,
     events: mpsc::UnboundedSender<Event>,
+    metrics: Arc<Metrics>,
+    trace: Option<trace::TraceSink>,
 ) {
     let (net_tx, mut net_rx) = mpsc::unbounded_channel();
     let next_conn = Arc::new(AtomicU64::new(1));
@@ -219,6 +287,8 @@ async fn run(
         net_tx,
         next_conn,
         events,
+        metrics,
+        trace,
     };
     let mut buf = vec![0u8; 65_536];
     loop {
@@ -230,17 +300,24 @@ async fn run(
                 Some(Control::Remove(u)) => d.proxy.remove_subscriber(&u),
                 Some(Control::UpsertDevice(e)) => d.proxy.upsert_device(e),
                 Some(Control::RemoveDevice(id)) => d.proxy.remove_device(&id),
+                Some(Control::Stats(reply)) => {
+                    let _ = reply.send(d.proxy.stats(Instant::now()));
+                }
                 Some(Control::Shutdown) | None => break,
             },
             r = udp.recv_from(&mut buf) => {
                 match r {
                     Ok((n, src)) => {
                         let now = Instant::now();
+                        d.traced_in("UDP", src, &buf[..n]);
                         d.proxy.handle_receive(now, Transport::Udp, src, None, &buf[..n]);
                         // Take what else is queued before draining outputs (bounded).
                         for _ in 0..63 {
                             match udp.try_recv_from(&mut buf) {
-                                Ok((n, src)) => d.proxy.handle_receive(now, Transport::Udp, src, None, &buf[..n]),
+                                Ok((n, src)) => {
+                                    d.traced_in("UDP", src, &buf[..n]);
+                                    d.proxy.handle_receive(now, Transport::Udp, src, None, &buf[..n]);
+                                }
                                 Err(_) => break,
                             }
                         }
@@ -266,6 +343,12 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 }
 
 impl Driver {
+    fn traced_in(&self, transport: &'static str, peer: SocketAddr, data: &[u8]) {
+        if let Some(t) = &self.trace {
+            t.record(trace::Direction::In, transport, peer, data);
+        }
+    }
+
     fn net_input(&mut self, n: NetInput) {
         match n {
             NetInput::Connected { conn, peer, writer } => {
@@ -273,6 +356,7 @@ impl Driver {
                 self.by_addr.insert(peer, conn);
             }
             NetInput::Message { conn, peer, data } => {
+                self.traced_in("TCP", peer, &data);
                 self.proxy
                     .handle_receive(Instant::now(), Transport::Tcp, peer, Some(conn), &data);
             }
@@ -284,19 +368,59 @@ impl Driver {
         }
     }
 
+    /// Sends and hands out everything the proxy queued. The branch INVITEs of a fork come
+    /// out back to back; the time from the first one's send completing to the last one's is
+    /// the fork's skew (R11), observed when a fork of two or more branches is done. For TCP
+    /// branches "sent" means queued to the connection's writer.
     async fn drain(&mut self) {
+        // (fork, first send done, last send done, branches sent): no allocation per packet.
+        let mut burst: Option<(u64, Instant, Instant, u32)> = None;
         while let Some(o) = self.proxy.poll_output() {
             match o {
-                Output::Transmit(t) => self.send(t.target, t.payload).await,
+                Output::Transmit(t) => {
+                    if burst.is_some_and(|b| Some(b.0) != t.fork) {
+                        self.observe_skew(burst.take());
+                    }
+                    let fork = t.fork;
+                    self.send(t.target, t.payload).await;
+                    if let Some(f) = fork {
+                        let done = Instant::now();
+                        match burst.as_mut() {
+                            Some(b) => {
+                                b.2 = done;
+                                b.3 += 1;
+                            }
+                            None => burst = Some((f, done, done, 1)),
+                        }
+                    }
+                }
                 Output::Event(e) => {
                     let e = *e;
                     let _ = self.events.send(e);
                 }
             }
         }
+        self.observe_skew(burst);
+    }
+
+    fn observe_skew(&self, burst: Option<(u64, Instant, Instant, u32)>) {
+        if let Some((_, first, last, n)) = burst
+            && n >= 2
+        {
+            self.metrics
+                .observe_fork_skew(last.saturating_duration_since(first));
+        }
     }
 
     async fn send(&mut self, target: Target, payload: Bytes) {
+        if let Some(t) = &self.trace {
+            t.record(
+                trace::Direction::Out,
+                target.transport.as_str(),
+                target.addr,
+                &payload,
+            );
+        }
         match target.transport {
             Transport::Udp => {
                 if let Err(e) = self.udp.send_to(&payload, target.addr).await {

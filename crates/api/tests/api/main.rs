@@ -2,8 +2,10 @@
 //! in-memory [`store::Store`] (`mem_store`).
 
 mod auth;
+mod cdrs;
 mod errors;
 mod mem_store;
+mod metrics;
 mod openapi;
 mod ordering;
 mod provisioning;
@@ -18,7 +20,9 @@ use axum::http::{HeaderMap, Request, StatusCode, header};
 use serde_json::Value;
 use store::Store;
 use tower::ServiceExt;
-use trustring_api::{ApiConfig, Change, Provisioning, router, router_with};
+use trustring_api::{
+    ApiConfig, ApiOptions, Change, Provisioning, router, router_with, router_with_options,
+};
 
 use mem_store::MemStore;
 
@@ -54,6 +58,15 @@ impl<S: Store> App<S> {
         token: &str,
         provisioning: Option<Arc<Provisioning>>,
     ) -> Self {
+        Self::build(store, token, Setup::Plain(provisioning))
+    }
+
+    /// [`App::over`] with the optional parts in `options` (`router_with_options`).
+    pub(crate) fn over_options(store: Arc<S>, token: &str, options: ApiOptions) -> Self {
+        Self::build(store, token, Setup::Options(options))
+    }
+
+    fn build(store: Arc<S>, token: &str, setup: Setup) -> Self {
         let changes = Arc::new(Mutex::new(Vec::new()));
         let sink = Arc::clone(&changes);
         let config = ApiConfig {
@@ -64,9 +77,10 @@ impl<S: Store> App<S> {
         let on_change: Arc<dyn Fn(Change) + Send + Sync> =
             Arc::new(move |change| sink.lock().expect("changes lock").push(change));
         // Without provisioning, the plain `router` (what a server without a master key runs).
-        let router = match provisioning {
-            Some(p) => router_with(dyn_store, config, Some(p), on_change),
-            None => router(dyn_store, config, on_change),
+        let router = match setup {
+            Setup::Plain(Some(p)) => router_with(dyn_store, config, Some(p), on_change),
+            Setup::Plain(None) => router(dyn_store, config, on_change),
+            Setup::Options(options) => router_with_options(dyn_store, config, options, on_change),
         };
         Self {
             router,
@@ -114,6 +128,18 @@ impl<S: Store> App<S> {
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("response body");
+        let is_text = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/plain"));
+        if is_text {
+            return Reply {
+                status,
+                headers,
+                json: Value::Null,
+                text: String::from_utf8(bytes.to_vec()).expect("UTF-8 text"),
+            };
+        }
         let json = if bytes.is_empty() {
             Value::Null
         } else {
@@ -128,6 +154,7 @@ impl<S: Store> App<S> {
             status,
             headers,
             json,
+            text: String::new(),
         }
     }
 
@@ -140,12 +167,22 @@ impl<S: Store> App<S> {
     }
 }
 
-/// A response, body parsed as JSON (`Null` if empty).
+/// How an [`App`]'s router is built.
+enum Setup {
+    /// `router` (no provisioning) or `router_with` (provisioning).
+    Plain(Option<Arc<Provisioning>>),
+    /// `router_with_options`.
+    Options(ApiOptions),
+}
+
+/// A response, body parsed as JSON (`Null` if empty or `text/plain`).
 #[derive(Debug)]
 pub(crate) struct Reply {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) json: Value,
+    /// The body of a `text/plain` response (`GET /metrics`); empty otherwise.
+    pub(crate) text: String,
 }
 
 impl Reply {

@@ -13,7 +13,7 @@ use axum::http::{StatusCode, header};
 use serde_json::{Value, json};
 use store::{SqliteStore, Store};
 use tempfile::TempDir;
-use trustring_api::{Change, Provisioning};
+use trustring_api::{ApiOptions, Change, Provisioning, Rates};
 use zone::master::{MasterKey, MasterKeyRing};
 use zone::seal::{open_hpke, x25519_generate};
 use zone::software::{KdfParams, SoftwareZone};
@@ -24,6 +24,11 @@ use crate::{App, DOMAIN, Reply, TOKEN};
 const RANGE_150: &str = "+15550100000..+15550100149";
 pub(crate) const EULA: &str = "1.0";
 const REFUSED: &str = "enrolment-refused";
+/// The billing rates of [`env`]'s router.
+pub(crate) const RATES: Rates = Rates {
+    voip_per_min: 0.02,
+    pstn_per_min: 0.10,
+};
 
 /// An [`App`] over a temp-file SQLite store with provisioning enabled.
 pub(crate) struct Env {
@@ -48,7 +53,12 @@ fn sqlite(dir: &TempDir) -> Arc<SqliteStore> {
 fn env_with(require_pkcs11: bool) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let prov = provisioning(require_pkcs11);
-    let app = App::over_with(sqlite(&dir), TOKEN, Some(Arc::clone(&prov)));
+    // Every optional part on, so the document's every route answers in full.
+    let options = ApiOptions::default()
+        .provisioning(Arc::clone(&prov))
+        .rates(RATES)
+        .metrics(|| async { crate::metrics::SAMPLE.to_owned() });
+    let app = App::over_options(sqlite(&dir), TOKEN, options);
     Env {
         app,
         prov,

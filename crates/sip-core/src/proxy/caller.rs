@@ -121,6 +121,7 @@ impl Proxy {
             }
             Err(e) => {
                 tracing::debug!(source = %peer.addr, error = %e, "caller authentication failed");
+                self.stats.auth_failures += 1;
                 self.limiter.record_failure(now, peer.addr.ip(), &user);
                 self.proxy_challenge(id, req, false, now);
                 return None;
@@ -133,6 +134,7 @@ impl Proxy {
         };
         if !allowed || self.directory.subscriber(&user).is_none() {
             tracing::debug!(source = %peer.addr, "authenticated user is not the From user");
+            self.stats.auth_failures += 1;
             let resp = self.make_reply(req, 403, "Forbidden");
             self.respond(id, &resp, now);
             return None;

@@ -355,6 +355,7 @@ impl Proxy {
     }
 
     fn emit_call(&mut self, record: CallRecord) {
+        self.stats.call_ended(&record);
         self.out
             .push_back(Output::Event(Box::new(Event::CallEnded(Box::new(record)))));
     }

@@ -164,6 +164,14 @@ impl Directory {
         out
     }
 
+    /// How many bindings are live at `now`, every user together (for metrics).
+    pub(crate) fn live_count(&self, now: Instant) -> usize {
+        self.bindings
+            .values()
+            .map(|list| list.iter().filter(|b| b.expires_at > now).count())
+            .sum()
+    }
+
     /// Inserts or refreshes a binding; drops expired ones of the same user.
     /// Returns `false` if the user already holds [`MAX_BINDINGS_PER_USER`] other bindings.
     pub(crate) fn put_binding(&mut self, user: &str, b: Binding, now: Instant) -> bool {

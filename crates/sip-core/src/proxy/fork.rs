@@ -271,6 +271,13 @@ impl Proxy {
         if let Some(b) = self.forks.get_mut(&id).and_then(|f| f.branches.get_mut(i)) {
             b.client = Some(client);
         }
+        // `send_request` queued the INVITE last: tag it with its fork, so the driver can
+        // measure how far apart the branches really leave (R11).
+        if req.method == Method::Invite
+            && let Some(Output::Transmit(t)) = self.out.back_mut()
+        {
+            t.fork = Some(id);
+        }
         self.call_branch_sent(id, i, now);
     }
 
@@ -663,6 +670,7 @@ impl Proxy {
     }
 
     fn security_event(&mut self, refusal: TrustRefusal, user: String, device: &str, call_id: &str) {
+        self.stats.trust_failure(&refusal.kind);
         self.out.push_back(Output::Event(Box::new(Event::Security {
             kind: refusal.kind,
             user,

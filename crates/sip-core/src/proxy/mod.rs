@@ -7,7 +7,8 @@
 //!   make and events (registrations to persist) to act on, in order.
 //!
 //! All branches of a fork are produced by one call, back to back, so they leave within
-//! microseconds of each other (R11).
+//! microseconds of each other (R11); their [`Transmit::fork`] lets the driver measure it.
+//! [`Proxy::stats`] gives the counters and gauges metrics are made of (`stats` module).
 
 mod caller;
 mod calls;
@@ -17,6 +18,7 @@ mod ids;
 mod registrar;
 mod request;
 mod route;
+mod stats;
 mod trust;
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -35,6 +37,7 @@ pub use directory::{
 };
 use fork::Fork;
 use ids::IdGen;
+pub use stats::{CallOutcome, MAX_TRUST_KINDS, ProxyStats};
 pub use trust::{TRUST_CHALLENGE, TRUST_PROOF, TrustGate, TrustRefusal};
 
 /// A transport protocol.
@@ -72,6 +75,10 @@ pub struct Transmit {
     pub target: Target,
     /// What.
     pub payload: Bytes,
+    /// The fork this is a branch INVITE of, set on the INVITEs a fork sends; `None` for
+    /// everything else. The driver measures how far apart the branches of one fork really
+    /// leave (R11, the fork skew metric).
+    pub fork: Option<u64>,
 }
 
 /// Something the driver must act on besides sending.
@@ -215,6 +222,7 @@ pub struct Proxy {
     timers: BinaryHeap<std::cmp::Reverse<(Instant, TimerRef)>>,
     out: VecDeque<Output>,
     next_id: u64,
+    stats: stats::Counters,
 }
 
 impl Proxy {
@@ -244,6 +252,7 @@ impl Proxy {
             timers: BinaryHeap::new(),
             out: VecDeque::new(),
             next_id: 1,
+            stats: stats::Counters::default(),
         }
     }
 
@@ -299,6 +308,24 @@ impl Proxy {
     /// leak tests).
     pub fn load(&self) -> (usize, usize, usize) {
         (self.servers.len(), self.clients.len(), self.forks.len())
+    }
+
+    /// A snapshot of the counters and gauges for metrics; `now` decides which registrations
+    /// are live. Costs a walk over the bindings: call it when metrics are asked for, not per
+    /// message.
+    pub fn stats(&self, now: Instant) -> ProxyStats {
+        let (server_transactions, client_transactions, forks) = self.load();
+        ProxyStats {
+            parse_errors: self.stats.parse_errors,
+            auth_failures: self.stats.auth_failures,
+            trust_failures: self.stats.trust_failures.clone(),
+            calls: self.stats.calls,
+            registrations: self.directory.live_count(now),
+            active_calls: self.active_calls(),
+            server_transactions,
+            client_transactions,
+            forks,
+        }
     }
 
     /// A stream connection closed: stop using it.
@@ -359,6 +386,7 @@ impl Proxy {
             Ok(Message::Request(req)) => self.handle_request(now, peer, req),
             Ok(Message::Response(resp)) => self.handle_response(now, resp),
             Err(e) => {
+                self.stats.parse_errors += 1;
                 tracing::debug!(%source, reason = e.reason, "unparsable message");
                 if let Some(resp) = e.response() {
                     let dest = route::response_target(&resp, peer);
@@ -374,8 +402,11 @@ impl Proxy {
     }
 
     fn transmit(&mut self, target: Target, payload: Bytes) {
-        self.out
-            .push_back(Output::Transmit(Transmit { target, payload }));
+        self.out.push_back(Output::Transmit(Transmit {
+            target,
+            payload,
+            fork: None,
+        }));
     }
 
     fn arm(&mut self, at: Option<Instant>, r: TimerRef) {

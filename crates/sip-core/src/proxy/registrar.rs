@@ -58,6 +58,7 @@ impl Proxy {
             }
             Err(e) => {
                 tracing::debug!(source = %peer.addr, error = %e, "REGISTER authentication failed");
+                self.stats.auth_failures += 1;
                 self.limiter.record_failure(now, peer.addr.ip(), &user);
                 self.challenge(id, req, false, now);
                 return;
@@ -70,6 +71,7 @@ impl Proxy {
             None => (verified.username == user).then_some(None),
         };
         let Some(device) = owner.filter(|_| self.directory.subscriber(&user).is_some()) else {
+            self.stats.auth_failures += 1;
             let resp = self.make_reply(req, 403, "Forbidden");
             self.respond(id, &resp, now);
             return;

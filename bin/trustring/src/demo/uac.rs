@@ -1,0 +1,246 @@
+//! The demo's caller: a minimal SIP UAC over UDP (RFC 3261 §8.1, §12, §13) that places one
+//! call, waits for the answer, holds it, and hangs up. Just enough for a demo on loopback: it
+//! retransmits the INVITE and the BYE on T1 doubling, and follows the route set of the 2xx.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use sip_core::message::{HeaderName, Message, Method, NameAddr, Request, Response, Uri, parse};
+use tokio::net::UdpSocket;
+
+/// What happened to the call.
+#[derive(Debug)]
+pub(crate) struct CallResult {
+    /// Call-ID.
+    pub(crate) call_id: String,
+    /// Provisional statuses seen, in order.
+    pub(crate) provisional: Vec<u16>,
+    /// The final status.
+    pub(crate) status: u16,
+    /// When the INVITE left and when the answer came.
+    pub(crate) setup_ms: u128,
+}
+
+pub(crate) struct Uac {
+    sock: UdpSocket,
+    local: SocketAddr,
+    proxy: SocketAddr,
+}
+
+fn rand_hex(n: usize) -> String {
+    let mut b = vec![0u8; n];
+    rand::fill(&mut b[..]);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+impl Uac {
+    pub(crate) async fn bind(proxy: SocketAddr) -> anyhow::Result<Self> {
+        let sock = UdpSocket::bind((proxy.ip(), 0)).await?;
+        let local = sock.local_addr()?;
+        Ok(Self { sock, local, proxy })
+    }
+
+    pub(crate) fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    async fn recv(&self, until: Instant) -> Option<Message> {
+        let mut buf = vec![0u8; 65_536];
+        loop {
+            let left = until.checked_duration_since(Instant::now())?;
+            let (n, _) = tokio::time::timeout(left, self.sock.recv_from(&mut buf))
+                .await
+                .ok()?
+                .ok()?;
+            if let Ok(m) = parse(&buf[..n]) {
+                return Some(m);
+            }
+        }
+    }
+
+    fn via(&self, branch: &str) -> String {
+        format!("SIP/2.0/UDP {};branch=z9hG4bK{branch};rport", self.local)
+    }
+
+    /// Calls `target` (e.g. `sip:alice@localhost`), holds an answered call for `hold`, then
+    /// sends BYE.
+    pub(crate) async fn call(&self, target: &str, hold: Duration) -> anyhow::Result<CallResult> {
+        let call_id = format!("demo-{}", rand_hex(8));
+        let from_tag = rand_hex(4);
+        let uri = Uri::parse(target).map_err(|e| anyhow::anyhow!("{target}: {e:?}"))?;
+        let mut h = sip_core::message::Headers(Vec::new());
+        let branch = rand_hex(8);
+        h.push(HeaderName::Via, self.via(&branch));
+        h.push(HeaderName::MaxForwards, "70");
+        h.push(
+            HeaderName::From,
+            format!("\"Demo caller\" <sip:caller@example.net>;tag={from_tag}"),
+        );
+        h.push(HeaderName::To, format!("<{target}>"));
+        h.push(HeaderName::CallId, call_id.clone());
+        h.push(HeaderName::CSeq, "1 INVITE");
+        h.push(HeaderName::Contact, format!("<sip:caller@{}>", self.local));
+        h.push(HeaderName::ContentType, "application/sdp");
+        let sdp = format!(
+            "v=0\r\no=demo 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
+            ip = self.local.ip(),
+            port = self.local.port() + 2
+        );
+        let invite = Request {
+            method: Method::Invite,
+            uri,
+            headers: h,
+            body: Bytes::from(sdp),
+        };
+        let bytes = invite.to_bytes();
+        let t0 = Instant::now();
+        self.sock.send_to(&bytes, self.proxy).await?;
+        let mut provisional = Vec::new();
+        let mut next_retx = Instant::now() + Duration::from_millis(500);
+        let deadline = Instant::now() + Duration::from_secs(40);
+        let answer: Response = loop {
+            let until = next_retx.min(deadline);
+            match self.recv(until).await {
+                Some(Message::Response(r)) if r.call_id() == call_id => {
+                    if r.status < 200 {
+                        next_retx = deadline;
+                        if r.status > 100 {
+                            provisional.push(r.status);
+                        }
+                        continue;
+                    }
+                    break r;
+                }
+                Some(_) => {}
+                None if Instant::now() >= deadline => bail!("no final answer to the INVITE"),
+                None => {
+                    self.sock.send_to(&bytes, self.proxy).await?;
+                    next_retx = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        };
+        let setup_ms = t0.elapsed().as_millis();
+        let to = answer
+            .headers
+            .get(&HeaderName::To)
+            .context("answer without To")?
+            .to_owned();
+        if answer.status >= 300 {
+            // ACK of a non-2xx is hop by hop, same branch (§17.1.1.3).
+            let ack = self.request(
+                Method::Ack,
+                &invite.uri,
+                &branch,
+                &from_tag,
+                &to,
+                &call_id,
+                1,
+                &[],
+            );
+            self.sock.send_to(&ack.to_bytes(), self.proxy).await?;
+            return Ok(CallResult {
+                call_id,
+                provisional,
+                status: answer.status,
+                setup_ms,
+            });
+        }
+        // §12.1.2: the route set is the Record-Route in reverse; the remote target the Contact.
+        let routes: Vec<String> = answer
+            .headers
+            .get_all(&HeaderName::RecordRoute)
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        let remote = answer
+            .headers
+            .get(&HeaderName::Contact)
+            .and_then(|c| NameAddr::parse(c).ok())
+            .map(|n| n.uri)
+            .context("2xx without Contact")?;
+        let ack = self.request(
+            Method::Ack,
+            &remote,
+            &rand_hex(8),
+            &from_tag,
+            &to,
+            &call_id,
+            1,
+            &routes,
+        );
+        self.sock.send_to(&ack.to_bytes(), self.proxy).await?;
+        tokio::time::sleep(hold).await;
+        let bye = self.request(
+            Method::Bye,
+            &remote,
+            &rand_hex(8),
+            &from_tag,
+            &to,
+            &call_id,
+            2,
+            &routes,
+        );
+        let bye_bytes = bye.to_bytes();
+        for attempt in 0..4u32 {
+            self.sock.send_to(&bye_bytes, self.proxy).await?;
+            let until = Instant::now() + Duration::from_millis(500 << attempt);
+            while let Some(m) = self.recv(until).await {
+                match m {
+                    Message::Response(r)
+                        if r.call_id() == call_id && r.cseq().method == Method::Bye =>
+                    {
+                        return Ok(CallResult {
+                            call_id,
+                            provisional,
+                            status: answer.status,
+                            setup_ms,
+                        });
+                    }
+                    // A retransmitted 2xx: ACK it again.
+                    Message::Response(r) if r.call_id() == call_id && r.status < 300 => {
+                        self.sock.send_to(&ack.to_bytes(), self.proxy).await?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        bail!("no answer to the BYE")
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn request(
+        &self,
+        method: Method,
+        uri: &Uri,
+        branch: &str,
+        from_tag: &str,
+        to: &str,
+        call_id: &str,
+        cseq: u32,
+        routes: &[String],
+    ) -> Request {
+        let mut h = sip_core::message::Headers(Vec::new());
+        h.push(HeaderName::Via, self.via(branch));
+        h.push(HeaderName::MaxForwards, "70");
+        h.push(
+            HeaderName::From,
+            format!("\"Demo caller\" <sip:caller@example.net>;tag={from_tag}"),
+        );
+        h.push(HeaderName::To, to);
+        h.push(HeaderName::CallId, call_id);
+        h.push(HeaderName::CSeq, format!("{cseq} {}", method.as_str()));
+        for r in routes {
+            h.push(HeaderName::Route, r.as_str());
+        }
+        Request {
+            method,
+            uri: uri.clone(),
+            headers: h,
+            body: Bytes::new(),
+        }
+    }
+}

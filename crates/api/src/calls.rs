@@ -1,0 +1,308 @@
+//! Live calls and their ladders (R22): the messages the SIP driver recorded per call
+//! (`sip_net::trace`), summarised, one call's full trace, and a live stream of new messages
+//! for the console (server-sent events; the token goes in the `Authorization` header, so
+//! clients read it with `fetch`, not `EventSource`).
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::PoisonError;
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use serde::{Deserialize, Serialize};
+use sip_net::trace::{Direction, TraceEntry, TraceSink};
+use tokio::sync::broadcast;
+
+use crate::AppState;
+use crate::error::ApiError;
+
+/// One message of a trace.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct MessageView {
+    /// Unix time, microseconds.
+    at_us: i64,
+    /// `in` (received by the server) or `out` (sent).
+    dir: &'static str,
+    /// `UDP` or `TCP`.
+    transport: &'static str,
+    /// The other side, `ip:port`.
+    peer: String,
+    /// Request method, or status and reason.
+    label: String,
+    /// CSeq.
+    cseq: String,
+    /// `Reason: …`, `trust challenge`, `trust proof`, `P-Asserted-Identity: …`.
+    notes: Vec<String>,
+}
+
+impl From<&TraceEntry> for MessageView {
+    fn from(e: &TraceEntry) -> Self {
+        Self {
+            at_us: e.at_us,
+            dir: match e.dir {
+                Direction::In => "in",
+                Direction::Out => "out",
+            },
+            transport: e.transport,
+            peer: e.peer.to_string(),
+            label: e.label.clone(),
+            cseq: e.cseq.clone(),
+            notes: e.notes.clone(),
+        }
+    }
+}
+
+/// `GET /api/v1/calls/{call_id}/trace`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct TraceView {
+    call_id: String,
+    messages: Vec<MessageView>,
+}
+
+/// A branch of a call as the trace shows it.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct BranchView {
+    peer: String,
+    /// `trying`, `ringing`, `answered`, `cancelled`, `failed`.
+    state: &'static str,
+}
+
+/// One recent call.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub(crate) struct CallView {
+    call_id: String,
+    first_us: i64,
+    last_us: i64,
+    messages: usize,
+    /// `ringing`, `answered` or `ended`.
+    state: &'static str,
+    /// Who sent the first INVITE (`ip:port`).
+    caller: String,
+    branches: Vec<BranchView>,
+}
+
+/// A call's state, from its messages: the first INVITE in is the caller; INVITEs out are
+/// branches, whose responses (in) and CANCELs (out) move them on.
+fn summarise(call_id: &str, entries: &[TraceEntry]) -> CallView {
+    let caller: Option<SocketAddr> = entries
+        .iter()
+        .find(|e| e.dir == Direction::In && e.label == "INVITE")
+        .map(|e| e.peer);
+    let mut branches: Vec<(SocketAddr, &'static str)> = Vec::new();
+    let mut answered = false;
+    let mut ended = false;
+    for e in entries {
+        let is_invite_cseq = e.cseq.ends_with("INVITE");
+        match (e.dir, e.label.as_str()) {
+            (Direction::Out, "INVITE")
+                if Some(e.peer) != caller && !branches.iter().any(|b| b.0 == e.peer) =>
+            {
+                branches.push((e.peer, "trying"));
+            }
+            (Direction::Out, "CANCEL") => {
+                if let Some(b) = branches.iter_mut().find(|b| b.0 == e.peer)
+                    && b.1 != "answered"
+                {
+                    b.1 = "cancelled";
+                }
+            }
+            (_, "BYE") => ended = true,
+            (Direction::In, label) if is_invite_cseq => {
+                let code: u16 = label
+                    .split(' ')
+                    .next()
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                if let Some(b) = branches.iter_mut().find(|b| b.0 == e.peer) {
+                    b.1 = match code {
+                        101..=199 if b.1 == "trying" => "ringing",
+                        200..=299 => {
+                            answered = true;
+                            "answered"
+                        }
+                        300..=699 if b.1 != "cancelled" => "failed",
+                        _ => b.1,
+                    };
+                }
+            }
+            (Direction::Out, label)
+                if is_invite_cseq
+                    && Some(e.peer) == caller
+                    && label.starts_with(['3', '4', '5', '6']) =>
+            {
+                ended = true;
+            }
+            _ => {}
+        }
+    }
+    CallView {
+        call_id: call_id.to_owned(),
+        first_us: entries.first().map_or(0, |e| e.at_us),
+        last_us: entries.last().map_or(0, |e| e.at_us),
+        messages: entries.len(),
+        state: if ended {
+            "ended"
+        } else if answered {
+            "answered"
+        } else {
+            "ringing"
+        },
+        caller: caller.map(|c| c.to_string()).unwrap_or_default(),
+        branches: branches
+            .into_iter()
+            .map(|(peer, state)| BranchView {
+                peer: peer.to_string(),
+                state,
+            })
+            .collect(),
+    }
+}
+
+fn traces(state: &AppState) -> Result<TraceSink, ApiError> {
+    state
+        .calls
+        .clone()
+        .ok_or_else(|| ApiError::not_found("call traces are not recorded by this server"))
+}
+
+/// Query of `GET /api/v1/calls`.
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CallsQuery {
+    /// How many calls, newest first (default 50, at most 1000).
+    limit: Option<usize>,
+}
+
+/// `GET /api/v1/calls` -> recent calls (newest first) with their branches' states.
+#[utoipa::path(get, path = "/api/v1/calls", tag = "calls", params(CallsQuery),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Recent calls, newest first.", body = Vec<CallView>),
+        (status = 400, description = "Bad query string.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::ErrorBody),
+        (status = 404, description = "This server records no call traces.", body = crate::error::ErrorBody),
+        (status = 500, description = "Internal error.", body = crate::error::ErrorBody)))]
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    query: Result<Query<CallsQuery>, QueryRejection>,
+) -> Result<Json<Vec<CallView>>, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
+    let limit = q.limit.unwrap_or(50).clamp(1, 1000);
+    let t = traces(&state)?;
+    let t = t.traces.lock().unwrap_or_else(PoisonError::into_inner);
+    let ids: Vec<&str> = t.calls().collect();
+    Ok(Json(
+        ids.iter()
+            .rev()
+            .take(limit)
+            .filter_map(|id| t.call(id).map(|e| summarise(id, e)))
+            .collect(),
+    ))
+}
+
+/// `GET /api/v1/calls/{call_id}/trace` -> every message of the call, in order.
+#[utoipa::path(get, path = "/api/v1/calls/{call_id}/trace", tag = "calls",
+    params(("call_id" = String, Path, description = "SIP Call-ID")),
+    security(("bearer" = [])),
+    responses((status = 200, description = "Every message of the call, in order.", body = TraceView),
+        (status = 400, description = "Bad Call-ID in the path.", body = crate::error::ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::ErrorBody),
+        (status = 404, description = "No trace of that call (or none recorded).", body = crate::error::ErrorBody),
+        (status = 500, description = "Internal error.", body = crate::error::ErrorBody)))]
+pub(crate) async fn trace(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+) -> Result<Json<TraceView>, ApiError> {
+    let Path(call_id) = path?;
+    let t = traces(&state)?;
+    let t = t.traces.lock().unwrap_or_else(PoisonError::into_inner);
+    let entries = t
+        .call(&call_id)
+        .ok_or_else(|| ApiError::not_found(format!("no trace of call {call_id}")))?;
+    Ok(Json(TraceView {
+        messages: entries.iter().map(MessageView::from).collect(),
+        call_id,
+    }))
+}
+
+/// `GET /api/v1/calls/stream` -> server-sent events, one per recorded message:
+/// `data: {"call_id": …, …message…}`.
+#[utoipa::path(get, path = "/api/v1/calls/stream", tag = "calls",
+    security(("bearer" = [])),
+    responses((status = 200, description = "text/event-stream of messages", content_type = "text/event-stream"),
+        (status = 401, description = "Missing or wrong admin token.", body = crate::error::ErrorBody),
+        (status = 404, description = "This server records no call traces.", body = crate::error::ErrorBody),
+        (status = 500, description = "Internal error.", body = crate::error::ErrorBody)))]
+pub(crate) async fn stream(
+    State(state): State<AppState>,
+) -> Result<Sse<impl futures_core::Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let t = traces(&state)?;
+    let rx = t.feed.subscribe();
+    let s = futures_util::stream::unfold(rx, |mut rx| async move {
+        loop {
+            match rx.recv().await {
+                Ok((call_id, e)) => {
+                    let mut v = serde_json::to_value(MessageView::from(&e)).unwrap_or_default();
+                    v["call_id"] = serde_json::Value::String(call_id);
+                    let ev = Event::default().event("message").data(v.to_string());
+                    return Some((Ok(ev), rx));
+                }
+                // A slow reader missed some: carry on with the newest.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return None,
+            }
+        }
+    });
+    Ok(Sse::new(s).keep_alive(
+        KeepAlive::new()
+            .interval(Duration::from_secs(15))
+            .text("keepalive"),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(dir: Direction, peer: &str, label: &str, cseq: &str) -> TraceEntry {
+        TraceEntry {
+            at_us: 0,
+            dir,
+            transport: "UDP",
+            peer: peer.parse().unwrap_or_else(|_| unreachable!()),
+            label: label.into(),
+            cseq: cseq.into(),
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn states_follow_the_messages() {
+        let c = "127.0.0.1:6000";
+        let d1 = "127.0.0.1:6001";
+        let d2 = "127.0.0.1:6002";
+        let mut m = vec![
+            e(Direction::In, c, "INVITE", "1 INVITE"),
+            e(Direction::Out, d1, "INVITE", "1 INVITE"),
+            e(Direction::Out, d2, "INVITE", "1 INVITE"),
+            e(Direction::In, d1, "180 Ringing", "1 INVITE"),
+        ];
+        let v = summarise("x", &m);
+        assert_eq!(v.state, "ringing");
+        assert_eq!(v.caller, c);
+        let states: Vec<_> = v.branches.iter().map(|b| b.state).collect();
+        assert_eq!(states, ["ringing", "trying"]);
+        m.push(e(Direction::In, d2, "200 OK", "1 INVITE"));
+        m.push(e(Direction::Out, d1, "CANCEL", "1 CANCEL"));
+        m.push(e(Direction::In, d1, "487 Request Terminated", "1 INVITE"));
+        let v = summarise("x", &m);
+        assert_eq!(v.state, "answered");
+        let states: Vec<_> = v.branches.iter().map(|b| b.state).collect();
+        assert_eq!(states, ["cancelled", "answered"]);
+        m.push(e(Direction::In, c, "BYE", "2 BYE"));
+        assert_eq!(summarise("x", &m).state, "ended");
+    }
+}
