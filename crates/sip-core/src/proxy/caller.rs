@@ -30,7 +30,7 @@
 use std::time::Instant;
 
 use super::{Proxy, Target};
-use crate::auth::{Algorithm, AuthError, Credentials};
+use crate::auth::{AuthError, Credentials};
 use crate::message::{HeaderName, Method, Request, Uri};
 
 /// Who sent an out-of-dialog request, as far as the proxy vouches for it.
@@ -101,17 +101,7 @@ impl Proxy {
         let verified =
             self.auth
                 .verify_credentials(now, req.method.as_str(), &creds, |name, alg| {
-                    let (md5, sha256) = match directory.device_for_username(name) {
-                        Some(d) => (&d.ha1_md5, &d.ha1_sha256),
-                        None => {
-                            let s = directory.subscriber(name)?;
-                            (&s.ha1_md5, &s.ha1_sha256)
-                        }
-                    };
-                    Some(match alg {
-                        Algorithm::Md5 => md5.clone(),
-                        _ => sha256.clone(),
-                    })
+                    directory.ha1(name, alg)
                 });
         let verified = match verified {
             Ok(v) => v,

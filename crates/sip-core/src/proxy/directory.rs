@@ -143,6 +143,21 @@ impl Directory {
         self.devices.get(id)
     }
 
+    /// The stored HA1 for digest user `name` (a subscriber, or a phone's `~id`) and `alg`.
+    pub(crate) fn ha1(&self, name: &str, alg: crate::auth::Algorithm) -> Option<String> {
+        let (md5, sha256) = match self.device_for_username(name) {
+            Some(d) => (&d.ha1_md5, &d.ha1_sha256),
+            None => {
+                let s = self.subscriber(name)?;
+                (&s.ha1_md5, &s.ha1_sha256)
+            }
+        };
+        Some(match alg {
+            crate::auth::Algorithm::Md5 => md5.clone(),
+            _ => sha256.clone(),
+        })
+    }
+
     /// The device behind a digest user name (`~id`), if it is one.
     pub(crate) fn device_for_username(&self, name: &str) -> Option<&DeviceEntry> {
         name.strip_prefix(DEVICE_USER_PREFIX)

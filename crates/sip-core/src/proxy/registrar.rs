@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Binding, Event, Output, Proxy, Target};
-use crate::auth::{Algorithm, AuthError};
+use crate::auth::AuthError;
 use crate::message::{HeaderName, NameAddr, Request};
 
 impl Proxy {
@@ -38,17 +38,7 @@ impl Proxy {
         let verified = self
             .auth
             .verify(now, "REGISTER", &credentials, |name, alg| {
-                let (md5, sha256) = match directory.device_for_username(name) {
-                    Some(d) => (&d.ha1_md5, &d.ha1_sha256),
-                    None => {
-                        let s = directory.subscriber(name)?;
-                        (&s.ha1_md5, &s.ha1_sha256)
-                    }
-                };
-                Some(match alg {
-                    Algorithm::Md5 => md5.clone(),
-                    _ => sha256.clone(),
-                })
+                directory.ha1(name, alg)
             });
         let verified = match verified {
             Ok(v) => v,
