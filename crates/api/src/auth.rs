@@ -78,7 +78,9 @@ pub(crate) async fn require_token(
     req: Request,
     next: Next,
 ) -> Response {
-    if crate::PUBLIC_ROUTES.contains(&req.uri().path()) {
+    let path = req.uri().path();
+    // The console's static files hold no data: the page must load before it has a token.
+    if crate::PUBLIC_ROUTES.contains(&path) || crate::console::PATHS.contains(&path) {
         return next.run(req).await;
     }
     match bearer_token(&req) {

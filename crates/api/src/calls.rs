@@ -97,6 +97,8 @@ fn summarise(call_id: &str, entries: &[TraceEntry]) -> CallView {
     for e in entries {
         let is_invite_cseq = e.cseq.ends_with("INVITE");
         match (e.dir, e.label.as_str()) {
+            // A retried INVITE (after a 407 challenge) reopens the call.
+            (Direction::In, "INVITE") if Some(e.peer) == caller => ended = false,
             (Direction::Out, "INVITE")
                 if Some(e.peer) != caller && !branches.iter().any(|b| b.0 == e.peer) =>
             {
@@ -304,5 +306,20 @@ mod tests {
         assert_eq!(states, ["cancelled", "answered"]);
         m.push(e(Direction::In, c, "BYE", "2 BYE"));
         assert_eq!(summarise("x", &m).state, "ended");
+        // 407 then the authenticated retry: ringing again, not ended.
+        let retry = vec![
+            e(Direction::In, c, "INVITE", "1 INVITE"),
+            e(
+                Direction::Out,
+                c,
+                "407 Proxy Authentication Required",
+                "1 INVITE",
+            ),
+            e(Direction::In, c, "INVITE", "2 INVITE"),
+            e(Direction::Out, d1, "INVITE", "2 INVITE"),
+        ];
+        let v = summarise("y", &retry);
+        assert_eq!(v.state, "ringing");
+        assert_eq!(v.branches.len(), 1);
     }
 }

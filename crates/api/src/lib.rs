@@ -69,6 +69,7 @@ use utoipa::ToSchema;
 mod auth;
 mod calls;
 mod cdrs;
+mod console;
 mod devices;
 mod error;
 mod metrics;
@@ -275,6 +276,8 @@ pub fn router_with_options(
         .fold(Router::new(), |router, (path, methods)| {
             router.route(path, methods)
         })
+        // The web console's static files (public: they hold no data; see `console`).
+        .merge(console::routes())
         // After all routes: it is set on the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
