@@ -290,6 +290,24 @@ fn phone_answer_wins(backend: &str) {
     assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stdout));
     assert!(String::from_utf8_lossy(&v.stdout).contains("1 CDR(s): hash chain intact"));
     no_secret_leaks(&s, &p);
+    // Threat 9: someone with the database file shortens the call; `cdr verify` names it.
+    let db = rusqlite::Connection::open(s.data.join("trustring.db")).unwrap();
+    db.execute_batch("DROP TRIGGER cdrs_no_update;").unwrap();
+    let n = db
+        .execute(
+            "UPDATE cdrs SET body = replace(body, '\"final_status\":200', '\"final_status\":486')",
+            [],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    let v = Command::new(env!("CARGO_BIN_EXE_trustring"))
+        .args(["cdr", "verify", "--data"])
+        .arg(&s.data)
+        .output()
+        .unwrap();
+    assert!(!v.status.success());
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(out.contains("CDR 1:") && out.contains("changed"), "{out}");
 }
 
 /// `trustring cdr export --format json` once a record is there (the writer is asynchronous
