@@ -94,8 +94,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     let (events_tx, events_rx) = mpsc::unbounded_channel();
     // Every message in and out, per call, for the console's ladders and `trustring demo`.
-    let traces = sip_net::trace::TraceSink::new();
-    let (sip, sip_task) = sip_net::spawn_traced(proxy, sockets, events_tx, Some(traces.clone()));
+    let traces = (!args.no_call_trace).then(sip_net::trace::TraceSink::new);
+    let (sip, sip_task) = sip_net::spawn_traced(proxy, sockets, events_tx, traces.clone());
     // Events wait in the channel until the writer runs.
     let writer = spawn_writer(
         store.clone(),
@@ -144,7 +144,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let scraped = sip.clone();
     let options = api::ApiOptions::default()
-        .call_traces(traces)
+        .call_traces_opt(traces)
         .provisioning(Arc::new(provisioning))
         .rates(api::Rates {
             voip_per_min: args.rate_voip,

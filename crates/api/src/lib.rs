@@ -165,6 +165,13 @@ impl ApiOptions {
         self
     }
 
+    /// [`ApiOptions::call_traces`] if there are traces (`None`: the call views answer 404).
+    #[must_use]
+    pub fn call_traces_opt(mut self, sink: Option<sip_net::trace::TraceSink>) -> Self {
+        self.calls = sink;
+        self
+    }
+
     /// Serves `GET /metrics` with the text `render` produces on each scrape.
     #[must_use]
     pub fn metrics<F, Fut>(mut self, render: F) -> Self

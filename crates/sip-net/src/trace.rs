@@ -82,10 +82,8 @@ impl TraceSink {
             .traces
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .record(dir, transport, peer, data);
-        if let Some(r) = rec
-            && self.feed.receiver_count() > 0
-        {
+            .record_with(dir, transport, peer, data, self.feed.receiver_count() > 0);
+        if let Some(r) = rec {
             let _ = self.feed.send(r);
         }
     }
@@ -98,50 +96,75 @@ pub struct Traces {
     order: VecDeque<String>,
 }
 
-fn header<'a>(lines: &[&'a str], names: &[&str]) -> Option<&'a str> {
-    lines.iter().find_map(|l| {
-        let (n, v) = l.split_once(':')?;
-        let n = n.trim();
-        names
-            .iter()
-            .any(|x| n.eq_ignore_ascii_case(x))
-            .then(|| v.trim())
-    })
-}
-
 impl Traces {
-    /// Records one message (`data` as on the wire) and returns it with its Call-ID.
-    /// Messages without a Call-ID (keep-alives, garbage) are not recorded.
+    /// Records one message (`data` as on the wire). Messages without a Call-ID (keep-alives,
+    /// garbage) are not recorded.
     pub fn record(
         &mut self,
         dir: Direction,
         transport: &'static str,
         peer: SocketAddr,
         data: &[u8],
+    ) {
+        self.record_with(dir, transport, peer, data, false);
+    }
+
+    /// [`Traces::record`], returning a copy with its Call-ID when `want_copy` (someone
+    /// follows the live feed).
+    pub fn record_with(
+        &mut self,
+        dir: Direction,
+        transport: &'static str,
+        peer: SocketAddr,
+        data: &[u8],
+        want_copy: bool,
     ) -> Option<(String, TraceEntry)> {
         let head_end = data
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
             .unwrap_or(data.len().min(8192));
         let head = std::str::from_utf8(&data[..head_end]).ok()?;
-        let lines: Vec<&str> = head.split("\r\n").collect();
-        let start = lines.first()?;
-        let call_id = header(lines.get(1..)?, &["call-id", "i"])?;
+        let mut lines = head.split("\r\n");
+        let start = lines.next()?;
+        // One pass over the header lines (this runs for every message on the hot path).
+        let (mut call_id, mut cseq) = (None, "");
+        let (mut reason, mut pai, mut challenge, mut proof) = (None, None, false, false);
+        for l in lines {
+            let Some((n, v)) = l.split_once(':') else {
+                continue;
+            };
+            let n = n.trim_end();
+            let v = v.trim();
+            if n.eq_ignore_ascii_case("call-id") || n.eq_ignore_ascii_case("i") {
+                call_id.get_or_insert(v);
+            } else if n.eq_ignore_ascii_case("cseq") {
+                cseq = v;
+            } else if n.eq_ignore_ascii_case("reason") {
+                reason.get_or_insert(v);
+            } else if n.eq_ignore_ascii_case("trust-challenge") {
+                challenge = true;
+            } else if n.eq_ignore_ascii_case("trust-proof") {
+                proof = true;
+            } else if n.eq_ignore_ascii_case("p-asserted-identity") {
+                pai.get_or_insert(v);
+            }
+        }
+        let call_id = call_id?;
         let label = match start.strip_prefix("SIP/2.0 ") {
             Some(status) => status.to_owned(),
             None => start.split(' ').next().unwrap_or_default().to_owned(),
         };
         let mut notes = Vec::new();
-        if let Some(r) = header(&lines[1..], &["reason"]) {
+        if let Some(r) = reason {
             notes.push(format!("Reason: {r}"));
         }
-        if header(&lines[1..], &["trust-challenge"]).is_some() {
+        if challenge {
             notes.push("trust challenge".into());
         }
-        if header(&lines[1..], &["trust-proof"]).is_some() {
+        if proof {
             notes.push("trust proof".into());
         }
-        if let Some(p) = header(&lines[1..], &["p-asserted-identity"]) {
+        if let Some(p) = pai {
             notes.push(format!("P-Asserted-Identity: {p}"));
         }
         let entry = TraceEntry {
@@ -152,12 +175,10 @@ impl Traces {
             transport,
             peer,
             label,
-            cseq: header(&lines[1..], &["cseq"])
-                .unwrap_or_default()
-                .to_owned(),
+            cseq: cseq.to_owned(),
             notes,
         };
-        let out = Some((call_id.to_owned(), entry.clone()));
+        let out = want_copy.then(|| (call_id.to_owned(), entry.clone()));
         if let Some(list) = self.by_call.get_mut(call_id) {
             if list.len() < MAX_PER_CALL {
                 list.push(entry);
