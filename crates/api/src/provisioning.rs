@@ -431,7 +431,7 @@ pub(crate) fn code_hash(code: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric())
         .map(|c| c.to_ascii_uppercase())
         .collect();
-    hex(&Sha256::digest(
+    hex::encode(Sha256::digest(
         format!("trustring-enrolment:{normal}").as_bytes(),
     ))
 }
@@ -580,22 +580,13 @@ struct SipCredentials {
 fn random_token(bytes: usize) -> String {
     let mut raw = vec![0u8; bytes];
     rand::fill(&mut raw[..]);
-    hex(&raw)
+    hex::encode(raw)
 }
 
 pub(crate) fn token_hash(token: &str) -> String {
-    hex(&Sha256::digest(
+    hex::encode(Sha256::digest(
         format!("trustring-device-token:{token}").as_bytes(),
     ))
-}
-
-fn hex(b: &[u8]) -> String {
-    use std::fmt::Write;
-    b.iter()
-        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
-            let _ = write!(s, "{x:02x}");
-            s
-        })
 }
 
 /// Records a refused enrolment before the refusal is answered, so an operator who sees the

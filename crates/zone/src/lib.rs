@@ -28,6 +28,7 @@ pub mod wire;
 
 pub use proof::{CallBinding, Challenge, LicenseKey, Proof};
 pub use seal::{SealedBody, SealedPackage, ServerPublicKey, ServerSigningKey};
+pub use util::write_private_atomic;
 pub use wire::WireError;
 
 /// How well a zone protects its keys. Recorded by the server per device; an operator can

@@ -74,7 +74,7 @@ fn temp_path_for(path: &Path) -> io::Result<PathBuf> {
 
 /// Writes `bytes` to `path` atomically: a 0600 temporary file beside it, `fsync`, `rename`
 /// over `path`, then `fsync` of the directory. A crash leaves either the old or the new file.
-pub(crate) fn write_private_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub fn write_private_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = temp_path_for(path)?;
     let _ = fs::remove_file(&tmp);
     {

@@ -77,13 +77,7 @@ pub(crate) fn chain_hash(prev: &str, body: &str) -> String {
     h.update(b"trustring/v1/cdr");
     h.update(prev.as_bytes());
     h.update(body.as_bytes());
-    h.finalize()
-        .iter()
-        .fold(String::with_capacity(64), |mut s, b| {
-            use std::fmt::Write;
-            let _ = write!(s, "{b:02x}");
-            s
-        })
+    hex::encode(h.finalize())
 }
 
 pub(super) fn append(conn: &mut Connection, cdr: &Cdr) -> Result<Cdr, StoreError> {
