@@ -2,7 +2,7 @@
 //! and `trustring cdr verify|export`.
 
 use std::path::{Path, PathBuf};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::{Context, bail};
 use api::parse_time;
@@ -108,10 +108,7 @@ pub(crate) fn from_call(
 
 /// Maps an `Instant` to Unix ms by reading both clocks now.
 pub(crate) fn instant_to_unix_ms() -> impl Fn(Instant) -> i64 {
-    let (now, wall) = (Instant::now(), SystemTime::now());
-    let wall_ms = wall
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+    let (now, wall_ms) = (Instant::now(), crate::serve::unix_ms());
     move |t: Instant| {
         let back = i64::try_from(now.saturating_duration_since(t).as_millis()).unwrap_or(0);
         let ahead = i64::try_from(t.saturating_duration_since(now).as_millis()).unwrap_or(0);

@@ -257,10 +257,11 @@ fn binding(r: &Registration, now: Instant, now_ms: i64) -> Option<Binding> {
     })
 }
 
-fn unix_ms() -> i64 {
+/// Wall-clock Unix milliseconds (the one clock read the binary's records use).
+pub(crate) fn unix_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// Persists binding events in order on a thread of its own, timing each store call into

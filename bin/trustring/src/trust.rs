@@ -8,7 +8,7 @@
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use anyhow::Context;
 use sip_core::proxy::{DeviceEntry, TrustGate, TrustRefusal};
@@ -86,9 +86,7 @@ fn refusal(f: &TrustFailure) -> TrustRefusal {
 }
 
 fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    u64::try_from(crate::serve::unix_ms()).unwrap_or(0)
 }
 
 impl TrustGate for Gate {
