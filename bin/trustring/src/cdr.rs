@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use api::parse_time;
-use sip_core::proxy::CallRecord;
+use sip_core::proxy::{CallRecord, LegType};
 use store::billing::{Rates, totals};
 use store::{Cdr, CdrLeg, Store};
 
@@ -57,7 +57,8 @@ pub(crate) struct ExportArgs {
 }
 
 /// A stored CDR for a call the proxy saw end. `instant_ms` maps the core's `Instant`s to Unix
-/// ms; `enterprise` is the called subscriber's (VoIP legs are billed to it, R19).
+/// ms; `enterprise` is the called subscriber's: VoIP legs are billed to it, PSTN legs (through
+/// the gateway to the phone's number) to the user, the called subscriber (R19).
 pub(crate) fn from_call(
     r: &CallRecord,
     domain: &str,
@@ -74,12 +75,14 @@ pub(crate) fn from_call(
         .map(|(i, b)| CdrLeg {
             contact: b.contact.clone(),
             device: b.device.clone(),
-            // Every leg is SIP today; PSTN legs arrive with the gateway (billed to the user).
-            leg_type: "voip".into(),
+            leg_type: b.leg.as_str().into(),
             rang_at_ms: b.rang_at.map(&instant_ms),
             outcome: b.outcome.map_or("failed", |o| o.as_str()).into(),
             status: b.status,
-            billing_entity: enterprise.to_owned(),
+            billing_entity: match b.leg {
+                LegType::Voip => enterprise.to_owned(),
+                LegType::Pstn => r.called.clone(),
+            },
             billable_ms: if r.answered_by == Some(i) {
                 duration_ms
             } else {

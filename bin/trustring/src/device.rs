@@ -34,6 +34,9 @@ pub(crate) enum DeviceCommand {
     Status(ZoneArgs),
     /// Switch the single-number service on or off.
     Service(ServiceArgs),
+    /// Tell the server this phone's own number (E.164): with a gateway, the phone then
+    /// rings through the PSTN (R15).
+    Number(NumberArgs),
     /// Keep the phone reachable for calls and answer their trust challenges.
     Run(RunArgs),
 }
@@ -88,6 +91,18 @@ pub(crate) struct EnrollArgs {
     /// Accept the server's current EULA (its text is printed first).
     #[arg(long)]
     accept_eula: bool,
+    /// The phone's own number (E.164, e.g. +15551230001), for its leg through the gateway.
+    #[arg(long)]
+    number: Option<String>,
+}
+
+/// `trustring device number`.
+#[derive(Debug, clap::Args)]
+pub(crate) struct NumberArgs {
+    #[command(flatten)]
+    zone: ZoneArgs,
+    /// E.164 number, e.g. +15551230001; `none` clears it.
+    number: String,
 }
 
 /// `trustring device service on|off`.
@@ -105,9 +120,28 @@ pub(crate) struct ServiceArgs {
 pub(crate) struct RunArgs {
     #[command(flatten)]
     zone: ZoneArgs,
-    /// The SIP server (registrar/proxy) address.
-    #[arg(long)]
-    sip_server: SocketAddr,
+    /// The SIP server (registrar/proxy) address: the phone registers over SIP.
+    #[arg(long, required_unless_present = "attach", conflicts_with = "attach")]
+    sip_server: Option<SocketAddr>,
+    /// Attach to the IP->PSTN gateway's line address instead (TR-ISUP): the phone is
+    /// reached through the PSTN at its number, and proves trust in the IAM's challenge.
+    #[arg(long, value_name = "ADDR")]
+    attach: Option<String>,
+    /// With `--attach`: the phone's number (default: the one the server has for it).
+    #[arg(long, requires = "attach")]
+    number: Option<pstn::msg::Number>,
+    /// With `--attach`: refuse every call as busy (cause 17).
+    #[arg(long, requires = "attach")]
+    busy: bool,
+    /// With `--attach`: append the received voice to this WAV file (16-bit PCM, 8 kHz).
+    #[arg(long, requires = "attach", value_name = "FILE")]
+    record: Option<PathBuf>,
+    /// With `--attach`: send a sine of this frequency while answered (silence otherwise).
+    #[arg(long, requires = "attach", value_name = "HZ")]
+    play_tone: Option<f64>,
+    /// With `--attach`: print events as JSON lines.
+    #[arg(long, requires = "attach")]
+    json: bool,
     /// Local SIP address (default: an ephemeral port on the server's loopback/any).
     #[arg(long)]
     local: Option<SocketAddr>,
@@ -150,6 +184,11 @@ pub(crate) fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Enroll(a) => enroll(a),
         DeviceCommand::Status(a) => status(a),
         DeviceCommand::Service(a) => service(a),
+        DeviceCommand::Number(a) => {
+            let cfg = device_config(&a.zone.zone)?;
+            let number = (a.number != "none").then_some(a.number);
+            set_number(&cfg, number.as_deref())
+        }
         DeviceCommand::Run(a) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -358,6 +397,33 @@ fn enroll(a: EnrollArgs) -> anyhow::Result<()> {
         e.aor,
         level_text(e.security_level)
     );
+    if let Some(n) = a.number.as_deref() {
+        set_number(&cfg, Some(n))?;
+    }
+    Ok(())
+}
+
+/// `PUT {server}/api/v1/device/{what}` with the device token; the error body on failure.
+fn put_own(cfg: &DeviceConfig, what: &str, body: &serde_json::Value) -> anyhow::Result<()> {
+    let mut r = http()
+        .put(format!("{}/api/v1/device/{what}", cfg.server))
+        .header("authorization", &format!("Bearer {}", cfg.token))
+        .header("content-type", "application/json")
+        .send(serde_json::to_vec(body)?.as_slice())
+        .with_context(|| format!("reaching {}", cfg.server))?;
+    let text = r.body_mut().read_to_string()?;
+    if r.status().as_u16() != 200 {
+        return Err(api_error(r.status().as_u16(), &text));
+    }
+    Ok(())
+}
+
+fn set_number(cfg: &DeviceConfig, number: Option<&str>) -> anyhow::Result<()> {
+    put_own(cfg, "number", &serde_json::json!({ "number": number }))?;
+    match number {
+        Some(n) => println!("number {n} set for {}", cfg.aor),
+        None => println!("number cleared for {}", cfg.aor),
+    }
     Ok(())
 }
 
@@ -366,6 +432,8 @@ struct ServerView {
     status: String,
     service_on: bool,
     revoked_reason: Option<String>,
+    #[serde(default)]
+    number: Option<String>,
 }
 
 fn server_view(cfg: &DeviceConfig) -> anyhow::Result<ServerView> {
@@ -410,11 +478,14 @@ fn status(a: ZoneArgs) -> anyhow::Result<()> {
     };
     println!("status: {state}");
     match server {
-        Some(Ok(v)) => println!(
-            "service: {} (server: {})",
-            if v.service_on { "on" } else { "off" },
-            v.status
-        ),
+        Some(Ok(v)) => {
+            println!(
+                "service: {} (server: {})",
+                if v.service_on { "on" } else { "off" },
+                v.status
+            );
+            println!("number: {}", v.number.as_deref().unwrap_or("none"));
+        }
         Some(Err(e)) => println!(
             "service: {} (server unreachable: {e:#})",
             on_off(st.service_on)
@@ -432,16 +503,7 @@ fn service(a: ServiceArgs) -> anyhow::Result<()> {
     let on = a.state == "on";
     let mut zone = open_zone(&a.zone)?;
     let cfg = device_config(&a.zone.zone)?;
-    let mut r = http()
-        .put(format!("{}/api/v1/device/service", cfg.server))
-        .header("authorization", &format!("Bearer {}", cfg.token))
-        .header("content-type", "application/json")
-        .send(serde_json::to_vec(&serde_json::json!({ "on": on }))?.as_slice())
-        .with_context(|| format!("reaching {}", cfg.server))?;
-    let body = r.body_mut().read_to_string()?;
-    if r.status().as_u16() != 200 {
-        return Err(api_error(r.status().as_u16(), &body));
-    }
+    put_own(&cfg, "service", &serde_json::json!({ "on": on }))?;
     zone.set_service(on)?;
     println!("single-number service {} for {}", on_off(on), cfg.aor);
     Ok(())
@@ -450,14 +512,32 @@ fn service(a: ServiceArgs) -> anyhow::Result<()> {
 /// Answers each INVITE's `Trust-Challenge` with the zone's proof.
 pub(crate) struct ZoneProver(Box<dyn TrustedZone + Send>);
 
-impl phone::Prover for ZoneProver {
-    fn prove(&mut self, challenge: &str, call_id: &str, branch: &str) -> Result<String, String> {
+impl ZoneProver {
+    fn prove_header(
+        &mut self,
+        challenge: &str,
+        call_id: &str,
+        branch: &str,
+    ) -> Result<String, String> {
         let c = Challenge::from_header(challenge).map_err(|e| e.to_string())?;
         let binding = CallBinding { call_id, branch };
         self.0
             .prove(&c, &binding)
             .map(|p| p.to_header())
             .map_err(|e| e.to_string())
+    }
+}
+
+impl phone::Prover for ZoneProver {
+    fn prove(&mut self, challenge: &str, call_id: &str, branch: &str) -> Result<String, String> {
+        self.prove_header(challenge, call_id, branch)
+    }
+}
+
+/// Through the gateway the challenge comes in the IAM, bound to the gateway's INVITE.
+impl pstn::line::LineProver for ZoneProver {
+    fn prove(&mut self, challenge: &str, call_ref: &str, branch: &str) -> Result<String, String> {
+        self.prove_header(challenge, call_ref, branch)
     }
 }
 
@@ -497,8 +577,41 @@ pub(crate) fn load_phone(
     ))
 }
 
+/// `device run --attach`: the phone as a line of the gateway.
+async fn run_attached(a: RunArgs, attach: String) -> anyhow::Result<()> {
+    let any = SocketAddr::from(([127, 0, 0, 1], 0));
+    let (_, prover, who) = load_phone(&a.zone.zone, &a.zone.pin, any)?;
+    let cfg = device_config(&a.zone.zone)?;
+    let number = match a.number {
+        Some(n) => n,
+        None => {
+            let view = server_view(&cfg)?;
+            let n = view.number.with_context(|| {
+                format!("the server has no number for {who}: pass --number or run `trustring device number`")
+            })?;
+            n.parse()
+                .map_err(|e| anyhow::anyhow!("the server's number {n}: {e}"))?
+        }
+    };
+    println!("phone {who} attaching to {attach} as {number}");
+    let args = crate::line::LineArgs {
+        attach,
+        number,
+        answer_after_ms: a.answer_after_ms,
+        busy: a.busy,
+        record: a.record,
+        play_tone: a.play_tone,
+        json: a.json,
+    };
+    crate::line::run(args, Some(cfg.device_id.clone()), Some(Box::new(prover))).await
+}
+
 async fn run_phone(a: RunArgs) -> anyhow::Result<()> {
-    let (mut pc, prover, who) = load_phone(&a.zone.zone, &a.zone.pin, a.sip_server)?;
+    if let Some(attach) = a.attach.clone() {
+        return run_attached(a, attach).await;
+    }
+    let sip_server = a.sip_server.context("--sip-server or --attach is needed")?;
+    let (mut pc, prover, who) = load_phone(&a.zone.zone, &a.zone.pin, sip_server)?;
     if let Some(local) = a.local {
         pc.local = local;
     }
@@ -509,9 +622,8 @@ async fn run_phone(a: RunArgs) -> anyhow::Result<()> {
         .await
         .context("starting the phone")?;
     println!(
-        "phone {who} on {} (server {})",
+        "phone {who} on {} (server {sip_server})",
         handle.local_addr(),
-        a.sip_server
     );
     // Keypress control: `a` answers the newest ringing call, `h` hangs it up.
     let (keys_tx, mut keys) = tokio::sync::mpsc::unbounded_channel::<String>();

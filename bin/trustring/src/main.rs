@@ -1,13 +1,16 @@
 //! `trustring`: one identity, every device rings.
 //!
-//! Subcommands: `serve` (SIP registrar + forking proxy + admin API), `device` (the phone:
-//! trusted zone, enrolment, calls), `admin` (the operator's CLI over the API), `cdr` (verify,
-//! export) and `master-key`. The gateway and the demo come with their issues.
+//! Subcommands: `serve` (SIP registrar + forking proxy + admin API), `gateway` (the IP->PSTN
+//! gateway), `device` (the phone: trusted zone, enrolment, calls over SIP or attached to the
+//! gateway), `line` (a plain PSTN line on the gateway), `admin` (the operator's CLI over the
+//! API), `cdr` (verify, export), `demo` and `master-key`.
 
 mod admin;
 mod cdr;
 mod demo;
 mod device;
+mod gateway;
+mod line;
 mod serve;
 mod token;
 mod trust;
@@ -38,6 +41,10 @@ enum LogFormat {
 enum Command {
     /// Run the server: SIP registrar and forking proxy (UDP and TCP) plus the admin API.
     Serve(ServeArgs),
+    /// The IP->PSTN gateway: SIP trunk from the server, TR-ISUP phone lines, G.711 media.
+    Gateway(gateway::GatewayArgs),
+    /// A plain PSTN phone line attached to the gateway (TR-ISUP), steered from stdin.
+    Line(line::LineArgs),
     /// The phone: create its trusted zone, enrol, take calls, switch the service on/off.
     #[command(subcommand)]
     Device(device::DeviceCommand),
@@ -106,6 +113,12 @@ struct ServeArgs {
     /// `trustring demo`, need them); saves about a tenth of the SIP loop's CPU under load.
     #[arg(long, env = "TRUSTRING_NO_CALL_TRACE")]
     no_call_trace: bool,
+    /// The IP->PSTN gateway's SIP address (`trustring gateway`): phones with a number and no
+    /// SIP registration of their own ring through it (R15). Its INVITEs carry a `Trunk-Auth`
+    /// MAC keyed with `DATA/trunk-secret` (or `TRUSTRING_TRUNK_SECRET`); give the gateway
+    /// the same secret.
+    #[arg(long, env = "TRUSTRING_GATEWAY")]
+    gateway: Option<SocketAddr>,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -124,6 +137,20 @@ fn main() -> anyhow::Result<()> {
                 .enable_all()
                 .build()?;
             rt.block_on(serve::run(args))
+        }
+        Command::Gateway(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(gateway::run(args))
+        }
+        Command::Line(args) => {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(line::run(args, None, None))
         }
         Command::Device(cmd) => device::run(cmd),
         Command::Cdr(cmd) => cdr::run(cmd),

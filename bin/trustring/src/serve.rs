@@ -63,10 +63,26 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
         }
     });
     let now = Instant::now();
-    let mut proxy = Proxy::new(
-        ProxyConfig::new(args.domain.clone(), advertised, token::random_bytes()),
-        now,
-    );
+    let mut cfg = ProxyConfig::new(args.domain.clone(), advertised, token::random_bytes());
+    if let Some(addr) = args.gateway {
+        let (secret, origin) = token::trunk_secret(&args.data)?;
+        anyhow::ensure!(
+            secret.len() >= 16,
+            "the trunk secret must be at least 16 characters"
+        );
+        if matches!(origin, Origin::Generated) {
+            tracing::info!(
+                file = %args.data.join("trunk-secret").display(),
+                "generated the gateway trunk secret (give the gateway this file)"
+            );
+        }
+        tracing::info!(%addr, "phones with a number ring through the gateway");
+        cfg.trunk = Some(sip_core::proxy::Trunk {
+            addr,
+            secret: secret.into_bytes(),
+        });
+    }
+    let mut proxy = Proxy::new(cfg, now);
     let (subs, regs, devices) = load(store.clone()).await?;
     for s in &subs {
         proxy.upsert_subscriber(entry(s));

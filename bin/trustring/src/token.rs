@@ -14,12 +14,25 @@ pub(crate) enum Origin {
 }
 
 pub(crate) fn admin_token(data: &Path) -> anyhow::Result<(String, Origin)> {
-    if let Ok(t) = std::env::var("TRUSTRING_ADMIN_TOKEN")
+    secret(&data.join("admin-token"), "TRUSTRING_ADMIN_TOKEN")
+}
+
+/// The secret the server shares with its IP->PSTN gateway (the `Trunk-Auth` MAC key):
+/// `TRUSTRING_TRUNK_SECRET`, else `DATA/trunk-secret` (created like the admin token). Give
+/// the gateway the same file (`trustring gateway --trunk-secret-file`).
+pub(crate) fn trunk_secret(data: &Path) -> anyhow::Result<(String, Origin)> {
+    secret(&data.join("trunk-secret"), "TRUSTRING_TRUNK_SECRET")
+}
+
+/// A secret from the environment variable `env`, else from `path` (created with 256 random
+/// bits in hex, mode 0600, when missing or empty).
+pub(crate) fn secret(path: &Path, env: &str) -> anyhow::Result<(String, Origin)> {
+    if let Ok(t) = std::env::var(env)
         && !t.is_empty()
     {
         return Ok((t, Origin::Env));
     }
-    let path = data.join("admin-token");
+    let path = path.to_path_buf();
     match std::fs::read_to_string(&path) {
         Ok(t) if !t.trim().is_empty() => return Ok((t.trim().to_owned(), Origin::File)),
         Ok(_) => {}

@@ -53,6 +53,7 @@ pub(crate) fn device_entry(d: &Device) -> Option<DeviceEntry> {
         ha1_md5: d.sip_ha1_md5.clone(),
         ha1_sha256: d.sip_ha1_sha256.clone(),
         service_on: d.service_on,
+        number: d.number.clone(),
     })
 }
 

@@ -52,6 +52,9 @@ pub(crate) struct DeviceView {
     revoked_at_ms: Option<i64>,
     /// Enrolment time, Unix milliseconds.
     created_at_ms: i64,
+    /// The phone's own number (E.164), rung through the gateway; `null` until set.
+    #[schema(required = true, example = "+15551230001")]
+    number: Option<String>,
 }
 
 /// `status` of a [`DeviceView`]: a string, one of `active` and `revoked`.
@@ -89,6 +92,7 @@ impl From<Device> for DeviceView {
             eula_accepted_at_ms: d.eula_accepted_at_ms,
             service_on: d.service_on,
             created_at_ms: d.created_at_ms,
+            number: d.number,
         }
     }
 }
@@ -282,6 +286,108 @@ pub(crate) async fn put_service(
     let id = device_id(path)?;
     let Json(body) = body?;
     Ok(Json(set_service(&state, id, body.on).await?))
+}
+
+/// Body of the number endpoints.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct NumberBody {
+    /// E.164: `+` and 2 to 15 digits; `null` clears it (the phone is then rung only over
+    /// SIP).
+    #[schema(required = true, example = "+15551230001")]
+    number: Option<String>,
+}
+
+/// Whether `n` is an E.164 number as the gateway dials it: `+` and 2..=15 digits.
+pub(crate) fn is_e164(n: &str) -> bool {
+    n.strip_prefix('+')
+        .is_some_and(|d| (2..=15).contains(&d.len()) && d.bytes().all(|b| b.is_ascii_digit()))
+}
+
+async fn set_number(
+    state: &AppState,
+    id: String,
+    number: Option<String>,
+) -> Result<DeviceView, ApiError> {
+    if let Some(n) = &number
+        && !is_e164(n)
+    {
+        return Err(ApiError::invalid("number: E.164, `+` and 2 to 15 digits"));
+    }
+    let d = write(state, move |store| {
+        match store.device(&id)? {
+            None => return Err(not_found(&id)),
+            Some(d) if d.revoked.is_some() => {
+                return Err(ApiError::conflict(format!("device {id} is revoked")));
+            }
+            Some(_) => {}
+        }
+        store.set_number(&id, number.as_deref())?;
+        let d = store.device(&id)?.ok_or_else(|| not_found(&id))?;
+        Ok((d, Change::DeviceChanged(id)))
+    })
+    .await?;
+    tracing::info!(device = %d.id, "phone number set");
+    Ok(d.into())
+}
+
+/// `PUT /api/v1/devices/{id}/number {"number": "+E164"|null}` (operator).
+#[utoipa::path(
+    put,
+    path = "/api/v1/devices/{id}/number",
+    tag = "devices",
+    operation_id = "put_device_number",
+    security(("bearer" = [])),
+    params(("id" = String, Path, description = "The device id.")),
+    request_body = NumberBody,
+    responses(
+        (status = 200, description = "The device with its number set.", body = DeviceView),
+        (status = 400, description = "Invalid device id, number or JSON.", body = ErrorBody),
+        (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
+        (status = 404, description = "No such device.", body = ErrorBody),
+        (status = 409, description = "The device is revoked, or another active phone has the number.", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn put_number(
+    State(state): State<AppState>,
+    path: Result<Path<String>, PathRejection>,
+    body: Result<Json<NumberBody>, JsonRejection>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let id = device_id(path)?;
+    let Json(body) = body?;
+    Ok(Json(set_number(&state, id, body.number).await?))
+}
+
+/// `PUT /api/v1/device/number {"number": "+E164"|null}` (device token): the phone tells its
+/// own number.
+#[utoipa::path(
+    put,
+    path = "/api/v1/device/number",
+    tag = "device",
+    operation_id = "own_number",
+    security(("device_token" = [])),
+    request_body = NumberBody,
+    responses(
+        (status = 200, description = "The phone's record with its number set.", body = DeviceView),
+        (status = 400, description = "Invalid number or JSON.", body = ErrorBody),
+        (status = 401, description = "Missing or unknown device token.", body = ErrorBody),
+        (status = 409, description = "The device is revoked, or another active phone has the number.", body = ErrorBody),
+        (status = 413, description = "Body larger than the limit.", body = ErrorBody),
+        (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
+        (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
+    )
+)]
+pub(crate) async fn own_number(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Result<Json<NumberBody>, JsonRejection>,
+) -> Result<Json<DeviceView>, ApiError> {
+    let d = authenticated_device(&state, &headers).await?;
+    let Json(body) = body?;
+    Ok(Json(set_number(&state, d.id, body.number).await?))
 }
 
 /// The device behind `Authorization: Bearer DEVICE_TOKEN`.

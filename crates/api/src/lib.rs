@@ -97,6 +97,7 @@ pub const PUBLIC_ROUTES: &[&str] = &[
     "/api/v1/enrol/eula",
     "/api/v1/device",
     "/api/v1/device/service",
+    "/api/v1/device/number",
 ];
 
 /// Every route of the router as (method, path template), `{user}` standing for a user name
@@ -340,6 +341,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/v1/devices/{id}", get(devices::get)),
         ("/api/v1/devices/{id}/revoke", post(devices::revoke)),
         ("/api/v1/devices/{id}/service", put(devices::put_service)),
+        ("/api/v1/devices/{id}/number", put(devices::put_number)),
         ("/api/v1/security-events", get(devices::security_events)),
         ("/api/v1/cdrs", get(cdrs::list)),
         ("/api/v1/calls", get(calls::list)),
@@ -350,6 +352,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
         ("/api/v1/enrol", post(provisioning::enrol)),
         ("/api/v1/device", get(devices::own_status)),
         ("/api/v1/device/service", put(devices::own_service)),
+        ("/api/v1/device/number", put(devices::own_number)),
     ]
 }
 

@@ -51,6 +51,7 @@ impl Sim {
             ha1_md5: ha1(Algorithm::Md5, "~d-9", REALM, "devpw"),
             ha1_sha256: ha1(Algorithm::Sha256, "~d-9", REALM, "devpw"),
             service_on: true,
+            number: None,
         });
         let uri = format!("sip:alice@{DESK}");
         let target = Target {

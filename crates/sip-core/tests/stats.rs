@@ -544,6 +544,7 @@ fn trust_failures_are_counted_by_kind() {
         ha1_md5: String::new(),
         ha1_sha256: String::new(),
         service_on: true,
+        number: None,
     });
     let far = sim.now + Duration::from_secs(3600);
     sim.proxy

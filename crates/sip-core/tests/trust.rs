@@ -140,6 +140,7 @@ impl Sim {
             ha1_md5: String::new(),
             ha1_sha256: String::new(),
             service_on,
+            number: None,
         });
         proxy.restore_binding("alice", binding(DESK, None, now), now);
         proxy.restore_binding("alice", binding(PHONE, Some("d-1"), now), now);
@@ -490,6 +491,7 @@ mod device_registration {
             ha1_md5: ha1(Algorithm::Md5, "~d-9", REALM, "devpw"),
             ha1_sha256: ha1(Algorithm::Sha256, "~d-9", REALM, "devpw"),
             service_on: true,
+            number: None,
         });
         sim
     }
@@ -758,6 +760,7 @@ Content-Length: 0
             ha1_md5: String::new(),
             ha1_sha256: String::new(),
             service_on: true,
+            number: None,
         });
         proxy.restore_binding("alice", binding(PHONE, Some("d-1"), now), now);
         proxy.set_trust_gate(Box::new(Shared(sim.gate.clone())));
@@ -800,6 +803,212 @@ Content-Length: 0
             r[0].branches
                 .iter()
                 .all(|b| b.outcome == Some(BranchOutcome::Cancelled))
+        );
+    }
+}
+
+/// The phone's leg through the IP->PSTN gateway (R15, R16): to its number, with the
+/// challenge and a trunk MAC; a voicemail answer (no proof) counts as no answer.
+mod pstn_legs {
+    use super::*;
+    use sip_core::proxy::{BranchOutcome, CallRecord, LegType, Trunk, verify_trunk_auth};
+
+    const GATEWAY: &str = "127.0.0.1:5070";
+    const SECRET: &[u8] = b"trunk secret, 16+ bytes";
+
+    /// Alice's desktop is registered; her phone has a number and (unless `phone_sip`) no
+    /// SIP binding of its own.
+    fn sim(phone_sip: bool) -> Sim {
+        let mut sim = Sim::new(true, true);
+        let now = sim.now;
+        let mut cfg = ProxyConfig::new("localhost", addr(PROXY), [7; 32]);
+        cfg.trunk = Some(Trunk {
+            addr: addr(GATEWAY),
+            secret: SECRET.to_vec(),
+        });
+        let mut proxy = Proxy::new(cfg, now);
+        proxy.upsert_subscriber(SubscriberEntry {
+            user: "alice".into(),
+            ha1_md5: String::new(),
+            ha1_sha256: String::new(),
+            ring_timeout: Duration::from_secs(30),
+            ring_delays: Vec::new(),
+        });
+        proxy.upsert_device(DeviceEntry {
+            id: "d-1".into(),
+            user: "alice".into(),
+            ha1_md5: String::new(),
+            ha1_sha256: String::new(),
+            service_on: true,
+            number: Some("+15550001".into()),
+        });
+        proxy.restore_binding("alice", binding(DESK, None, now), now);
+        if phone_sip {
+            proxy.restore_binding("alice", binding(PHONE, Some("d-1"), now), now);
+        }
+        proxy.set_trust_gate(Box::new(Shared(sim.gate.clone())));
+        sim.proxy = proxy;
+        sim
+    }
+
+    fn ended(sim: &Sim) -> Vec<CallRecord> {
+        sim.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::CallEnded(r) => Some((**r).clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn phone_without_sip_binding_rings_through_the_gateway_with_a_trunk_mac() {
+        let mut sim = sim(false);
+        sim.recv(CALLER, INVITE);
+        let sent = sim.take();
+        assert_eq!(requests_to(&sent, DESK, "INVITE").len(), 1);
+        let gw = requests_to(&sent, GATEWAY, "INVITE")
+            .pop()
+            .expect("gateway rung");
+        assert_eq!(
+            gw.uri.to_string(),
+            "sip:+15550001@127.0.0.1:5070;user=phone"
+        );
+        let challenge = challenge_of(&gw).expect("challenge carried to the gateway");
+        let branch = gw.top_via().unwrap().branch().unwrap().to_owned();
+        let mac = gw
+            .headers
+            .get(&HeaderName::Other("trunk-auth".into()))
+            .expect("Trunk-Auth");
+        assert!(verify_trunk_auth(
+            SECRET,
+            mac,
+            "call-1",
+            &branch,
+            "+15550001",
+            &challenge
+        ));
+        assert!(!verify_trunk_auth(
+            b"other secret......",
+            mac,
+            "call-1",
+            &branch,
+            "+15550001",
+            &challenge
+        ));
+    }
+
+    #[test]
+    fn phone_with_its_own_sip_binding_is_not_rung_twice() {
+        let mut sim = sim(true);
+        sim.recv(CALLER, INVITE);
+        let sent = sim.take();
+        assert_eq!(requests_to(&sent, PHONE, "INVITE").len(), 1);
+        assert!(requests_to(&sent, GATEWAY, "INVITE").is_empty());
+        assert!(
+            requests_to(&sent, DESK, "INVITE")[0]
+                .headers
+                .get(&HeaderName::Other("trunk-auth".into()))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn voicemail_answer_without_proof_does_not_take_the_call() {
+        let mut sim = sim(false);
+        sim.recv(CALLER, INVITE);
+        let sent = sim.take();
+        let desk = requests_to(&sent, DESK, "INVITE").pop().unwrap();
+        let gw = requests_to(&sent, GATEWAY, "INVITE").pop().unwrap();
+        sim.recv(DESK, &answer(&desk, 180, "td", DESK, None));
+        sim.recv(GATEWAY, &answer(&gw, 200, "vm", GATEWAY, None));
+        let sent = sim.take();
+        assert_eq!(requests_to(&sent, GATEWAY, "ACK").len(), 1);
+        let bye = requests_to(&sent, GATEWAY, "BYE")
+            .pop()
+            .expect("voicemail hung up");
+        assert!(
+            bye.headers
+                .get(&HeaderName::Reason)
+                .unwrap()
+                .contains("voicemail")
+        );
+        assert!(
+            requests_to(&sent, DESK, "CANCEL").is_empty(),
+            "desktop keeps ringing"
+        );
+        assert!(
+            responses_to(&sent, CALLER).iter().all(|r| r.status < 200),
+            "the caller is not connected to voicemail"
+        );
+        assert!(
+            sim.security_kinds().is_empty(),
+            "voicemail is not an attack"
+        );
+        sim.recv(DESK, &answer(&desk, 200, "td", DESK, None));
+        let ok = responses_to(&sim.take(), CALLER);
+        assert_eq!(ok.last().map(|r| r.status), Some(200));
+        assert_eq!(
+            ok.last().unwrap().to().unwrap().tag(),
+            Some("td"),
+            "the desktop's answer"
+        );
+        sim.recv(
+            CALLER,
+            &format!(
+                "BYE sip:alice@{DESK} SIP/2.0
+Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKbye1;rport
+Max-Forwards: 70
+Route: <sip:127.0.0.1:5060;lr>
+From: <sip:bob@example.net>;tag=bobtag
+To: <sip:alice@localhost>;tag=td
+Call-ID: call-1
+CSeq: 2 BYE
+Content-Length: 0
+
+"
+            ),
+        );
+        let r = ended(&sim);
+        assert_eq!(r.len(), 1, "{r:?}");
+        let legs: Vec<_> = r[0].branches.iter().map(|b| (b.leg, b.outcome)).collect();
+        assert!(
+            legs.contains(&(LegType::Voip, Some(BranchOutcome::Answered))),
+            "{legs:?}"
+        );
+        assert!(
+            legs.contains(&(LegType::Pstn, Some(BranchOutcome::NoAnswer))),
+            "{legs:?}"
+        );
+    }
+
+    #[test]
+    fn wrong_proof_through_the_gateway_is_still_a_trust_failure() {
+        let mut sim = sim(false);
+        sim.recv(CALLER, INVITE);
+        let gw = requests_to(&sim.take(), GATEWAY, "INVITE").pop().unwrap();
+        sim.recv(GATEWAY, &answer(&gw, 200, "x", GATEWAY, Some("ok:forged")));
+        assert_eq!(sim.security_kinds(), ["wrong-proof"]);
+    }
+
+    #[test]
+    fn desktop_answer_cancels_the_gateway_leg_with_the_reason() {
+        let mut sim = sim(false);
+        sim.recv(CALLER, INVITE);
+        let sent = sim.take();
+        let desk = requests_to(&sent, DESK, "INVITE").pop().unwrap();
+        let gw = requests_to(&sent, GATEWAY, "INVITE").pop().unwrap();
+        sim.recv(
+            GATEWAY,
+            &answer(&gw, 180, "g", GATEWAY, Some(&good_proof(&gw))),
+        );
+        sim.recv(DESK, &answer(&desk, 200, "td", DESK, None));
+        let cancel = requests_to(&sim.take(), GATEWAY, "CANCEL")
+            .pop()
+            .expect("CANCEL");
+        assert_eq!(
+            cancel.headers.get(&HeaderName::Reason),
+            Some("SIP;cause=200;text=\"Call completed elsewhere\"")
         );
     }
 }

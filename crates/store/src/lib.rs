@@ -190,6 +190,9 @@ pub struct Device {
     pub revoked: Option<Revocation>,
     /// Enrolment time, Unix milliseconds.
     pub created_at_ms: i64,
+    /// The phone's own number (E.164), for its leg through the gateway (R15); `None` until
+    /// set. Unique among active phones.
+    pub number: Option<String>,
 }
 
 /// Placeholder printed instead of secret or hidden fields.
@@ -212,6 +215,7 @@ impl std::fmt::Debug for Device {
             .field("service_on", &self.service_on)
             .field("revoked", &self.revoked)
             .field("created_at_ms", &self.created_at_ms)
+            .field("number", &self.number)
             .finish()
     }
 }
@@ -469,6 +473,9 @@ pub trait Store: Send + Sync + 'static {
     /// Replaces a device's encrypted license key (master key rotation re-encrypts every
     /// record); [`StoreError::NotFound`] if there is no such device.
     fn set_license_key_enc(&self, id: &str, license_key_enc: &str) -> Result<(), StoreError>;
+    /// Sets (or clears) a device's number; [`StoreError::Conflict`] if another active
+    /// phone has it, [`StoreError::NotFound`] if there is no such device.
+    fn set_number(&self, id: &str, number: Option<&str>) -> Result<(), StoreError>;
     /// Revokes a device (R9): records the reason and time, moves its identifier to
     /// quarantine (at `now_ms`) and deletes its registrations; returns the revoked device.
     /// [`StoreError::NotFound`] if there is no such device, [`StoreError::Conflict`] if it

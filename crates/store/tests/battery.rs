@@ -53,6 +53,7 @@ backends!(
     battery_enrol_refusals,
     battery_enrol_without_eula,
     battery_device_service,
+    battery_device_number,
     battery_device_registrations,
     battery_revoke_device,
     battery_delete_subscriber_revokes_devices,

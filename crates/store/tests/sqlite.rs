@@ -88,7 +88,7 @@ fn open_creates_a_private_wal_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/trustring.db");
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), 4);
     let conn = Connection::open(&path).unwrap();
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
@@ -132,7 +132,7 @@ fn reopen_keeps_schema_version_and_refuses_newer() {
     let path = dir.path().join("trustring.db");
     drop(SqliteStore::open(&path).unwrap());
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), 4);
     drop(store);
 
     Connection::open(&path)
@@ -245,7 +245,7 @@ fn upgrade_from_version_1_keeps_data() {
         .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 3);
+    assert_eq!(store.schema_version().unwrap(), 4);
     assert_eq!(store.subscribers().unwrap(), vec![alice()]);
     assert_eq!(store.registrations(None, 0).unwrap(), vec![alice_reg()]);
     provision_alice_existing(&store);

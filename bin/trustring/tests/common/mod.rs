@@ -2,6 +2,8 @@
 //! Every process started here is stopped by its PID (Drop), and every wait is bounded.
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+pub mod phone;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
@@ -47,6 +49,19 @@ impl Server {
     }
 
     pub fn start_in(data: &Path, sip_port: u16) -> Self {
+        Self::start_with(data, sip_port, &[])
+    }
+
+    /// A server in a new temporary directory with `extra` `serve` flags.
+    pub fn start_args(extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let mut s = Self::start_with(&data, free_port(), extra);
+        s._dir = Some(dir);
+        s
+    }
+
+    pub fn start_with(data: &Path, sip_port: u16, extra: &[&str]) -> Self {
         std::fs::create_dir_all(data).unwrap();
         let sip: SocketAddr = format!("127.0.0.1:{sip_port}").parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -62,6 +77,7 @@ impl Server {
             .arg("--data")
             .arg(data)
             .args(["--domain", "localhost"])
+            .args(extra)
             .env("TRUSTRING_ADMIN_TOKEN", TOKEN)
             .env("TRUSTRING_LOG", "info,sip_core=debug")
             .stdin(Stdio::null())

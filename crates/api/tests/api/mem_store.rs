@@ -195,6 +195,10 @@ impl Store for MemStore {
         Err(unsupported())
     }
 
+    fn set_number(&self, _id: &str, _number: Option<&str>) -> Result<(), StoreError> {
+        Err(unsupported())
+    }
+
     fn append_cdr(&self, _cdr: &store::Cdr) -> Result<store::Cdr, StoreError> {
         Err(unsupported())
     }

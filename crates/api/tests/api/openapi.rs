@@ -743,7 +743,35 @@ async fn real_responses_match_their_schemas() {
         Some(json!({"on": false})),
     )
     .await;
+    let number = "/api/v1/devices/{id}/number";
+    let set = call(
+        admin,
+        "PUT",
+        number,
+        &format!("/api/v1/devices/{id}/number"),
+        Some(json!({"number": "+15551230001"})),
+    )
+    .await;
+    assert_eq!(set.json["number"], "+15551230001");
+    let bad = call(
+        admin,
+        "PUT",
+        number,
+        &format!("/api/v1/devices/{id}/number"),
+        Some(json!({"number": "15551230001"})),
+    )
+    .await;
+    assert_eq!(bad.status, StatusCode::BAD_REQUEST, "E.164 needs the +");
     let own = Some(device_token.as_str());
+    let cleared = call(
+        own,
+        "PUT",
+        "/api/v1/device/number",
+        "/api/v1/device/number",
+        Some(json!({"number": null})),
+    )
+    .await;
+    assert_eq!(cleared.json["number"], serde_json::Value::Null);
     call(own, "GET", "/api/v1/device", "/api/v1/device", None).await;
     call(
         own,

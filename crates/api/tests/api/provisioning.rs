@@ -1192,6 +1192,7 @@ async fn operator_lists_switches_and_revokes_devices() {
             "eula_accepted_at_ms",
             "eula_version",
             "id",
+            "number",
             "revoked_at_ms",
             "revoked_reason",
             "security_level",

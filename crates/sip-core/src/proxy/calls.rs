@@ -67,6 +67,25 @@ impl BranchOutcome {
     }
 }
 
+/// How a branch reached its device (R18, R19: PSTN legs are billed to the user).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LegType {
+    /// SIP to a registered contact.
+    Voip,
+    /// Through the IP->PSTN gateway to the phone's number.
+    Pstn,
+}
+
+impl LegType {
+    /// Stable text for CDRs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Voip => "voip",
+            Self::Pstn => "pstn",
+        }
+    }
+}
+
 /// One branch of a call.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BranchRecord {
@@ -74,6 +93,8 @@ pub struct BranchRecord {
     pub contact: String,
     /// The enrolled phone behind it, if it is one.
     pub device: Option<String>,
+    /// VoIP or PSTN.
+    pub leg: LegType,
     /// When its INVITE left (`None`: a delayed branch never sent).
     pub rang_at: Option<Instant>,
     /// How it ended (`None` while pending).
@@ -158,9 +179,10 @@ impl Proxy {
             end_at: now,
             branches: f
                 .branch_views()
-                .map(|(contact, device)| BranchRecord {
+                .map(|(contact, device, pstn)| BranchRecord {
                     contact,
                     device,
+                    leg: if pstn { LegType::Pstn } else { LegType::Voip },
                     rang_at: None,
                     outcome: None,
                     status: None,
@@ -206,13 +228,14 @@ impl Proxy {
         }
     }
 
-    /// Branch `i` ended with `status` (`trust_failed`: its proof was refused).
+    /// Branch `i` ended with `status`; `outcome` overrides the one its status gives (a
+    /// refused proof, voicemail).
     pub(super) fn call_branch_final(
         &mut self,
         fork: u64,
         i: usize,
         status: u16,
-        trust_failed: bool,
+        outcome: Option<BranchOutcome>,
     ) {
         if let Some(b) = self
             .tracked(fork)
@@ -220,11 +243,7 @@ impl Proxy {
             && b.outcome.is_none()
         {
             b.status = Some(status);
-            b.outcome = Some(if trust_failed {
-                BranchOutcome::FailedTrust
-            } else {
-                BranchOutcome::from_status(status)
-            });
+            b.outcome = Some(outcome.unwrap_or_else(|| BranchOutcome::from_status(status)));
         }
     }
 

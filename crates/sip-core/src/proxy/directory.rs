@@ -91,6 +91,9 @@ pub struct DeviceEntry {
     pub ha1_sha256: String,
     /// The user's single-number switch (R10): off means the phone does not ring.
     pub service_on: bool,
+    /// The phone's own number (E.164, `+` and digits): with a gateway configured and no
+    /// live SIP binding of the phone, its branch goes through the gateway to this number.
+    pub number: Option<String>,
 }
 
 /// Prefix of a device's digest user name.
@@ -137,6 +140,14 @@ impl Directory {
             });
         }
         dropped
+    }
+
+    /// The devices of subscriber `user` (in no particular order).
+    pub(crate) fn devices_of<'a>(
+        &'a self,
+        user: &'a str,
+    ) -> impl Iterator<Item = &'a DeviceEntry> + 'a {
+        self.devices.values().filter(move |d| d.user == user)
     }
 
     pub(crate) fn device(&self, id: &str) -> Option<&DeviceEntry> {

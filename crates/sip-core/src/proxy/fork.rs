@@ -9,13 +9,16 @@ use bytes::Bytes;
 
 use super::request::decrement_max_forwards;
 use super::trust::{TRUST_CHALLENGE, TRUST_PROOF, TrustRefusal};
-use super::{ClientKind, Event, Output, Proxy, Target, TimerRef};
+use super::{BranchOutcome, ClientKind, Event, Output, Proxy, Target, TimerRef};
 use crate::message::{CSeq, HeaderName, Headers, Method, NameAddr, Request, Response, Uri};
 
 /// Reason sent on the CANCEL of the losing branches (R12).
 const COMPLETED_ELSEWHERE: &str = "SIP;cause=200;text=\"Call completed elsewhere\"";
 /// Reason on the CANCEL or BYE of a phone branch whose trust proof failed (R14).
 const TRUST_FAILED: &str = "SIP;cause=403;text=\"Trust proof failed\"";
+/// Reason on the BYE of a PSTN leg answered without any proof: the carrier's voicemail (or
+/// any answering service) picked up instead of the phone, which counts as no answer.
+const VOICEMAIL: &str = "SIP;cause=480;text=\"Answered without trust proof (voicemail)\"";
 
 pub(super) struct Branch {
     request: Request,
@@ -37,6 +40,10 @@ pub(super) struct Branch {
     /// The phone's proof failed: the branch is being dropped and its final response does
     /// not compete for the caller's answer.
     trust_failed: bool,
+    /// Through the gateway to the phone's number (R15).
+    pstn: bool,
+    /// A PSTN leg answered without any proof: voicemail, counted as no answer (R14).
+    voicemail: bool,
 }
 
 /// Outcome of the trust check on a response from a branch.
@@ -79,6 +86,8 @@ pub(super) struct BranchTarget {
     pub(super) delay: Duration,
     /// The phone behind this target (its INVITE carries a trust challenge).
     pub(super) device: Option<String>,
+    /// Through the gateway (its INVITE also carries `Trunk-Auth`).
+    pub(super) pstn: bool,
 }
 
 impl Fork {
@@ -92,11 +101,11 @@ impl Fork {
         [delayed, ring, self.gc_at].into_iter().flatten().min()
     }
 
-    /// (contact, device) of each branch, for the call record.
-    pub(super) fn branch_views(&self) -> impl Iterator<Item = (String, Option<String>)> + '_ {
+    /// (contact, device, PSTN?) of each branch, for the call record.
+    pub(super) fn branch_views(&self) -> impl Iterator<Item = (String, Option<String>, bool)> + '_ {
         self.branches
             .iter()
-            .map(|b| (b.request.uri.to_string(), b.device.clone()))
+            .map(|b| (b.request.uri.to_string(), b.device.clone(), b.pstn))
     }
 
     fn all_final(&self) -> bool {
@@ -180,7 +189,22 @@ impl Proxy {
                     }),
                 };
                 match challenge {
-                    Ok(value) => r.headers.push(trust_header(TRUST_CHALLENGE), value),
+                    Ok(value) => {
+                        if t.pstn
+                            && let Some(trunk) = &self.cfg.trunk
+                        {
+                            let number = r.uri.user.clone().unwrap_or_default();
+                            let mac = super::trunk_auth(
+                                &trunk.secret,
+                                &call_id,
+                                &branch,
+                                &number,
+                                &value,
+                            );
+                            r.headers.push(trust_header(super::TRUNK_AUTH), mac);
+                        }
+                        r.headers.push(trust_header(TRUST_CHALLENGE), value);
+                    }
                     Err(refusal) => {
                         let user = req.uri.user_unescaped().unwrap_or_default();
                         self.security_event(refusal, user, device, &call_id);
@@ -202,6 +226,8 @@ impl Proxy {
                 device: t.device,
                 trusted: false,
                 trust_failed: false,
+                pstn: t.pstn,
+                voicemail: false,
             });
         }
         if branches.is_empty() {
@@ -416,7 +442,7 @@ impl Proxy {
         };
         if b.final_status.is_none() {
             b.final_status = Some(408);
-            self.call_branch_final(id, i, 408, false);
+            self.call_branch_final(id, i, 408, None);
             let Some(f) = self.forks.get_mut(&id) else {
                 return;
             };
@@ -444,11 +470,18 @@ impl Proxy {
                     }
                     self.cancel_branch(id, i, Some(TRUST_FAILED.to_owned()), now);
                 } else if resp.status < 300 {
+                    let mut voicemail = false;
                     if let Some(b) = self.forks.get_mut(&id).and_then(|f| f.branches.get_mut(i)) {
                         b.final_status = Some(resp.status);
+                        voicemail = b.voicemail;
                     }
-                    self.call_branch_final(id, i, resp.status, true);
-                    self.end_late_answer(id, i, &resp, TRUST_FAILED, now);
+                    let (outcome, reason) = if voicemail {
+                        (BranchOutcome::NoAnswer, VOICEMAIL)
+                    } else {
+                        (BranchOutcome::FailedTrust, TRUST_FAILED)
+                    };
+                    self.call_branch_final(id, i, resp.status, Some(outcome));
+                    self.end_late_answer(id, i, &resp, reason, now);
                     self.check_complete(id, now);
                 }
                 return;
@@ -523,8 +556,13 @@ impl Proxy {
             _ => {
                 b.final_status = Some(resp.status);
                 let early = std::mem::take(&mut b.early_tags);
-                let (trust_failed, finished) = (b.trust_failed, f.finished);
-                self.call_branch_final(id, i, resp.status, trust_failed);
+                let finished = f.finished;
+                let outcome = if b.voicemail {
+                    Some(BranchOutcome::NoAnswer)
+                } else {
+                    b.trust_failed.then_some(BranchOutcome::FailedTrust)
+                };
+                self.call_branch_final(id, i, resp.status, outcome);
                 if finished {
                     return;
                 }
@@ -626,6 +664,21 @@ impl Proxy {
             .top_via()
             .and_then(|v| v.branch().map(str::to_owned))
             .unwrap_or_default();
+        if b.pstn && proof.is_none() && (200..300).contains(&resp.status) {
+            // The carrier's voicemail (or any answering service) took the PSTN leg: it has
+            // no zone, so it sends no proof. Not an attack: no security event, but it must
+            // not take the call from the other devices (R14).
+            b.trust_failed = true;
+            b.voicemail = true;
+            tracing::info!(
+                device,
+                "PSTN leg answered without proof (voicemail): no answer"
+            );
+            if let Some(gate) = self.trust.as_mut() {
+                gate.forget(&device, &call_id, &branch);
+            }
+            return Trust::Failed;
+        }
         let must_check = proof.is_some() || (200..300).contains(&resp.status);
         if !must_check {
             if resp.status >= 300

@@ -19,6 +19,7 @@ mod registrar;
 mod request;
 mod route;
 mod stats;
+mod trunk;
 mod trust;
 
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -30,7 +31,7 @@ use bytes::Bytes;
 use crate::auth::{AuthFailureLimiter, Authenticator, DigestConfig};
 use crate::message::{HeaderName, Message, Request, Response, parse, reason_phrase};
 use crate::transaction::{ClientTx, ServerTx, Timers, TxAction};
-pub use calls::{BranchOutcome, BranchRecord, CallRecord, MAX_TRACKED_CALLS, Released};
+pub use calls::{BranchOutcome, BranchRecord, CallRecord, LegType, MAX_TRACKED_CALLS, Released};
 use directory::Directory;
 pub use directory::{
     Binding, DEVICE_USER_PREFIX, DeviceEntry, MAX_BINDINGS_PER_USER, SubscriberEntry, Target,
@@ -38,6 +39,7 @@ pub use directory::{
 use fork::Fork;
 use ids::IdGen;
 pub use stats::{CallOutcome, MAX_TRUST_KINDS, ProxyStats};
+pub use trunk::{TRUNK_AUTH, Trunk, trunk_auth, verify_trunk_auth};
 pub use trust::{TRUST_CHALLENGE, TRUST_PROOF, TrustGate, TrustRefusal};
 
 /// A transport protocol.
@@ -148,6 +150,8 @@ pub struct ProxyConfig {
     pub nonce_ttl: Duration,
     /// 32 random bytes: nonce MAC key and id prefix. The driver draws them from the OS.
     pub secret: [u8; 32],
+    /// The IP->PSTN gateway phones with a number are rung through (R15), if any.
+    pub trunk: Option<Trunk>,
 }
 
 impl ProxyConfig {
@@ -163,6 +167,7 @@ impl ProxyConfig {
             default_expires: 3600,
             nonce_ttl: Duration::from_secs(300),
             secret,
+            trunk: None,
         }
     }
 }

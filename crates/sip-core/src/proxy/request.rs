@@ -275,7 +275,13 @@ impl Proxy {
             return;
         };
         let bindings = self.directory.live_bindings(&user, now);
-        if bindings.is_empty() {
+        let invite = req.method == Method::Invite;
+        let pstn_legs = if invite {
+            self.pstn_targets(&user, &bindings)
+        } else {
+            Vec::new()
+        };
+        if bindings.is_empty() && pstn_legs.is_empty() {
             self.reply(id, &req, 480, now);
             self.call_unreachable(&req, now);
             return;
@@ -283,7 +289,6 @@ impl Proxy {
         // R25: identity claims from untrusted sources are stripped, ours asserted.
         self.assert_identity(&mut req, caller);
         self.consume_own_credentials(&mut req);
-        let invite = req.method == Method::Invite;
         // A phone rings only while enrolled (not revoked) and switched on (R9, R10).
         let targets: Vec<super::fork::BranchTarget> = bindings
             .into_iter()
@@ -301,7 +306,9 @@ impl Proxy {
                 uri: Some(b.uri),
                 target: b.target,
                 device: b.device,
+                pstn: false,
             })
+            .chain(pstn_legs)
             .collect();
         if targets.is_empty() {
             self.reply(id, &req, 480, now);
@@ -314,6 +321,48 @@ impl Proxy {
             record_route: invite,
         };
         self.start_fork(id, peer, req, plan, now);
+    }
+
+    /// The PSTN legs of a call to `user` (R15): through the gateway to the number of each of
+    /// the user's phones that is switched on and has no live SIP binding of its own (a phone
+    /// reachable over IP is rung there, not twice).
+    fn pstn_targets(
+        &self,
+        user: &str,
+        bindings: &[super::Binding],
+    ) -> Vec<super::fork::BranchTarget> {
+        let Some(trunk) = &self.cfg.trunk else {
+            return Vec::new();
+        };
+        let mut legs: Vec<super::fork::BranchTarget> = self
+            .directory
+            .devices_of(user)
+            .filter(|d| {
+                d.service_on
+                    && !bindings
+                        .iter()
+                        .any(|b| b.device.as_deref() == Some(d.id.as_str()))
+            })
+            .filter_map(|d| {
+                let number = d.number.as_deref()?;
+                let uri =
+                    crate::message::Uri::parse(&format!("sip:{number}@{};user=phone", trunk.addr))
+                        .ok()?;
+                Some(super::fork::BranchTarget {
+                    uri: Some(uri),
+                    target: Target {
+                        transport: super::Transport::Udp,
+                        addr: trunk.addr,
+                        conn: None,
+                    },
+                    delay: std::time::Duration::ZERO,
+                    device: Some(d.id.clone()),
+                    pstn: true,
+                })
+            })
+            .collect();
+        legs.sort_by(|a, b| a.device.cmp(&b.device));
+        legs
     }
 
     /// An in-dialog request (To tag): forward it along its route set, or to its
@@ -337,6 +386,7 @@ impl Proxy {
             target,
             delay: std::time::Duration::ZERO,
             device: None,
+            pstn: false,
         };
         let plan = super::fork::ForkPlan {
             targets: vec![t],

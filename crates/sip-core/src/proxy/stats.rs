@@ -163,6 +163,7 @@ mod tests {
                 .map(|_| BranchRecord {
                     contact: String::new(),
                     device: None,
+                    leg: crate::proxy::LegType::Voip,
                     rang_at: Some(now),
                     outcome: None,
                     status: None,

@@ -32,6 +32,11 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "0003_cdrs.sql",
         sql: include_str!("../../migrations/sqlite/0003_cdrs.sql"),
     },
+    Migration {
+        version: 4,
+        name: "0004_device_number.sql",
+        sql: include_str!("../../migrations/sqlite/0004_device_number.sql"),
+    },
 ];
 
 /// Brings the schema up to the last of `migrations` and returns the resulting version.

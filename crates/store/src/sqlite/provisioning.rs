@@ -24,7 +24,7 @@ macro_rules! select_devices {
         concat!(
             "SELECT id, username, identifier, security_level, zone_public_key, eula_version, \
              eula_accepted_at_ms, license_key_enc, sip_ha1_md5, sip_ha1_sha256, token_hash, \
-             service_on, revoked_reason, revoked_at_ms, created_at_ms FROM devices ",
+             service_on, revoked_reason, revoked_at_ms, created_at_ms, number FROM devices ",
             $rest
         )
     };
@@ -67,6 +67,7 @@ fn device_from_row(row: &Row<'_>) -> rusqlite::Result<Device> {
             .zip(at_ms)
             .map(|(reason, at_ms)| Revocation { reason, at_ms }),
         created_at_ms: row.get(14)?,
+        number: row.get(15)?,
     })
 }
 
@@ -363,6 +364,7 @@ pub(super) fn enrol(
         service_on: true,
         revoked: None,
         created_at_ms: now_ms,
+        number: None,
     };
     tx.prepare_cached(
         "INSERT INTO devices (id, username, identifier, security_level, zone_public_key, \
@@ -425,6 +427,28 @@ pub(super) fn set_service(conn: &Connection, id: &str, on: bool) -> Result<(), S
         .prepare_cached("UPDATE devices SET service_on = ?2 WHERE id = ?1")
         .and_then(|mut stmt| stmt.execute(params![id, on]))
         .map_err(db("set_service"))?;
+    if n == 0 {
+        return Err(StoreError::NotFound(format!("device {id}")));
+    }
+    Ok(())
+}
+
+pub(super) fn set_number(
+    conn: &Connection,
+    id: &str,
+    number: Option<&str>,
+) -> Result<(), StoreError> {
+    let n = conn
+        .prepare_cached("UPDATE devices SET number = ?2 WHERE id = ?1")
+        .and_then(|mut stmt| stmt.execute(params![id, number]))
+        .map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                StoreError::Conflict(format!("number {}", number.unwrap_or_default()))
+            }
+            e => db("set_number")(e),
+        })?;
     if n == 0 {
         return Err(StoreError::NotFound(format!("device {id}")));
     }

@@ -343,6 +343,10 @@ impl Store for SqliteStore {
         provisioning::set_service(&self.conn(), id, on)
     }
 
+    fn set_number(&self, id: &str, number: Option<&str>) -> Result<(), StoreError> {
+        provisioning::set_number(&self.conn(), id, number)
+    }
+
     fn revoke_device(&self, id: &str, reason: &str, now_ms: i64) -> Result<Device, StoreError> {
         provisioning::revoke_device(&mut self.conn(), id, reason, now_ms)
     }

@@ -52,6 +52,29 @@ pub(crate) fn battery_device_service(store: &dyn Store) {
     assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
 }
 
+/// A phone's number (for its PSTN leg) is set, cleared, and unique among active phones; a
+/// revoked phone's number is free again.
+pub(crate) fn battery_device_number(store: &dyn Store) {
+    provision(store, &["alice"], 3);
+    enrol(store, "alice", "d1");
+    enrol(store, "alice", "d2");
+    assert_eq!(store.device("d1").unwrap().unwrap().number, None);
+    store.set_number("d1", Some("+15550001")).unwrap();
+    assert_eq!(
+        store.device("d1").unwrap().unwrap().number.as_deref(),
+        Some("+15550001")
+    );
+    let err = store.set_number("d2", Some("+15550001")).unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(store.device("d2").unwrap().unwrap().number, None);
+    store.revoke_device("d1", "lost", unix_ms()).unwrap();
+    store.set_number("d2", Some("+15550001")).unwrap();
+    store.set_number("d2", None).unwrap();
+    assert_eq!(store.device("d2").unwrap().unwrap().number, None);
+    let err = store.set_number("nope", None).unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
 /// A phone's binding carries its device id, and only a live device of that subscriber may
 /// register.
 pub(crate) fn battery_device_registrations(store: &dyn Store) {

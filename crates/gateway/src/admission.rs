@@ -1,0 +1,200 @@
+//! Toll-fraud protection (SECURITY threat 6): which INVITEs the gateway connects to the PSTN.
+//!
+//! A PSTN call costs money and rings a real phone, so the trunk side takes an INVITE only
+//! when all of these hold, and refuses it with 403 (and a log line) otherwise:
+//! 1. it comes from an allowed address (the server's; `--allow`);
+//! 2. it carries a `Trust-Challenge` (only the server's phone legs do), whose counter (Unix
+//!    ms) is within [`MAX_SKEW_MS`] of our clock, and which was not seen before;
+//! 3. its `Trunk-Auth` MAC, keyed with the secret shared with the server, covers this Call-ID,
+//!    this top Via branch, this called number and that challenge
+//!    ([`sip_core::proxy::verify_trunk_auth`]).
+//!
+//! (2) and (3) together make a captured INVITE useless: it cannot be moved to another number
+//! or call, and it cannot be replayed once used or after a minute.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::IpAddr;
+
+use sip_core::proxy::verify_trunk_auth;
+
+/// How far a challenge's counter may be from our clock.
+pub const MAX_SKEW_MS: i64 = 60_000;
+/// Challenges remembered against replay (older ones are outside the time window anyway).
+const REPLAY_MEMORY: usize = 65_536;
+
+/// Why an INVITE was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    /// The source address is not allowed.
+    #[error("source {0} is not an allowed trunk peer")]
+    Source(IpAddr),
+    /// No `Trust-Challenge`: not a phone leg made by the server.
+    #[error("no trust challenge")]
+    NoChallenge,
+    /// The challenge has no readable counter.
+    #[error("unreadable trust challenge")]
+    BadChallenge,
+    /// The challenge's counter is too far from now.
+    #[error("stale trust challenge ({0} ms off)")]
+    Stale(i64),
+    /// The challenge was used before.
+    #[error("replayed trust challenge")]
+    Replayed,
+    /// No `Trunk-Auth`, or it does not verify.
+    #[error("bad or missing Trunk-Auth")]
+    BadMac,
+}
+
+/// The fields of an INVITE the checks read.
+#[derive(Debug, Clone, Copy)]
+pub struct TrunkInvite<'a> {
+    /// Source address of the datagram.
+    pub source: IpAddr,
+    /// Call-ID.
+    pub call_id: &'a str,
+    /// Top Via branch.
+    pub branch: &'a str,
+    /// The called number (Request-URI user part).
+    pub number: &'a str,
+    /// `Trust-Challenge` value.
+    pub challenge: Option<&'a str>,
+    /// `Trunk-Auth` value.
+    pub trunk_auth: Option<&'a str>,
+}
+
+/// The trunk's admission checks, with their replay memory.
+pub struct Admission {
+    allow: Vec<IpAddr>,
+    secret: Vec<u8>,
+    seen: HashSet<String>,
+    order: VecDeque<String>,
+}
+
+impl std::fmt::Debug for Admission {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Admission")
+            .field("allow", &self.allow)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `ctr` parameter of a challenge value (`v=1;dev=..;ctr=1764567890123;...`).
+fn counter(challenge: &str) -> Option<i64> {
+    challenge
+        .split(';')
+        .filter_map(|p| p.trim().split_once('='))
+        .find(|(k, _)| k.trim() == "ctr")
+        .and_then(|(_, v)| v.trim().parse().ok())
+}
+
+impl Admission {
+    /// Checks for a gateway that takes calls from `allow` with trunk secret `secret`.
+    pub fn new(allow: Vec<IpAddr>, secret: Vec<u8>) -> Self {
+        Self {
+            allow,
+            secret,
+            seen: HashSet::new(),
+            order: VecDeque::new(),
+        }
+    }
+
+    /// Admits or refuses an INVITE at wall-clock time `now_ms` (Unix ms). An admitted
+    /// challenge is remembered: the same one is refused next time.
+    pub fn admit(&mut self, inv: &TrunkInvite<'_>, now_ms: i64) -> Result<(), Refusal> {
+        if !self.allow.contains(&inv.source) {
+            return Err(Refusal::Source(inv.source));
+        }
+        let challenge = inv.challenge.ok_or(Refusal::NoChallenge)?;
+        let ctr = counter(challenge).ok_or(Refusal::BadChallenge)?;
+        let off = now_ms.saturating_sub(ctr);
+        if off.abs() > MAX_SKEW_MS {
+            return Err(Refusal::Stale(off));
+        }
+        let mac = inv.trunk_auth.ok_or(Refusal::BadMac)?;
+        if !verify_trunk_auth(
+            &self.secret,
+            mac,
+            inv.call_id,
+            inv.branch,
+            inv.number,
+            challenge,
+        ) {
+            return Err(Refusal::BadMac);
+        }
+        if !self.seen.insert(challenge.to_owned()) {
+            return Err(Refusal::Replayed);
+        }
+        self.order.push_back(challenge.to_owned());
+        if self.order.len() > REPLAY_MEMORY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sip_core::proxy::trunk_auth;
+
+    const SECRET: &[u8] = b"a shared trunk secret";
+    const NOW: i64 = 1_764_567_890_123;
+
+    fn invite<'a>(challenge: &'a str, mac: &'a str) -> TrunkInvite<'a> {
+        TrunkInvite {
+            source: IpAddr::from([127, 0, 0, 1]),
+            call_id: "c1",
+            branch: "z9hG4bKb1",
+            number: "+15550001",
+            challenge: Some(challenge),
+            trunk_auth: Some(mac),
+        }
+    }
+
+    #[test]
+    fn admits_the_servers_leg_once() {
+        let ch = format!("v=1;dev=d-1;ctr={NOW};nonce=x;mac=y");
+        let mac = trunk_auth(SECRET, "c1", "z9hG4bKb1", "+15550001", &ch);
+        let mut a = Admission::new(vec![IpAddr::from([127, 0, 0, 1])], SECRET.to_vec());
+        assert_eq!(a.admit(&invite(&ch, &mac), NOW + 10), Ok(()));
+        assert_eq!(
+            a.admit(&invite(&ch, &mac), NOW + 20),
+            Err(Refusal::Replayed)
+        );
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        let ch = format!("v=1;dev=d-1;ctr={NOW};nonce=x;mac=y");
+        let mac = trunk_auth(SECRET, "c1", "z9hG4bKb1", "+15550001", &ch);
+        let mut a = Admission::new(vec![IpAddr::from([127, 0, 0, 1])], SECRET.to_vec());
+        let mut other = invite(&ch, &mac);
+        other.source = IpAddr::from([127, 0, 0, 2]);
+        assert!(matches!(a.admit(&other, NOW), Err(Refusal::Source(_))));
+        let mut other = invite(&ch, &mac);
+        other.challenge = None;
+        assert_eq!(a.admit(&other, NOW), Err(Refusal::NoChallenge));
+        let mut other = invite(&ch, &mac);
+        other.trunk_auth = None;
+        assert_eq!(a.admit(&other, NOW), Err(Refusal::BadMac));
+        let mut other = invite(&ch, &mac);
+        other.number = "+19990000";
+        assert_eq!(
+            a.admit(&other, NOW),
+            Err(Refusal::BadMac),
+            "moved to another number"
+        );
+        assert_eq!(
+            a.admit(&invite("v=1;ctr=x", &mac), NOW),
+            Err(Refusal::BadChallenge)
+        );
+        assert!(matches!(
+            a.admit(&invite(&ch, &mac), NOW + MAX_SKEW_MS + 1),
+            Err(Refusal::Stale(_))
+        ));
+        // None of the refusals burned the challenge.
+        assert_eq!(a.admit(&invite(&ch, &mac), NOW), Ok(()));
+    }
+}

@@ -1,0 +1,47 @@
+//! What a gateway is told at start.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use media::g711::Law;
+
+/// The gateway's settings (`trustring gateway` flags).
+#[derive(Clone)]
+pub struct GatewayConfig {
+    /// SIP trunk address (UDP) the server sends phone legs to.
+    pub sip: SocketAddr,
+    /// TCP address phone lines attach to (the PSTN side).
+    pub lines: SocketAddr,
+    /// Address advertised in SDP for RTP, and bound for it.
+    pub media_ip: IpAddr,
+    /// Sources allowed to send INVITEs (the server's addresses).
+    pub allow: Vec<IpAddr>,
+    /// The secret shared with the server (`Trunk-Auth`).
+    pub trunk_secret: Vec<u8>,
+    /// The G.711 law of the PSTN side (every bearer frame to the lines).
+    pub law: Law,
+    /// The carrier voicemail simulation: when the phone is busy, absent or does not answer,
+    /// the network answers the call itself after this delay, without a trust proof, as a
+    /// real carrier's voicemail would (the server must treat that as no answer).
+    pub voicemail_after: Option<Duration>,
+    /// How long a line may ring before the gateway gives up (cause 19, no answer).
+    pub ring_timeout: Duration,
+    /// Data directory (the leg records' database).
+    pub data: PathBuf,
+}
+
+impl std::fmt::Debug for GatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayConfig")
+            .field("sip", &self.sip)
+            .field("lines", &self.lines)
+            .field("media_ip", &self.media_ip)
+            .field("allow", &self.allow)
+            .field("law", &self.law)
+            .field("voicemail_after", &self.voicemail_after)
+            .field("ring_timeout", &self.ring_timeout)
+            .field("data", &self.data)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,127 @@
+//! trustring's IP->PSTN gateway (SPEC R15–R17): where the phone's leg leaves the IP world.
+//!
+//! In the patent the mobile leg goes through a media gateway to the PSTN and the phone's
+//! switch. `trustring gateway` is that bridge on one machine:
+//! - **trunk side** (`trunk_ua`): a SIP back-to-back user agent that takes the server's
+//!   phone legs (`INVITE sip:+NUMBER@gateway;user=phone`) after the toll-fraud checks
+//!   (`admission`: allow-listed source, `Trunk-Auth` MAC, fresh unused trust challenge);
+//! - **PSTN side** (`lines`): phone lines attach over TCP and speak TR-ISUP, a small
+//!   ISUP-like protocol (IAM/ACM/ANM/CPG/REL/RLC, `docs/isup.md`, crate `pstn`); the trust
+//!   challenge rides in the IAM and the proof comes back in ACM/ANM;
+//! - **switching** (`exchange`): SIP <-> ISUP after RFC 3398, hold/retrieve as re-INVITEs,
+//!   direct line-to-line PSTN calls, the carrier-voicemail simulation;
+//! - **media** (`bridge`): RTP (RFC 3550/3551) <-> 20 ms G.711 frames, with µ-law/A-law
+//!   transcoding, 488 when the caller offers no G.711;
+//! - **records** (`records`): one hash-chained leg record per call, linked to the server's CDR
+//!   by the SIP Call-ID.
+
+pub mod admission;
+mod bridge;
+mod config;
+mod exchange;
+mod lines;
+mod records;
+pub mod trunk_ua;
+
+use std::sync::Arc;
+
+pub use config::GatewayConfig;
+use sip_core::transaction::Timers;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// A socket could not be bound.
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        /// Which socket.
+        what: &'static str,
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The leg record store could not be opened.
+    #[error("opening the leg record store: {0}")]
+    Store(#[from] store::StoreError),
+    /// The data directory could not be created.
+    #[error("creating {path}: {source}")]
+    Data {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+}
+
+/// The bound addresses of a running gateway.
+#[derive(Debug, Clone, Copy)]
+pub struct Bound {
+    /// SIP trunk (UDP).
+    pub sip: std::net::SocketAddr,
+    /// Line attachment (TCP).
+    pub lines: std::net::SocketAddr,
+}
+
+/// Binds the trunk and line sockets, then runs the gateway until `stop` completes (queued
+/// leg records are written before it returns). `on_bound` learns the addresses (for port 0).
+pub async fn run(
+    cfg: GatewayConfig,
+    stop: impl Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> Result<(), GatewayError> {
+    std::fs::create_dir_all(&cfg.data).map_err(|source| GatewayError::Data {
+        path: cfg.data.clone(),
+        source,
+    })?;
+    let store = store::SqliteStore::open(&cfg.data.join("trustring.db"))?;
+    let sip = tokio::net::UdpSocket::bind(cfg.sip)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            what: "SIP trunk (UDP)",
+            addr: cfg.sip,
+            source,
+        })?;
+    let lines = tokio::net::TcpListener::bind(cfg.lines)
+        .await
+        .map_err(|source| GatewayError::Bind {
+            what: "lines (TCP)",
+            addr: cfg.lines,
+            source,
+        })?;
+    let sip_addr = sip.local_addr().map_err(|source| GatewayError::Bind {
+        what: "SIP trunk (UDP)",
+        addr: cfg.sip,
+        source,
+    })?;
+    let lines_addr = lines.local_addr().map_err(|source| GatewayError::Bind {
+        what: "lines (TCP)",
+        addr: cfg.lines,
+        source,
+    })?;
+    on_bound(Bound {
+        sip: sip_addr,
+        lines: lines_addr,
+    });
+    let advertised = if sip_addr.ip().is_unspecified() {
+        std::net::SocketAddr::new(cfg.media_ip, sip_addr.port())
+    } else {
+        sip_addr
+    };
+    let ua = trunk_ua::TrunkUa::new(
+        trunk_ua::UaConfig {
+            local: advertised,
+            timers: Timers::default(),
+            user_agent: concat!("trustring-gateway/", env!("CARGO_PKG_VERSION")).into(),
+        },
+        std::time::Instant::now(),
+    );
+    let recorder = records::Recorder::start(Box::new(store));
+    let (line_tx, line_rx) = tokio::sync::mpsc::unbounded_channel();
+    let acceptor = tokio::spawn(lines::accept(lines, line_tx));
+    exchange::Exchange::new(cfg, ua, Arc::new(sip), recorder)
+        .run(line_rx, stop)
+        .await;
+    acceptor.abort();
+    Ok(())
+}
