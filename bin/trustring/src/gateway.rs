@@ -2,6 +2,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -25,6 +26,11 @@ pub(crate) struct GatewayArgs {
     /// `trustring line --attach`).
     #[arg(long, default_value = "127.0.0.1:5071", env = "TRUSTRING_GW_LINES")]
     lines: SocketAddr,
+    /// HTTP address of `GET /metrics` (Prometheus text; lines, calls by outcome, refused
+    /// INVITEs, TR-ISUP messages, RTP packets). Public like any scrape target: bind it to a
+    /// management address.
+    #[arg(long, default_value = "127.0.0.1:5072", env = "TRUSTRING_GW_HTTP")]
+    http: SocketAddr,
     /// IP address for RTP (bound and written into SDP).
     #[arg(long, default_value = "127.0.0.1", env = "TRUSTRING_GW_MEDIA_IP")]
     media_ip: IpAddr,
@@ -96,9 +102,33 @@ pub(crate) async fn run(a: GatewayArgs) -> anyhow::Result<()> {
         data: a.data,
     };
     tracing::info!(?cfg, "starting the gateway");
-    gateway::run(cfg, crate::serve::shutdown_signal(), |b| {
-        tracing::info!(sip = %b.sip, lines = %b.lines, "gateway ready");
+    let metrics = Arc::new(gateway::GatewayMetrics::new());
+    let http = tokio::net::TcpListener::bind(a.http)
+        .await
+        .with_context(|| format!("binding the metrics address {}", a.http))?;
+    let scrape = metrics.clone();
+    let app = axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let m = scrape.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    m.render(),
+                )
+            }
+        }),
+    );
+    let http_addr = http.local_addr()?;
+    let server = tokio::spawn(async move { axum::serve(http, app).await });
+    let r = gateway::run(cfg, metrics, crate::serve::shutdown_signal(), |b| {
+        tracing::info!(sip = %b.sip, lines = %b.lines, metrics = %http_addr, "gateway ready");
     })
     .await
-    .context("running the gateway")
+    .context("running the gateway");
+    server.abort();
+    r
 }

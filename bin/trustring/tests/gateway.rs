@@ -102,6 +102,7 @@ struct Rig {
     s: Server,
     gw: Proc,
     gw_sip: SocketAddr,
+    gw_http: SocketAddr,
     gw_data: PathBuf,
     lines: SocketAddr,
     phone: Phone,
@@ -135,9 +136,11 @@ fn rig(gateway_flags: &[&str]) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     let gw_data = dir.path().join("gw");
     let lines: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let gw_http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut cmd = trustring();
     cmd.args(["gateway", "--sip", &gw_sip.to_string()])
         .args(["--lines", &lines.to_string()])
+        .args(["--http", &gw_http.to_string()])
         .arg("--trunk-secret-file")
         .arg(s.data.join("trunk-secret"))
         .arg("--data")
@@ -150,6 +153,7 @@ fn rig(gateway_flags: &[&str]) -> Rig {
         s,
         gw,
         gw_sip,
+        gw_http,
         gw_data,
         lines,
         phone,
@@ -180,6 +184,24 @@ impl Rig {
         let p = Proc::spawn(cmd, self.dir.path().join(format!("line{number}.out")), true);
         p.wait_for(&format!("attached as {number}"));
         p
+    }
+
+    /// The gateway's `/metrics`: value of the sample line starting with `series `.
+    fn metric(&self, series: &str) -> f64 {
+        let mut s = std::net::TcpStream::connect(self.gw_http).unwrap();
+        write!(
+            s,
+            "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{series} ")))
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+            .parse()
+            .unwrap()
     }
 
     /// The server's CDRs (waits for `n`).
@@ -337,6 +359,20 @@ fn audio_call(law: &str, codecs: &str, pt: u8) {
         rec["release_cause"].as_str().unwrap().contains("cause 16"),
         "{rec:#}"
     );
+    assert_eq!(
+        r.metric("trustring_gateway_calls_total{outcome=\"answered\"}"),
+        1.0
+    );
+    assert_eq!(
+        r.metric("trustring_gateway_isup_messages_total{type=\"IAM\",direction=\"out\"}"),
+        1.0
+    );
+    assert!(r.metric("trustring_gateway_rtp_packets_total{direction=\"in\"}") >= 100.0);
+    assert!(
+        r.metric("trustring_gateway_isup_messages_total{type=\"FRM\",direction=\"out\"}") >= 100.0
+    );
+    let transcoded = r.metric("trustring_gateway_transcoded_calls_total");
+    assert_eq!(transcoded, if law == "pcma" { 1.0 } else { 0.0 });
     for data in [&r.s.data, &r.gw_data] {
         let (ok, out) = verify(data);
         assert!(ok, "{out}");
@@ -442,6 +478,10 @@ fn direct_invite_to_the_gateway_is_refused_and_logged() {
     sipp("gw-uac-direct.xml")
         .target(&r.gw_sip.to_string())
         .run_ok();
+    assert_eq!(
+        r.metric("trustring_gateway_refused_invites_total{reason=\"no-challenge\"}"),
+        1.0
+    );
     let log = r.gw.stop();
     assert!(log.contains("INVITE refused (toll-fraud check)"), "{log}");
     let gw = r.gateway_records(1);

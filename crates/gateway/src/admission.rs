@@ -45,6 +45,20 @@ pub enum Refusal {
     BadMac,
 }
 
+impl Refusal {
+    /// A short fixed word for metrics and logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Source(_) => "source",
+            Self::NoChallenge => "no-challenge",
+            Self::BadChallenge => "bad-challenge",
+            Self::Stale(_) => "stale-challenge",
+            Self::Replayed => "replayed-challenge",
+            Self::BadMac => "bad-mac",
+        }
+    }
+}
+
 /// The fields of an INVITE the checks read.
 #[derive(Debug, Clone, Copy)]
 pub struct TrunkInvite<'a> {

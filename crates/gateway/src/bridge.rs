@@ -19,6 +19,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::metrics::{Dir, GatewayMetrics};
+
 /// The IP side of a call's media, as negotiated.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct IpSide {
@@ -46,13 +48,6 @@ impl Drop for Bridge {
     }
 }
 
-/// Frames counted by a bridge, for logs and tests.
-#[derive(Debug, Default)]
-pub(crate) struct Counters {
-    pub(crate) rtp_in: std::sync::atomic::AtomicU64,
-    pub(crate) rtp_out: std::sync::atomic::AtomicU64,
-}
-
 impl Bridge {
     /// Starts bridging `socket` (the RTP port named in our SDP) and circuit `cic` of the line
     /// reached by `line`, whose frames are in `pstn`.
@@ -63,10 +58,10 @@ impl Bridge {
         line: mpsc::UnboundedSender<Message>,
         cic: Cic,
         seed: u64,
-    ) -> (Self, Arc<Counters>) {
+        metrics: Arc<GatewayMetrics>,
+    ) -> Self {
         let (to_ip, from_line) = mpsc::unbounded_channel();
         let held = Arc::new(AtomicBool::new(false));
-        let counters = Arc::new(Counters::default());
         let task = tokio::spawn(run(
             socket,
             ip,
@@ -76,9 +71,9 @@ impl Bridge {
             seed,
             from_line,
             held.clone(),
-            counters.clone(),
+            metrics,
         ));
-        (Self { to_ip, held, task }, counters)
+        Self { to_ip, held, task }
     }
 }
 
@@ -92,7 +87,7 @@ async fn run(
     seed: u64,
     mut from_line: mpsc::UnboundedReceiver<[u8; FRAME_LEN]>,
     held: Arc<AtomicBool>,
-    counters: Arc<Counters>,
+    metrics: Arc<GatewayMetrics>,
 ) {
     let mut remote = ip.remote;
     let mut latched = false;
@@ -114,7 +109,7 @@ async fn run(
                     remote = src;
                     latched = true;
                 }
-                counters.rtp_in.fetch_add(1, Ordering::Relaxed);
+                metrics.rtp(Dir::In);
                 if held.load(Ordering::Relaxed) {
                     pending.clear();
                     continue;
@@ -140,7 +135,7 @@ async fn run(
                 out.clear();
                 sender.next_packet(&f, FRAME_SAMPLES as u32, &mut out);
                 if socket.send_to(&out, remote).await.is_ok() {
-                    counters.rtp_out.fetch_add(1, Ordering::Relaxed);
+                    metrics.rtp(Dir::Out);
                 }
             }
         }

@@ -102,6 +102,7 @@ pub(crate) struct Exchange {
     calls: HashMap<CallId, SipLeg>,
     timers: BinaryHeap<Reverse<(Instant, Timer)>>,
     next_local: u64,
+    metrics: std::sync::Arc<crate::GatewayMetrics>,
 }
 
 fn q850_reason(cause: Cause) -> String {
@@ -118,6 +119,7 @@ impl Exchange {
         ua: TrunkUa,
         sip: std::sync::Arc<UdpSocket>,
         recorder: Recorder,
+        metrics: std::sync::Arc<crate::GatewayMetrics>,
     ) -> Self {
         let admission = Admission::new(cfg.allow.clone(), cfg.trunk_secret.clone());
         Self {
@@ -132,6 +134,7 @@ impl Exchange {
             calls: HashMap::new(),
             timers: BinaryHeap::new(),
             next_local: 0,
+            metrics,
         }
     }
 
@@ -146,6 +149,7 @@ impl Exchange {
         let mut buf = vec![0u8; 65_535];
         loop {
             self.flush().await;
+            self.metrics.set_calls(self.calls.len());
             let next = [self.ua.poll_timeout(), self.timers.peek().map(|t| t.0.0)]
                 .into_iter()
                 .flatten()
@@ -316,6 +320,7 @@ impl Exchange {
         };
         if let Err(why) = self.admission.admit(&inv, unix_ms()) {
             tracing::warn!(%source, number, call_id = sip_call_id, reason = %why, "INVITE refused (toll-fraud check)");
+            self.metrics.refused(why.kind());
             let _ = self.ua.reject(
                 call,
                 now,
@@ -393,6 +398,7 @@ impl Exchange {
         );
         record.device = device;
         if ip_law != self.cfg.law {
+            self.metrics.transcoded_call();
             tracing::info!(call_id = sip_call_id, ip = %ip_law.encoding_name(), pstn = %self.cfg.law.encoding_name(), "transcoding");
         }
         let leg = SipLeg {
@@ -651,6 +657,7 @@ impl Exchange {
             return;
         };
         tracing::info!(number = line.number, "line detached");
+        self.metrics.set_lines(self.lines.len());
         self.by_number.remove(&line.number);
         let keys: Vec<CircuitKey> = self
             .circuits
@@ -728,7 +735,15 @@ impl Exchange {
                         law: c.ip_law,
                         payload_type: c.payload_type,
                     };
-                    let (bridge, _) = Bridge::start(sock, ip, pstn, line_tx, cic, c.session_id);
+                    let bridge = Bridge::start(
+                        sock,
+                        ip,
+                        pstn,
+                        line_tx,
+                        cic,
+                        c.session_id,
+                        self.metrics.clone(),
+                    );
                     c.bridge = Some(bridge);
                 }
                 let extra: Vec<(&str, &str)> = proof

@@ -20,12 +20,14 @@ mod bridge;
 mod config;
 mod exchange;
 mod lines;
+pub mod metrics;
 mod records;
 pub mod trunk_ua;
 
 use std::sync::Arc;
 
 pub use config::GatewayConfig;
+pub use metrics::GatewayMetrics;
 use sip_core::transaction::Timers;
 
 /// Why the gateway could not start.
@@ -64,9 +66,11 @@ pub struct Bound {
 }
 
 /// Binds the trunk and line sockets, then runs the gateway until `stop` completes (queued
-/// leg records are written before it returns). `on_bound` learns the addresses (for port 0).
+/// leg records are written before it returns). `on_bound` learns the addresses (for port 0);
+/// `metrics` is kept up to date (serve it with [`GatewayMetrics::render`]).
 pub async fn run(
     cfg: GatewayConfig,
+    metrics: Arc<GatewayMetrics>,
     stop: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
 ) -> Result<(), GatewayError> {
@@ -116,10 +120,10 @@ pub async fn run(
         },
         std::time::Instant::now(),
     );
-    let recorder = records::Recorder::start(Box::new(store));
+    let recorder = records::Recorder::start(Box::new(store), metrics.clone());
     let (line_tx, line_rx) = tokio::sync::mpsc::unbounded_channel();
-    let acceptor = tokio::spawn(lines::accept(lines, line_tx));
-    exchange::Exchange::new(cfg, ua, Arc::new(sip), recorder)
+    let acceptor = tokio::spawn(lines::accept(lines, line_tx, metrics.clone()));
+    exchange::Exchange::new(cfg, ua, Arc::new(sip), recorder, metrics)
         .run(line_rx, stop)
         .await;
     acceptor.abort();

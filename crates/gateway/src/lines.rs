@@ -4,6 +4,7 @@
 //! decides everything (attach accepted or refused, calls, bearer).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use pstn::codec::{Decoder, encode};
@@ -11,6 +12,8 @@ use pstn::msg::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+
+use crate::metrics::{Dir, GatewayMetrics};
 
 /// A line must say who it is this soon after connecting.
 const ATTACH_TIMEOUT: Duration = Duration::from_secs(10);
@@ -32,7 +35,11 @@ pub(crate) enum LineInput {
 }
 
 /// Accepts lines until the listener fails.
-pub(crate) async fn accept(listener: TcpListener, to_exchange: mpsc::UnboundedSender<LineInput>) {
+pub(crate) async fn accept(
+    listener: TcpListener,
+    to_exchange: mpsc::UnboundedSender<LineInput>,
+    metrics: Arc<GatewayMetrics>,
+) {
     let mut next = 0u64;
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -45,7 +52,13 @@ pub(crate) async fn accept(listener: TcpListener, to_exchange: mpsc::UnboundedSe
         };
         next += 1;
         let _ = stream.set_nodelay(true);
-        tokio::spawn(connection(next, peer, stream, to_exchange.clone()));
+        tokio::spawn(connection(
+            next,
+            peer,
+            stream,
+            to_exchange.clone(),
+            metrics.clone(),
+        ));
     }
 }
 
@@ -54,8 +67,10 @@ async fn connection(
     peer: SocketAddr,
     stream: TcpStream,
     to_exchange: mpsc::UnboundedSender<LineInput>,
+    metrics: Arc<GatewayMetrics>,
 ) {
     let (mut rd, mut wr) = stream.into_split();
+    let out_metrics = metrics.clone();
     let (tx, mut rx) = mpsc::unbounded_channel::<Message>();
     let writer = tokio::spawn(async move {
         let mut buf = Vec::with_capacity(256);
@@ -65,6 +80,7 @@ async fn connection(
                 tracing::warn!(conn, error = %e, "line message not encodable");
                 continue;
             }
+            out_metrics.isup(m.name(), Dir::Out);
             let close = matches!(m, Message::Atr { .. });
             if wr.write_all(&buf).await.is_err() || close {
                 break;
@@ -99,6 +115,7 @@ async fn connection(
         while let Some(item) = dec.pop() {
             match item {
                 Ok(msg) => {
+                    metrics.isup(msg.name(), Dir::In);
                     let input = match tx.take() {
                         Some(tx) => {
                             opened = true;

@@ -98,11 +98,15 @@ impl LegRecord {
 /// Appends records on their own thread (a fsync per record must not stall the media).
 pub(crate) struct Recorder {
     tx: mpsc::Sender<LegRecord>,
+    metrics: std::sync::Arc<crate::GatewayMetrics>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Recorder {
-    pub(crate) fn start(store: Box<dyn Store>) -> Self {
+    pub(crate) fn start(
+        store: Box<dyn Store>,
+        metrics: std::sync::Arc<crate::GatewayMetrics>,
+    ) -> Self {
         let (tx, rx) = mpsc::channel::<LegRecord>();
         let thread = std::thread::Builder::new()
             .name("gateway-records".into())
@@ -117,12 +121,16 @@ impl Recorder {
             })
             .inspect_err(|e| tracing::error!(error = %e, "no leg record writer"))
             .ok();
-        Self { tx, thread }
+        Self {
+            tx,
+            metrics,
+            thread,
+        }
     }
 
     /// Writes what is queued, then stops.
     pub(crate) fn close(self) {
-        let Self { tx, thread } = self;
+        let Self { tx, thread, .. } = self;
         drop(tx);
         if let Some(t) = thread {
             let _ = t.join();
@@ -130,6 +138,7 @@ impl Recorder {
     }
 
     pub(crate) fn write(&self, r: LegRecord) {
+        self.metrics.ended(r.outcome.unwrap_or("failed"));
         if self.tx.send(r).is_err() {
             tracing::error!("leg record writer gone");
         }
