@@ -151,6 +151,13 @@ enum DeviceCmd {
         #[arg(value_parser = ["on", "off"])]
         state: String,
     },
+    /// Set a phone's own number (E.164, rung through the gateway), or `none` to clear it.
+    Number {
+        /// Device id.
+        id: String,
+        /// E.164 number, e.g. +15551230001, or `none`.
+        number: String,
+    },
 }
 
 pub(crate) struct Client {
@@ -364,6 +371,7 @@ pub(crate) fn run(a: AdminArgs) -> anyhow::Result<()> {
                         "status",
                         "revoked_reason",
                         "service_on",
+                        "number",
                     ],
                 );
                 (v, t)
@@ -383,6 +391,15 @@ pub(crate) fn run(a: AdminArgs) -> anyhow::Result<()> {
                     Some(json!({ "on": state == "on" })),
                 )?;
                 (v, format!("service {state} for {id}\n"))
+            }
+            DeviceCmd::Number { id, number } => {
+                let n = (number != "none").then_some(number.as_str());
+                let v = client.call(
+                    "PUT",
+                    &format!("/api/v1/devices/{}/number", q(id)),
+                    Some(json!({ "number": n })),
+                )?;
+                (v, format!("number {number} for {id}\n"))
             }
         },
         AdminCommand::Events { since } => {

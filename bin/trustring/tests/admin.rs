@@ -94,6 +94,13 @@ fn operator_round_trip() {
     assert!(out.contains("enrolment code for alice: "), "{out}");
     let out = ok(&s, &["devices", "list"]);
     assert!(out.contains("(none)"), "{out}");
+    let (success, out) = admin(
+        &s,
+        Some(TOKEN),
+        &["devices", "number", "d-none", "+15551230001"],
+    );
+    assert!(!success);
+    assert!(out.contains("404") && out.contains("d-none"), "{out}");
     let out = ok(&s, &["events"]);
     assert!(out.starts_with("ID"), "{out}");
 
