@@ -406,6 +406,10 @@ fn local_hangup_sends_bye_along_the_route_set() {
         Some("Q.850;cause=16;text=\"Normal call clearing\"")
     );
     assert_eq!(bye.headers.get(&HeaderName::MaxForwards), Some("70"));
+    assert_eq!(
+        bye.headers.get(&HeaderName::UserAgent),
+        Some("trustring-gateway/test")
+    );
     assert!(branch_of(bye).starts_with("z9hG4bK"));
     assert!(s.events().is_empty(), "Ended waits for the BYE's answer");
 
@@ -426,6 +430,40 @@ fn local_hangup_sends_bye_along_the_route_set() {
     s.advance_to(s.now + ms(60_000));
     assert!(s.out().is_empty());
     assert_eq!(s.ua.call_count(), 0);
+}
+
+#[test]
+fn route_naming_a_host_goes_back_to_the_sender() {
+    // The gateway does no DNS: a Record-Route (or Contact) with a host name sends the BYE
+    // to where the INVITE came from.
+    let mut s = Sim::new();
+    s.send(&request(
+        "INVITE",
+        INVITE_URI,
+        BRANCH,
+        1,
+        None,
+        "Record-Route: <sip:proxy.example.com;lr>\r\nContact: <sip:alice@127.0.0.1:5090>\r\n",
+        "",
+    ));
+    let call = match s.events().as_slice() {
+        [UaEvent::Incoming { call, .. }] => *call,
+        other => panic!("expected Incoming, got {other:?}"),
+    };
+    s.ua.answer(call, s.now, Bytes::from_static(ANSWER.as_bytes()), &[])
+        .expect("answer");
+    let out = s.out();
+    let ok = out.last().map(|(_, m)| response(m)).expect("200");
+    let tag = to_tag(ok);
+    s.send(&in_dialog("ACK", 1, "z9hG4bKack1", &tag, ""));
+    s.ua.hangup(call, s.now, None).expect("hangup");
+    let out = s.out();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, proxy(), "the INVITE's sender");
+    assert_eq!(
+        req(&out[0].1).headers.get(&HeaderName::Route),
+        Some("<sip:proxy.example.com;lr>")
+    );
 }
 
 #[test]

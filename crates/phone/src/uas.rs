@@ -7,11 +7,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sip_core::message::{HeaderName, Method, NameAddr, Request, Response};
+use sip_core::dialog::Dialog;
+use sip_core::message::{HeaderName, Method, Request, Response};
 use sip_core::transaction::{ServerState, ServerTx, TxAction};
 
 use crate::agent::{ALLOW, Ctx, Outbox, reply};
-use crate::dialog::{ByeTx, Dialog};
+use crate::dialog::{self, ByeTx};
 use crate::{PhoneEvent, Prover, ids, sdp};
 
 /// How long a call may ring before the phone gives up with 480 (the proxy's ring timeout
@@ -91,39 +92,11 @@ impl Call {
         if let Some(status) = check_offer(invite) {
             return Err(status);
         }
-        let target = invite
-            .headers
-            .get(&HeaderName::Contact)
-            .and_then(|c| NameAddr::parse(c).ok())
-            .filter(|c| c.uri.is_sip());
-        let (Some(target), Some(from), Some(to)) = (
-            target,
-            invite.from(),
-            invite.headers.get(&HeaderName::To).map(str::to_owned),
-        ) else {
+        // §8.1.1.8: an INVITE must carry the Contact that becomes our remote target.
+        let (Some(dialog), Some(from)) = (Dialog::uas(invite, ids::tag(), 0), invite.from()) else {
             return Err(400);
         };
-        let call_id = invite.call_id().to_owned();
-        let local_tag = ids::tag();
-        let dialog = Dialog {
-            call_id: call_id.clone(),
-            local: format!("{to};tag={local_tag}"),
-            local_tag,
-            remote: invite
-                .headers
-                .get(&HeaderName::From)
-                .unwrap_or_default()
-                .to_owned(),
-            remote_tag: from.tag().map(str::to_owned),
-            remote_target: target.uri,
-            route_set: invite
-                .headers
-                .get_all(&HeaderName::RecordRoute)
-                .map(str::to_owned)
-                .collect(),
-            local_cseq: 0,
-            remote_cseq: invite.cseq().seq,
-        };
+        let call_id = dialog.call_id.clone();
 
         let challenge = invite.headers.get(&trust_challenge());
         let mut proof_error = None;
@@ -325,7 +298,7 @@ impl Call {
         byes: &mut HashMap<String, ByeTx>,
         out: &mut Outbox,
     ) {
-        if !self.is_ours(ack) {
+        if !self.dialog.matches(ack) {
             return;
         }
         // ACK for a non-2xx final response: same branch, the transaction's (§17.2.1).
@@ -380,7 +353,7 @@ impl Call {
         ctx: &Ctx,
         out: &mut Outbox,
     ) -> Response {
-        if !self.is_ours(bye) {
+        if !self.dialog.matches(bye) {
             return reply(bye, 481, None);
         }
         let seq = bye.cseq().seq;
@@ -410,7 +383,7 @@ impl Call {
         out: &mut Outbox,
     ) {
         let mut refuse = |status| out.send(from, Bytes::from(reply(req, status, None).to_bytes()));
-        if !self.is_ours(req) || self.state == State::Ended {
+        if !self.dialog.matches(req) || self.state == State::Ended {
             refuse(481);
             return;
         }
@@ -435,14 +408,7 @@ impl Call {
             return;
         }
         self.dialog.remote_cseq = seq;
-        if let Some(c) = req
-            .headers
-            .get(&HeaderName::Contact)
-            .and_then(|c| NameAddr::parse(c).ok())
-            .filter(|c| c.uri.is_sip())
-        {
-            self.dialog.remote_target = c.uri;
-        }
+        self.dialog.refresh_target(&req.headers); // target refresh (§12.2.2)
         let mut ok = reply(req, 200, None);
         self.add_session(&mut ok, ctx);
         let bytes = Bytes::from(ok.to_bytes());
@@ -457,14 +423,6 @@ impl Call {
             interval: t1,
             give_up_at: now + ctx.cfg.timers.timeout(),
         });
-    }
-
-    /// Whether the request's tags are this dialog's (To: ours; From: the caller's).
-    fn is_ours(&self, req: &Request) -> bool {
-        let to_tag = req.to().and_then(|t| t.tag().map(str::to_owned));
-        let from_tag = req.from().and_then(|f| f.tag().map(str::to_owned));
-        to_tag.as_deref() == Some(self.dialog.local_tag.as_str())
-            && from_tag == self.dialog.remote_tag
     }
 
     /// A response to the initial INVITE; 1xx/2xx carry Record-Route, Contact and the proof.
@@ -511,7 +469,7 @@ impl Call {
         byes: &mut HashMap<String, ByeTx>,
         out: &mut Outbox,
     ) {
-        let (req, branch, hop) = self.dialog.request(Method::Bye, ctx);
+        let (req, branch, hop) = dialog::request(&mut self.dialog, Method::Bye, ctx);
         let bytes = Bytes::from(req.to_bytes());
         out.send(hop, bytes.clone());
         tracing::debug!(call_id = %self.dialog.call_id, %hop, "BYE sent");

@@ -7,6 +7,7 @@
 //! `str0m`). The tokio layer in `sip-net` drives it.
 
 pub mod auth;
+pub mod dialog;
 pub mod message;
 pub mod proxy;
 pub mod transaction;

@@ -6,10 +6,12 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sip_core::message::{HeaderName, Method, NameAddr, Request, Response};
+use sip_core::message::{HeaderName, Method, Request, Response};
 use sip_core::transaction::{ClientTx, ServerState, ServerTx, TxAction};
 
-use super::dialog::Dialog;
+use sip_core::dialog::Dialog;
+
+use super::dialog::Outgoing;
 use super::reinvite::{InInvite, OutInvite};
 use super::wire::{self, Ctx, IndexOp, Outbox, TxKey};
 use super::{CallId, EndReason, UaError, UaEvent};
@@ -88,8 +90,9 @@ pub(super) struct Call {
     pub(super) id: CallId,
     /// The initial INVITE, to build its responses from.
     invite: Request,
-    /// Where the INVITE came from: its responses go there.
-    peer: SocketAddr,
+    /// Where the INVITE came from: its responses go there, and so do in-dialog requests
+    /// whose next hop names a host.
+    pub(super) peer: SocketAddr,
     /// The INVITE's server transaction key.
     pub(super) key: TxKey,
     tx: ServerTx,
@@ -128,38 +131,9 @@ impl Call {
             return Err(415);
         }
         // §8.1.1.8: an INVITE must carry the Contact that becomes our remote target.
-        let target = invite
-            .headers
-            .get(&HeaderName::Contact)
-            .and_then(|c| NameAddr::parse(c).ok())
-            .filter(|c| c.uri.is_sip());
-        let (Some(target), Some(from), Some(to)) = (
-            target,
-            invite.from(),
-            invite.headers.get(&HeaderName::To).map(str::to_owned),
-        ) else {
+        let dialog = Dialog::uas(&invite, wire::tag(), wire::cseq_start());
+        let (Some(dialog), Some(from)) = (dialog, invite.from()) else {
             return Err(400);
-        };
-        let local_tag = wire::tag();
-        let dialog = Dialog {
-            call_id: invite.call_id().to_owned(),
-            local: format!("{to};tag={local_tag}"),
-            local_tag,
-            remote: invite
-                .headers
-                .get(&HeaderName::From)
-                .unwrap_or_default()
-                .to_owned(),
-            remote_tag: from.tag().map(str::to_owned),
-            remote_target: target.uri,
-            route_set: invite
-                .headers
-                .get_all(&HeaderName::RecordRoute)
-                .map(str::to_owned)
-                .collect(),
-            local_cseq: wire::cseq_start(),
-            remote_cseq: invite.cseq().seq,
-            fallback: peer,
         };
         let mut call = Self {
             id,
@@ -267,11 +241,7 @@ impl Call {
         ctx: &Ctx,
         out: &mut Outbox,
     ) -> Result<(), UaError> {
-        self.expect_phase(Phase::Early, "ring")?;
-        let mut resp = self.invite_response(180, ctx);
-        for (name, value) in extra {
-            resp.headers.push(name, value);
-        }
+        let resp = self.early_response(180, extra, "ring", ctx)?;
         let bytes = self.send_invite_response(now, &resp, out);
         self.ringing = bytes;
         self.refresh_at = Some(now + PROVISIONAL_REFRESH);
@@ -287,12 +257,7 @@ impl Call {
         ctx: &Ctx,
         out: &mut Outbox,
     ) -> Result<(), UaError> {
-        self.expect_phase(Phase::Early, "answer")?;
-        let mut resp = self.invite_response(200, ctx);
-        resp.headers.push(HeaderName::Allow, wire::ALLOW);
-        for (name, value) in extra {
-            resp.headers.push(name, value);
-        }
+        let mut resp = self.early_response(200, extra, "answer", ctx)?;
         set_sdp(&mut resp, sdp);
         let bytes = Bytes::from(resp.to_bytes());
         if !self.tx.send_response(200, bytes.clone(), now) {
@@ -405,7 +370,7 @@ impl Call {
             return;
         }
         // ACK for a 2xx: a new transaction, matched by dialog and CSeq (§13.3.1.4).
-        if !self.dialog.is_ours(ack)
+        if !self.dialog.matches(ack)
             || self
                 .pending_ack
                 .as_ref()
@@ -458,7 +423,7 @@ impl Call {
         ctx: &Ctx,
         out: &mut Outbox,
     ) -> Response {
-        if !self.dialog.is_ours(bye) || self.phase == Phase::Done {
+        if !self.dialog.matches(bye) || self.phase == Phase::Done {
             return wire::reply(bye, 481, None, &ctx.cfg);
         }
         let seq = bye.cseq().seq;
@@ -604,7 +569,7 @@ impl Call {
         if self.bye.is_some() {
             return;
         }
-        let mut bye = self.dialog.request(Method::Bye, ctx);
+        let mut bye = Outgoing::request(&mut self.dialog, Method::Bye, self.peer, ctx);
         if let Some(r) = reason {
             bye.request.headers.push(HeaderName::Reason, r);
         }
@@ -646,7 +611,8 @@ impl Call {
         self.send_invite_response(now, &resp, out);
     }
 
-    /// A response to the initial INVITE; 101..=299 carry Record-Route and Contact (§12.1.1).
+    /// A response to the initial INVITE; 101..=299 carry Record-Route and Contact (§12.1.1),
+    /// 2xx also Allow.
     fn invite_response(&self, status: u16, ctx: &Ctx) -> Response {
         let mut r = wire::reply(&self.invite, status, Some(&self.dialog.local_tag), &ctx.cfg);
         if (101..300).contains(&status) {
@@ -655,7 +621,27 @@ impl Call {
             }
             r.headers.push(HeaderName::Contact, ctx.contact.clone());
         }
+        if (200..300).contains(&status) {
+            r.headers.push(HeaderName::Allow, wire::ALLOW);
+        }
         r
+    }
+
+    /// A 180 or 200 to the still ringing INVITE (`op` names the command refused otherwise),
+    /// with the exchange's `extra` headers.
+    fn early_response(
+        &self,
+        status: u16,
+        extra: Vec<(HeaderName, String)>,
+        op: &'static str,
+        ctx: &Ctx,
+    ) -> Result<Response, UaError> {
+        self.expect_phase(Phase::Early, op)?;
+        let mut resp = self.invite_response(status, ctx);
+        for (name, value) in extra {
+            resp.headers.push(name, value);
+        }
+        Ok(resp)
     }
 
     /// Sends a response to the initial INVITE through its transaction; returns the bytes

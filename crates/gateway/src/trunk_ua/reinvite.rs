@@ -8,10 +8,11 @@ use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use sip_core::message::{HeaderName, Headers, Method, NameAddr, Request, Response};
+use sip_core::message::{HeaderName, Headers, Method, Request, Response};
 use sip_core::transaction::{ClientState, ClientTx, ServerState, ServerTx, TxAction};
 
 use super::call::{Call, PendingAck, Phase, set_sdp};
+use super::dialog::Outgoing;
 use super::wire::{self, Ctx, IndexOp, Outbox, TxKey};
 use super::{EndReason, UaError, UaEvent};
 
@@ -126,7 +127,7 @@ impl Call {
         ctx: &Ctx,
         out: &mut Outbox,
     ) -> Result<(), Option<Refusal>> {
-        if !self.dialog.is_ours(&req) || matches!(self.phase, Phase::Closing(_) | Phase::Done) {
+        if !self.dialog.matches(&req) || matches!(self.phase, Phase::Closing(_) | Phase::Done) {
             return Err(Some(Refusal::new(481)));
         }
         let seq = req.cseq().seq;
@@ -154,14 +155,7 @@ impl Call {
             return Err(Some(Refusal::new(415)));
         }
         self.dialog.remote_cseq = seq;
-        if let Some(c) = req
-            .headers
-            .get(&HeaderName::Contact)
-            .and_then(|c| NameAddr::parse(c).ok())
-            .filter(|c| c.uri.is_sip())
-        {
-            self.dialog.remote_target = c.uri; // target refresh (§12.2.2)
-        }
+        self.dialog.refresh_target(&req.headers); // target refresh (§12.2.2)
         let offer = wire::sdp_body(&req);
         let mut inv = InInvite {
             key: key.clone(),
@@ -257,7 +251,7 @@ impl Call {
                 op: "send a re-INVITE",
             });
         }
-        let mut inv = self.dialog.request(Method::Invite, ctx);
+        let mut inv = Outgoing::request(&mut self.dialog, Method::Invite, self.peer, ctx);
         let h = &mut inv.request.headers;
         h.push(HeaderName::Contact, ctx.contact.clone());
         h.push(HeaderName::Allow, wire::ALLOW);
@@ -310,15 +304,8 @@ impl Call {
         }
         let seq = o.request.cseq().seq;
         let (to, ack) = if resp.class() == 2 {
-            if let Some(c) = resp
-                .headers
-                .get(&HeaderName::Contact)
-                .and_then(|c| NameAddr::parse(c).ok())
-                .filter(|c| c.uri.is_sip())
-            {
-                self.dialog.remote_target = c.uri; // target refresh (§12.2.1.2)
-            }
-            let ack = self.dialog.ack(seq, ctx);
+            self.dialog.refresh_target(&resp.headers); // target refresh (§12.2.1.2)
+            let ack = Outgoing::ack(&self.dialog, seq, self.peer, ctx);
             (ack.hop, ack.request)
         } else {
             (o.hop, non2xx_ack(&o.request, resp))
