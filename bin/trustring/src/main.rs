@@ -50,8 +50,9 @@ enum Command {
     Device(device::DeviceCommand),
     /// Operate a running server through its admin API (subscribers, pool, phones, CDRs).
     Admin(admin::AdminArgs),
-    /// Run the whole product once on loopback: server, desktop, enrolled phone, a call, and
-    /// print the ladder, fork skew, trust proof and CDR.
+    /// Run the whole product once on loopback: server, gateway, desktop, enrolled phone on a
+    /// PSTN line, a call with audio; print the ladder (SIP + ISUP), fork skews, trust proof,
+    /// audio check, CDR and the gateway's leg record.
     Demo(demo::DemoArgs),
     /// Call detail records: verify the hash chain, export a period with billing totals.
     #[command(subcommand)]

@@ -1,17 +1,33 @@
 //! `trustring demo` as a test (issue #5 point 1): exit 0, a ladder with the INVITE to both
-//! branches and the CANCEL with its Reason, the trust proof result and the CDR line; nothing
-//! left running.
+//! branches (the desktop and the gateway), the CANCEL with its Reason and the phone line's
+//! ISUP messages, both fork skews, the trust proof result, the audio check, the CDR and the
+//! gateway's leg record with the same Call-ID; nothing left running.
 #![allow(missing_docs, clippy::unwrap_used)]
 
+use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The address after `label` in `text` (e.g. `SIP 127.0.0.1:5060`).
+fn addr_after(text: &str, label: &str) -> SocketAddr {
+    let at = text
+        .find(label)
+        .unwrap_or_else(|| panic!("no {label:?}:\n{text}"))
+        + label.len();
+    text[at..]
+        .split([',', ')', ' '])
+        .next()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| panic!("no address after {label:?}:\n{text}"))
+}
+
 #[test]
-fn demo_runs_a_forked_call_end_to_end() {
+fn demo_runs_a_forked_call_through_the_gateway_end_to_end() {
     let t0 = Instant::now();
     let child = Command::new(env!("CARGO_BIN_EXE_trustring"))
-        .args(["demo", "--answer-after-ms", "600", "--hold-ms", "500"])
+        .args(["demo", "--answer-after-ms", "600", "--hold-ms", "1000"])
         .env_remove("TRUSTRING_ADMIN_TOKEN")
+        .env_remove("TRUSTRING_TRUNK_SECRET")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -24,7 +40,7 @@ fn demo_runs_a_forked_call_end_to_end() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(out.status.success(), "demo failed:\n{text}");
-    assert!(t0.elapsed() < Duration::from_secs(60), "{text}");
+    assert!(t0.elapsed() < Duration::from_secs(30), "{text}");
     let ladder: Vec<&str> = text
         .lines()
         .skip_while(|l| !l.contains("ladder diagram"))
@@ -48,11 +64,42 @@ fn demo_runs_a_forked_call_end_to_end() {
         ladder.iter().any(|l| l.contains("[trust challenge]")),
         "{text}"
     );
+    assert!(
+        ladder
+            .iter()
+            .any(|l| l.contains("ISUP IAM") && l.contains("[trust challenge]")),
+        "the phone line's IAM with the challenge:\n{text}"
+    );
+    assert!(
+        ladder.iter().any(|l| l.contains("ISUP ANM")),
+        "the phone line's ANM:\n{text}"
+    );
     assert!(text.contains("fork skew: "), "{text}");
+    assert!(text.contains("fork skew through the gateway: "), "{text}");
     assert!(text.contains("-> VERIFIED"), "{text}");
+    assert!(
+        text.contains("audio: 1000 Hz tone received by the phone, purity"),
+        "{text}"
+    );
     assert!(
         text.contains("CDR 1: ") && text.contains("status 200"),
         "{text}"
     );
+    assert!(
+        text.contains("pstn answered billed to alice"),
+        "the PSTN leg is billed to the user:\n{text}"
+    );
+    assert!(
+        text.contains("gateway leg record 1: ") && text.contains("    same Call-ID: "),
+        "{text}"
+    );
     assert!(text.contains("demo OK"), "{text}");
+
+    // Nothing left running: the server's and the gateway's ports are free again.
+    for label in ["(SIP ", "SIP trunk "] {
+        let a = addr_after(&text, label);
+        UdpSocket::bind(a).unwrap_or_else(|e| panic!("{a} still bound ({e}):\n{text}"));
+    }
+    let lines = addr_after(&text, "phone lines ");
+    TcpListener::bind(lines).unwrap_or_else(|e| panic!("{lines} still bound ({e}):\n{text}"));
 }

@@ -1,25 +1,46 @@
 //! `trustring demo`: the whole product in one command on a fresh machine.
 //!
-//! It starts `trustring serve` on free loopback ports with a temporary data directory,
-//! provisions alice (subscriber, number pool, EULA, enrolment code), enrols a phone with a
-//! software trusted zone (`trustring device init` / `enroll`, as a user would), registers a
-//! desktop softphone and the phone, and places a call to `sip:alice@localhost`: both ring,
-//! the phone answers with its zone's proof, the desktop is cancelled "elsewhere", the caller
-//! hangs up. It then prints the ladder diagram the server recorded, the fork skew, the trust
-//! proof result and the CDR, checks each, and cleans up everything it started.
+//! It starts `trustring serve --gateway` and `trustring gateway` (the IP->PSTN gateway) as
+//! child processes on free loopback ports with temporary data directories, provisions alice
+//! (subscriber, number pool, EULA, enrolment code), enrols a phone with a software trusted
+//! zone and its own number (`trustring device init` / `enroll --number`, as a user would),
+//! registers a desktop softphone over SIP and attaches the phone to the gateway as a PSTN line
+//! (TR-ISUP, recording what it hears), and places a call to `sip:alice@localhost`. Both ring:
+//! the desktop directly, the phone through the gateway (INVITE with Trunk-Auth, then an IAM
+//! carrying the trust challenge). The phone answers with its zone's proof, the desktop is
+//! cancelled "elsewhere", the caller sends a 1 kHz tone as RTP to the gateway for the hold
+//! time and hangs up.
+//!
+//! It then prints the ladder diagram the server recorded with the ISUP messages of the
+//! phone's line spliced in, the fork skew at the server and as the two devices saw it, the
+//! trust proof result, the audio check (pitch and purity of what the phone recorded), the
+//! server's CDR and the gateway's own leg record of the call (linked by the Call-ID), checks
+//! each, and cleans up everything it started. It exits non-zero when a check fails.
 
+mod ladder;
 mod uac;
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use pstn::line::{Line, LineConfig, LineError, LineEvent, LineProver};
 use serde_json::{Value, json};
 
 use crate::admin::Client;
+use crate::device::ZoneProver;
+use ladder::unix_us;
+
+/// The phone's own number: the server rings it through the gateway.
+const PHONE_NUMBER: &str = "+15551230001";
+/// How far from the caller's tone the phone's dominant frequency may be.
+const PITCH_TOLERANCE_HZ: f64 = 20.0;
+/// The least share of the recording's energy at the tone's pitch.
+const MIN_PURITY: f64 = 0.8;
 
 /// `trustring demo` options.
 #[derive(Debug, clap::Args)]
@@ -27,7 +48,7 @@ pub(crate) struct DemoArgs {
     /// How long the phone rings before it answers, ms.
     #[arg(long, default_value_t = 1200)]
     answer_after_ms: u64,
-    /// How long the call lasts once answered, ms.
+    /// How long the call lasts once answered (the caller sends its tone meanwhile), ms.
     #[arg(long, default_value_t = 2000)]
     hold_ms: u64,
     /// Keep the temporary data directory (and print where it is).
@@ -47,10 +68,18 @@ fn free_port() -> anyhow::Result<u16> {
     bail!("no free port on 127.0.0.1")
 }
 
-/// The server child, stopped (SIGTERM, then kill) on drop.
-struct ServerProc(Child);
+/// A child process (the server, the gateway), stopped by its PID (SIGTERM, then kill) on
+/// drop.
+struct ChildProc(Child);
 
-impl Drop for ServerProc {
+impl ChildProc {
+    /// True once the process has ended.
+    fn exited(&mut self) -> bool {
+        matches!(self.0.try_wait(), Ok(Some(_)))
+    }
+}
+
+impl Drop for ChildProc {
     fn drop(&mut self) {
         let _ = Command::new("kill")
             .arg("-TERM")
@@ -91,6 +120,35 @@ fn run_cmd(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> anyhow::Result<St
     Ok(text)
 }
 
+/// The zone's prover for the phone's line, shared so that a retried attach can hand it over
+/// again, noting when each proof was ready: the line sends its ACM right then.
+#[derive(Clone)]
+struct TimedProver {
+    zone: Arc<Mutex<ZoneProver>>,
+    /// Unix µs of each answer, and whether it was a proof.
+    proofs: Arc<Mutex<Vec<(i64, bool)>>>,
+}
+
+impl LineProver for TimedProver {
+    fn prove(&mut self, challenge: &str, call_ref: &str, branch: &str) -> Result<String, String> {
+        let result = match self.zone.lock() {
+            Ok(mut zone) => LineProver::prove(&mut *zone, challenge, call_ref, branch),
+            Err(_) => Err("the zone's lock is poisoned".to_owned()),
+        };
+        if let Ok(mut proofs) = self.proofs.lock() {
+            proofs.push((unix_us(), result.is_ok()));
+        }
+        result
+    }
+}
+
+/// What the demo heard from its two devices.
+#[derive(Debug)]
+enum Heard {
+    Desktop(phone::PhoneEvent),
+    Line(LineEvent),
+}
+
 struct NoProver;
 
 impl phone::Prover for NoProver {
@@ -113,8 +171,11 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         .prefix("trustring-demo-")
         .tempdir()?;
     let data = dir.path().join("data");
+    let gw_data = dir.path().join("gateway-data");
     let sip: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let gw_sip: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let gw_lines: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let token = {
         let mut b = [0u8; 16];
         rand::fill(&mut b[..]);
@@ -122,7 +183,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     };
 
     step(&format!(
-        "starting trustring serve (SIP {sip}, admin API http://{http}, data {})",
+        "starting trustring serve (SIP {sip}, admin API http://{http}, gateway {gw_sip}, data {})",
         data.display()
     ));
     let log = std::fs::File::create(dir.path().join("server.log"))?;
@@ -133,18 +194,22 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             &sip.to_string(),
             "--http",
             &http.to_string(),
+            "--gateway",
+            &gw_sip.to_string(),
         ])
         .arg("--data")
         .arg(&data)
         .args(["--domain", "localhost", "--rate-voip", "0.02"])
         .env("TRUSTRING_ADMIN_TOKEN", &token)
         .env("TRUSTRING_LOG", "warn")
+        // The ladder is the server's per-call trace.
+        .env_remove("TRUSTRING_NO_CALL_TRACE")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .context("starting the server")?;
-    let server = ServerProc(child);
+    let server = ChildProc(child);
     let api = Client::new(&format!("http://{http}"), &token);
     let t0 = Instant::now();
     while api.call("GET", "/healthz", None).is_err() {
@@ -181,7 +246,9 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     )?;
     let code = code["code"].as_str().context("no code")?.to_owned();
 
-    step("enrolling the phone: trusted zone (software), sealed identifier + license key");
+    step(&format!(
+        "enrolling the phone: trusted zone (software), sealed identifier + license key, number {PHONE_NUMBER}"
+    ));
     let zone = dir.path().join("phone-zone");
     let zone_s = zone.to_str().context("temp path is not UTF-8")?.to_owned();
     let pin = [("TRUSTRING_ZONE_PIN", "demo-zone-passphrase")];
@@ -205,36 +272,119 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             "--code",
             &code,
             "--accept-eula",
+            "--number",
+            PHONE_NUMBER,
         ],
         &pin,
     )?;
-    print!("{}", indent(out.lines().last().unwrap_or_default()));
-    println!();
+    for l in out
+        .lines()
+        .filter(|l| l.starts_with("enrolled") || l.starts_with("number"))
+    {
+        println!("    {l}");
+    }
 
-    step("registering the desktop softphone and the phone as alice");
+    step(&format!(
+        "starting trustring gateway (SIP trunk {gw_sip}, phone lines {gw_lines}, data {})",
+        gw_data.display()
+    ));
+    let log = std::fs::File::create(dir.path().join("gateway.log"))?;
+    let child = Command::new(&exe)
+        .args([
+            "gateway",
+            "--sip",
+            &gw_sip.to_string(),
+            "--lines",
+            &gw_lines.to_string(),
+            "--media-ip",
+            "127.0.0.1",
+            "--allow",
+            "127.0.0.1",
+        ])
+        .arg("--trunk-secret-file")
+        .arg(data.join("trunk-secret"))
+        .arg("--data")
+        .arg(&gw_data)
+        .env("TRUSTRING_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .context("starting the gateway")?;
+    let mut gateway = ChildProc(child);
+
+    step(&format!(
+        "registering the desktop softphone as alice; attaching the phone to the gateway as line {PHONE_NUMBER}"
+    ));
     let mut desk_cfg =
         phone::PhoneConfig::new(sip, "localhost", "alice", "alice", desk_password, "desktop");
     desk_cfg.local = SocketAddr::new(sip.ip(), 0);
     let (desk, mut desk_events) = phone::Phone::start(desk_cfg, Box::new(NoProver)).await?;
-    let (mut phone_cfg, prover, who) = crate::device::load_phone(&zone, pin[0].1, sip)?;
-    phone_cfg.answer_after = Some(Duration::from_millis(a.answer_after_ms));
-    let (phone, mut phone_events) = phone::Phone::start(phone_cfg, Box::new(prover)).await?;
-    for (name, ev) in [("desktop", &mut desk_events), ("phone", &mut phone_events)] {
-        wait_for(ev, name, |e| {
-            matches!(e, phone::PhoneEvent::Registered { .. })
-        })
-        .await?;
-    }
+    wait_for(&mut desk_events, "desktop", |e| {
+        matches!(e, phone::PhoneEvent::Registered { .. })
+    })
+    .await?;
+    let (phone_cfg, zone_prover, who) = crate::device::load_phone(&zone, pin[0].1, sip)?;
+    let prover = TimedProver {
+        zone: Arc::new(Mutex::new(zone_prover)),
+        proofs: Arc::new(Mutex::new(Vec::new())),
+    };
+    let recording = dir.path().join("phone-heard.wav");
+    let mut line_cfg = LineConfig::new(gw_lines.to_string(), PHONE_NUMBER.parse()?);
+    line_cfg.device_id = Some(phone_cfg.contact_instance.clone());
+    line_cfg.answer_after = Some(Duration::from_millis(a.answer_after_ms));
+    line_cfg.record = Some(recording.clone());
+    let t0 = Instant::now();
+    let (line, mut line_events) = loop {
+        // The gateway reads the trunk secret and binds its sockets as it starts.
+        match Line::attach(line_cfg.clone(), Some(Box::new(prover.clone()))).await {
+            Ok(attached) => break attached,
+            Err(LineError::Connect { .. })
+                if t0.elapsed() < Duration::from_secs(10) && !gateway.exited() =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => bail!(
+                "the phone could not attach to the gateway: {e}\n{}",
+                std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default()
+            ),
+        }
+    };
+    // The line's first event says how the attach went.
+    let attached = line_events
+        .recv()
+        .await
+        .map_or_else(|| "detached at once".to_owned(), |e| e.to_string());
     println!(
-        "    desktop {} and phone {who} {} registered",
-        desk.local_addr(),
-        phone.local_addr()
+        "    desktop {} registered; phone {who} {attached} on {gw_lines}",
+        desk.local_addr()
     );
 
     step(&format!(
-        "calling sip:alice@localhost (the phone answers after {} ms)",
-        a.answer_after_ms
+        "calling sip:alice@localhost (the phone answers after {} ms; the caller then sends a {} Hz tone for {} ms)",
+        a.answer_after_ms,
+        uac::TONE_HZ,
+        a.hold_ms
     ));
+    // Each device's events, stamped the moment they arrive, on one channel.
+    let (heard_tx, mut heard_rx) = tokio::sync::mpsc::unbounded_channel::<(i64, Heard)>();
+    tokio::spawn({
+        let tx = heard_tx.clone();
+        async move {
+            while let Some(e) = desk_events.recv().await {
+                if tx.send((unix_us(), Heard::Desktop(e))).is_err() {
+                    break;
+                }
+            }
+        }
+    });
+    tokio::spawn(async move {
+        while let Some(e) = line_events.recv().await {
+            if heard_tx.send((unix_us(), Heard::Line(e))).is_err() {
+                break;
+            }
+        }
+    });
     let caller = uac::Uac::bind(sip).await?;
     let call = tokio::spawn({
         let hold = Duration::from_millis(a.hold_ms);
@@ -245,32 +395,50 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
                 .map(|r| (r, caller.local_addr()))
         }
     });
-    let mut seen = Vec::new();
+    let mut heard: Vec<(i64, Heard)> = Vec::new();
+    let show = |h: &Heard| match h {
+        Heard::Desktop(e) => println!("    desktop: {e}"),
+        Heard::Line(e) => println!("    phone:   {e}"),
+    };
     let deadline = Instant::now() + Duration::from_secs(30);
     while !call.is_finished() && Instant::now() < deadline {
         tokio::select! {
-            Some(e) = desk_events.recv() => { println!("    desktop: {e}"); seen.push(("desktop", e)); }
-            Some(e) = phone_events.recv() => { println!("    phone:   {e}"); seen.push(("phone", e)); }
+            Some(h) = heard_rx.recv() => { show(&h.1); heard.push(h); }
             _ = tokio::time::sleep(Duration::from_millis(50)) => {}
         }
     }
     let (result, caller_addr) = call.await.context("caller task")??;
-    // Drain what is still queued (the BYE's Ended).
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    while let Ok(e) = phone_events.try_recv() {
-        println!("    phone:   {e}");
-        seen.push(("phone", e));
+    // The BYE reaches the phone as REL: wait for its release, then take what else is queued.
+    let released = |heard: &[(i64, Heard)]| {
+        heard
+            .iter()
+            .any(|(_, h)| matches!(h, Heard::Line(LineEvent::Released { .. })))
+    };
+    let until = tokio::time::Instant::now() + Duration::from_secs(2);
+    while !released(&heard) {
+        match tokio::time::timeout_at(until, heard_rx.recv()).await {
+            Ok(Some(h)) => {
+                show(&h.1);
+                heard.push(h);
+            }
+            Ok(None) | Err(_) => break,
+        }
     }
-    while let Ok(e) = desk_events.try_recv() {
-        println!("    desktop: {e}");
-        seen.push(("desktop", e));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    while let Ok(h) = heard_rx.try_recv() {
+        show(&h.1);
+        heard.push(h);
     }
+    // Shutting the line down finishes its recording.
+    line.shutdown().await;
+    let desk_addr = desk.local_addr();
+    let _ = desk.shutdown().await;
     println!(
-        "    caller got {:?} then {} after {} ms; held {} ms and hung up",
+        "    caller got {:?} then {} after {} ms; talked {} ms and hung up",
         result.provisional, result.status, result.setup_ms, a.hold_ms
     );
 
-    // The ladder the server recorded.
+    // The ladder the server recorded, with the phone line's ISUP messages on the same clock.
     let trace = api.call(
         "GET",
         &format!("/api/v1/calls/{}/trace", result.call_id),
@@ -283,10 +451,28 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             .collect();
     let mut names = HashMap::new();
     names.insert(caller_addr, "caller".to_owned());
-    names.insert(desk.local_addr(), "desktop".to_owned());
-    names.insert(phone.local_addr(), "phone".to_owned());
-    step("ladder diagram (as the server saw it)");
-    print!("{}", sip_net::trace::ladder_text(&entries, &names));
+    names.insert(desk_addr, "desktop".to_owned());
+    names.insert(gw_sip, "gateway".to_owned());
+    let line_heard: Vec<(i64, LineEvent)> = heard
+        .iter()
+        .filter_map(|(at, h)| match h {
+            Heard::Line(e) => Some((*at, e.clone())),
+            Heard::Desktop(_) => None,
+        })
+        .collect();
+    let proofs = prover.proofs.lock().map(|p| p.clone()).unwrap_or_default();
+    let isup = ladder::isup_rows(&line_heard, &proofs);
+    step("ladder diagram (SIP as the server saw it; ISUP as the phone's line saw it)");
+    print!(
+        "{}",
+        ladder::splice(
+            &sip_net::trace::ladder_text(&entries, &names),
+            &entries,
+            "gateway",
+            &format!("phone line {PHONE_NUMBER}"),
+            &isup
+        )
+    );
 
     let invites: Vec<&sip_net::trace::TraceEntry> = entries
         .iter()
@@ -300,6 +486,23 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         "fork skew: {:.3} ms between the first and the last branch INVITE",
         skew_us as f64 / 1000.0
     ));
+    let desk_rang = heard.iter().find_map(|(at, h)| {
+        matches!(h, Heard::Desktop(phone::PhoneEvent::Ringing { .. })).then_some(*at)
+    });
+    let line_rang = line_heard
+        .iter()
+        .find_map(|(at, e)| matches!(e, LineEvent::Incoming { .. }).then_some(*at));
+    if let (Some(desk_at), Some(line_at)) = (desk_rang, line_rang) {
+        let first = if desk_at <= line_at {
+            "the desktop"
+        } else {
+            "the phone"
+        };
+        step(&format!(
+            "fork skew through the gateway: {:.3} ms between the desktop's INVITE and the phone line's IAM ({first} rang first)",
+            (line_at - desk_at).abs() as f64 / 1000.0
+        ));
+    }
 
     let events = api.call("GET", "/api/v1/security-events", None)?;
     let proofs_failed = events.as_array().map_or(0, |v| {
@@ -307,12 +510,11 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             .filter(|e| e["kind"].as_str().is_some_and(|k| k.ends_with("-proof")))
             .count()
     });
-    let phone_answered = seen
+    let line_answered = line_heard
         .iter()
-        .any(|(who, e)| *who == "phone" && matches!(e, phone::PhoneEvent::Answered { .. }));
-    let desk_cancelled = seen.iter().any(|(who, e)| {
-        *who == "desktop"
-            && matches!(e, phone::PhoneEvent::Cancelled { reason: Some(r), .. } if r.contains("Call completed elsewhere"))
+        .any(|(_, e)| matches!(e, LineEvent::Answered { .. }));
+    let desk_cancelled = heard.iter().any(|(_, h)| {
+        matches!(h, Heard::Desktop(phone::PhoneEvent::Cancelled { reason: Some(r), .. }) if r.contains("Call completed elsewhere"))
     });
     let challenged = entries
         .iter()
@@ -322,14 +524,54 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             && e.label.starts_with("200")
             && e.notes.iter().any(|n| n == "trust proof")
     });
+    let iam_challenged = line_heard.iter().any(|(_, e)| {
+        matches!(
+            e,
+            LineEvent::Incoming {
+                challenged: true,
+                ..
+            }
+        )
+    });
+    let zone_proved = !proofs.is_empty() && proofs.iter().all(|(_, ok)| *ok);
+    let trusted = challenged && proved && proofs_failed == 0 && iam_challenged && zone_proved;
     step(&format!(
-        "trust proof: phone challenged {challenged}, proof on its answer {proved}, refused proofs {proofs_failed} -> {}",
-        if challenged && proved && proofs_failed == 0 {
-            "VERIFIED"
-        } else {
-            "FAILED"
-        }
+        "trust proof: phone challenged {challenged} (in the IAM {iam_challenged}), zone proved {zone_proved}, proof on its answer {proved}, refused proofs {proofs_failed} -> {}",
+        if trusted { "VERIFIED" } else { "FAILED" }
     ));
+
+    let heard_tone = audio_check(&recording);
+    let sent = match &result.audio {
+        Ok(s) => format!(
+            "the caller sent {} RTP packets ({}) to the gateway at {} and got {} back",
+            s.sent, s.law, s.to, s.received
+        ),
+        Err(e) => format!("the caller sent no audio: {e}"),
+    };
+    let tone_ok = match &heard_tone {
+        Ok(t) => {
+            let ok = (t.freq - uac::TONE_HZ).abs() <= PITCH_TOLERANCE_HZ && t.purity >= MIN_PURITY;
+            if ok {
+                step(&format!(
+                    "audio: {:.0} Hz tone received by the phone, purity {:.2} ({} ms recorded; {sent})",
+                    t.freq, t.purity, t.ms
+                ));
+            } else {
+                step(&format!(
+                    "audio: FAILED: the phone heard {:.0} Hz at purity {:.2}, expected {} Hz ± {PITCH_TOLERANCE_HZ} at purity {MIN_PURITY} or more ({} ms recorded; {sent})",
+                    t.freq,
+                    t.purity,
+                    uac::TONE_HZ,
+                    t.ms
+                ));
+            }
+            ok
+        }
+        Err(e) => {
+            step(&format!("audio: FAILED: {e:#} ({sent})"));
+            false
+        }
+    };
 
     // The CDR (durable before it is listed).
     let mut cdr = Value::Null;
@@ -342,11 +584,96 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    step("call detail record");
+    step("call detail record (the server's)");
     let r = &cdr["record"];
     let legs = r["legs"].as_array().cloned().unwrap_or_default();
+    print_record("CDR", r, &legs);
+
+    // The gateway's own record of its leg, as an operator reads it.
+    let gw_data_s = gw_data.to_str().context("temp path is not UTF-8")?;
+    let mut gw_rec = Value::Null;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(5) {
+        let out = run_cmd(
+            &exe,
+            &["cdr", "export", "--data", gw_data_s, "--format", "json"],
+            &[],
+        )?;
+        let v: Value = serde_json::from_str(&out).context("the gateway's records")?;
+        if let Some(r) = v["records"].as_array().and_then(|r| r.first()) {
+            gw_rec = r.clone();
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    step("the gateway's leg record (trustring cdr export --data GATEWAY_DATA --format json)");
+    let gw_legs = gw_rec["legs"].as_array().cloned().unwrap_or_default();
+    print_record("gateway leg record", &gw_rec, &gw_legs);
+    let linked = !result.call_id.is_empty()
+        && r["call_id"].as_str() == Some(result.call_id.as_str())
+        && gw_rec["call_id"] == r["call_id"];
     println!(
-        "    CDR {}: {} -> {} status {} duration {} ms released by {} ({}) hash {}…",
+        "    {} Call-ID: {} (server CDR) / {} (gateway record)",
+        if linked { "same" } else { "DIFFERENT" },
+        r["call_id"].as_str().unwrap_or("-"),
+        gw_rec["call_id"].as_str().unwrap_or("-")
+    );
+
+    drop(gateway);
+    drop(server);
+    if a.keep {
+        let kept = dir.keep();
+        println!("kept {}", kept.display());
+    }
+
+    let cancel_with_reason = entries.iter().any(|e| {
+        e.label == "CANCEL"
+            && e.notes
+                .iter()
+                .any(|n| n.contains("Call completed elsewhere"))
+    });
+    let leg_of = |kind: &str| legs.iter().find(|l| l["leg_type"] == kind);
+    let checks = [
+        (
+            "both devices rang",
+            invites.len() >= 2 && desk_rang.is_some() && line_rang.is_some(),
+        ),
+        ("the phone answered through the gateway", line_answered),
+        ("the caller got 200", result.status == 200),
+        (
+            "the desktop got CANCEL with Reason",
+            desk_cancelled && cancel_with_reason,
+        ),
+        ("the trust proof was verified", trusted),
+        ("the phone heard the caller's tone", tone_ok),
+        (
+            "one CDR, its PSTN leg answered and billed to alice",
+            r["final_status"] == 200
+                && leg_of("pstn")
+                    .is_some_and(|l| l["outcome"] == "answered" && l["billing_entity"] == "alice"),
+        ),
+        (
+            "the gateway's leg record shares the Call-ID",
+            linked && gw_legs.iter().any(|l| l["outcome"] == "answered"),
+        ),
+    ];
+    let failed: Vec<&str> = checks.iter().filter(|c| !c.1).map(|c| c.0).collect();
+    if failed.is_empty() {
+        println!("demo OK: {}", checks.map(|c| c.0).join("; "));
+        Ok(())
+    } else {
+        bail!("demo failed: {}", failed.join("; "))
+    }
+}
+
+/// A stored record (the server's CDR or the gateway's leg record) and its legs, one line each.
+fn print_record(what: &str, r: &Value, legs: &[Value]) {
+    if r.is_null() {
+        println!("    no {what} was written");
+        return;
+    }
+    println!(
+        "    {what} {}: {} -> {} status {} duration {} ms released by {} ({}) hash {}…",
         r["id"],
         r["caller"].as_str().unwrap_or_default(),
         r["called"].as_str().unwrap_or_default(),
@@ -360,7 +687,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             .get(..12)
             .unwrap_or_default()
     );
-    for l in &legs {
+    for l in legs {
         println!(
             "      leg {} {} {} billed to {} ({} ms)",
             l["device"]
@@ -372,48 +699,37 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             l["billable_ms"]
         );
     }
+}
 
-    let _ = desk.shutdown().await;
-    let _ = phone.shutdown().await;
-    drop(server);
-    if a.keep {
-        let kept = dir.keep();
-        println!("kept {}", kept.display());
-    }
+/// What the phone's recording holds.
+struct HeardTone {
+    /// Length of the recording.
+    ms: usize,
+    /// Its strongest frequency (middle half).
+    freq: f64,
+    /// The share of its energy at the caller's tone (middle half).
+    purity: f64,
+}
 
-    let cancel_with_reason = entries.iter().any(|e| {
-        e.label == "CANCEL"
-            && e.notes
-                .iter()
-                .any(|n| n.contains("Call completed elsewhere"))
-    });
-    let checks = [
-        ("both devices rang", invites.len() >= 2),
-        ("the phone answered", phone_answered),
-        ("the caller got 200", result.status == 200),
-        (
-            "the desktop got CANCEL with Reason",
-            desk_cancelled && cancel_with_reason,
-        ),
-        (
-            "the trust proof was verified",
-            challenged && proved && proofs_failed == 0,
-        ),
-        (
-            "one CDR, answered by the phone",
-            r["final_status"] == 200
-                && legs
-                    .iter()
-                    .any(|l| l["outcome"] == "answered" && !l["device"].is_null()),
-        ),
-    ];
-    let failed: Vec<&str> = checks.iter().filter(|c| !c.1).map(|c| c.0).collect();
-    if failed.is_empty() {
-        println!("demo OK: {}", checks.map(|c| c.0).join("; "));
-        Ok(())
-    } else {
-        bail!("demo failed: {}", failed.join("; "))
+/// Pitch and purity over the middle half of the recording: the start and the end may hold a
+/// partial packet's worth of anything.
+fn audio_check(path: &Path) -> anyhow::Result<HeardTone> {
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("the phone's recording {}", path.display()))?;
+    let wav = media::wav::read(std::io::BufReader::new(file))
+        .with_context(|| format!("reading {}", path.display()))?;
+    let n = wav.samples.len();
+    let rate = wav.rate.max(1);
+    let ms = n * 1000 / rate as usize;
+    if n < media::g711::FRAME_SAMPLES * 4 {
+        bail!("the phone recorded only {ms} ms of audio");
     }
+    let mid = &wav.samples[n / 4..n * 3 / 4];
+    Ok(HeardTone {
+        ms,
+        freq: media::tone::dominant_frequency(mid, rate),
+        purity: media::tone::tone_purity(mid, uac::TONE_HZ, rate),
+    })
 }
 
 fn indent(s: &str) -> String {

@@ -1,14 +1,25 @@
 //! The demo's caller: a minimal SIP UAC over UDP (RFC 3261 §8.1, §12, §13) that places one
-//! call, waits for the answer, holds it, and hangs up. Just enough for a demo on loopback: it
-//! retransmits the INVITE and the BYE on T1 doubling, and follows the route set of the 2xx.
+//! call offering G.711 (PCMU, PCMA), waits for the answer, talks for the hold time (a 1 kHz
+//! tone as RTP, 20 ms packets, to where the answer's SDP says), and hangs up. Just enough for
+//! a demo on loopback: it retransmits the INVITE and the BYE on T1 doubling, and follows the
+//! route set of the 2xx.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
+use media::g711::{FRAME_SAMPLES, Law, SAMPLE_RATE};
 use sip_core::message::{HeaderName, Message, Method, NameAddr, Request, Response, Uri, parse};
 use tokio::net::UdpSocket;
+use tokio::time::MissedTickBehavior;
+
+/// The caller's test tone: the phone must hear this pitch.
+pub(crate) const TONE_HZ: f64 = 1000.0;
+/// Its amplitude, of full scale: loud, well clear of G.711's clipping.
+const TONE_AMPLITUDE: f64 = 0.5;
+/// Samples per RTP packet: 20 ms of G.711.
+const PACKET_SAMPLES: u32 = FRAME_SAMPLES as u32;
 
 /// What happened to the call.
 #[derive(Debug)]
@@ -21,12 +32,29 @@ pub(crate) struct CallResult {
     pub(crate) status: u16,
     /// When the INVITE left and when the answer came.
     pub(crate) setup_ms: u128,
+    /// The audio sent while the call was up; `Err` says why none was (no usable SDP).
+    pub(crate) audio: Result<AudioSent, String>,
+}
+
+/// What the caller sent and heard on an answered call.
+#[derive(Debug)]
+pub(crate) struct AudioSent {
+    /// Where the RTP went (the answer's SDP).
+    pub(crate) to: SocketAddr,
+    /// The law the answer chose.
+    pub(crate) law: Law,
+    /// RTP packets sent.
+    pub(crate) sent: u32,
+    /// RTP packets that came back (the phone's side of the call).
+    pub(crate) received: u32,
 }
 
 pub(crate) struct Uac {
     sock: UdpSocket,
     local: SocketAddr,
     proxy: SocketAddr,
+    /// The RTP socket named in the offer.
+    rtp: UdpSocket,
 }
 
 fn rand_hex(n: usize) -> String {
@@ -39,7 +67,13 @@ impl Uac {
     pub(crate) async fn bind(proxy: SocketAddr) -> anyhow::Result<Self> {
         let sock = UdpSocket::bind((proxy.ip(), 0)).await?;
         let local = sock.local_addr()?;
-        Ok(Self { sock, local, proxy })
+        let rtp = UdpSocket::bind((proxy.ip(), 0)).await?;
+        Ok(Self {
+            sock,
+            local,
+            proxy,
+            rtp,
+        })
     }
 
     pub(crate) fn local_addr(&self) -> SocketAddr {
@@ -64,8 +98,8 @@ impl Uac {
         format!("SIP/2.0/UDP {};branch=z9hG4bK{branch};rport", self.local)
     }
 
-    /// Calls `target` (e.g. `sip:alice@localhost`), holds an answered call for `hold`, then
-    /// sends BYE.
+    /// Calls `target` (e.g. `sip:alice@localhost`), talks on an answered call for `hold`
+    /// (the tone as RTP), then sends BYE.
     pub(crate) async fn call(&self, target: &str, hold: Duration) -> anyhow::Result<CallResult> {
         let call_id = format!("demo-{}", rand_hex(8));
         let from_tag = rand_hex(4);
@@ -83,10 +117,13 @@ impl Uac {
         h.push(HeaderName::CSeq, "1 INVITE");
         h.push(HeaderName::Contact, format!("<sip:caller@{}>", self.local));
         h.push(HeaderName::ContentType, "application/sdp");
+        let rtp = self.rtp.local_addr()?;
         let sdp = format!(
-            "v=0\r\no=demo 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\nm=audio {port} RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n",
-            ip = self.local.ip(),
-            port = self.local.port() + 2
+            "v=0\r\no=demo 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
+             m=audio {port} RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+             a=ptime:20\r\na=sendrecv\r\n",
+            ip = rtp.ip(),
+            port = rtp.port()
         );
         let invite = Request {
             method: Method::Invite,
@@ -145,6 +182,7 @@ impl Uac {
                 provisional,
                 status: answer.status,
                 setup_ms,
+                audio: Err(format!("the call was not answered ({})", answer.status)),
             });
         }
         // §12.1.2: the route set is the Record-Route in reverse; the remote target the Contact.
@@ -173,7 +211,19 @@ impl Uac {
             &routes,
         );
         self.sock.send_to(&ack.to_bytes(), self.proxy).await?;
-        tokio::time::sleep(hold).await;
+        let talk_start = Instant::now();
+        let audio = match media::sdp::parse_audio(&answer.body) {
+            Ok(sdp) => match sdp.laws.first().zip(sdp.payload_types.first()) {
+                Some((&law, &pt)) => {
+                    let to = SocketAddr::new(sdp.addr, sdp.port);
+                    self.talk(to, law, pt, hold).await
+                }
+                None => Err("the answer's SDP has no G.711".to_owned()),
+            },
+            Err(e) => Err(format!("the answer's SDP: {e}")),
+        };
+        // Hold the call for the whole time even when no audio could be sent.
+        tokio::time::sleep(hold.saturating_sub(talk_start.elapsed())).await;
         let bye = self.request(
             Method::Bye,
             &remote,
@@ -198,6 +248,7 @@ impl Uac {
                             provisional,
                             status: answer.status,
                             setup_ms,
+                            audio,
                         });
                     }
                     // A retransmitted 2xx: ACK it again.
@@ -209,6 +260,63 @@ impl Uac {
             }
         }
         bail!("no answer to the BYE")
+    }
+
+    /// Sends the tone to `to` for `hold` as RTP in `law` under payload type `pt`, one 20 ms
+    /// packet per tick of a timer (RFC 3551 pacing), counting what comes back meanwhile.
+    async fn talk(
+        &self,
+        to: SocketAddr,
+        law: Law,
+        pt: u8,
+        hold: Duration,
+    ) -> Result<AudioSent, String> {
+        // One second of tone: a whole number of cycles and of packets, so it loops seamlessly.
+        let second = SAMPLE_RATE as usize;
+        let pcm = media::tone::sine(TONE_HZ, TONE_AMPLITUDE, second, SAMPLE_RATE);
+        let mut codes = Vec::with_capacity(second);
+        media::g711::encode_frame(law, &pcm, &mut codes);
+        let mut seed = [0u8; 8];
+        rand::fill(&mut seed[..]);
+        let mut sender = media::rtp::RtpSender::new(pt, u64::from_le_bytes(seed));
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        // A late tick is made up at once: the stream keeps real time, as a phone's would.
+        ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
+        let end = tokio::time::Instant::now() + hold;
+        let (mut sent, mut received, mut at) = (0u32, 0u32, 0usize);
+        let mut packet = Vec::with_capacity(media::rtp::HEADER_LEN + FRAME_SAMPLES);
+        let mut buf = vec![0u8; 2048];
+        loop {
+            tokio::select! {
+                tick = ticks.tick() => {
+                    if tick >= end {
+                        break;
+                    }
+                    let frame = codes.get(at..at + FRAME_SAMPLES).unwrap_or_default();
+                    at = (at + FRAME_SAMPLES) % codes.len().max(1);
+                    packet.clear();
+                    sender.next_packet(frame, PACKET_SAMPLES, &mut packet);
+                    self.rtp
+                        .send_to(&packet, to)
+                        .await
+                        .map_err(|e| format!("sending RTP to {to}: {e}"))?;
+                    sent += 1;
+                }
+                got = self.rtp.recv_from(&mut buf) => {
+                    if let Ok((n, _)) = got
+                        && media::rtp::parse(&buf[..n]).is_ok()
+                    {
+                        received += 1;
+                    }
+                }
+            }
+        }
+        Ok(AudioSent {
+            to,
+            law,
+            sent,
+            received,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -771,7 +771,7 @@ async fn real_responses_match_their_schemas() {
         Some(json!({"number": null})),
     )
     .await;
-    assert_eq!(cleared.json["number"], serde_json::Value::Null);
+    assert_eq!(cleared.json["number"], Value::Null);
     call(own, "GET", "/api/v1/device", "/api/v1/device", None).await;
     call(
         own,
