@@ -53,6 +53,12 @@ pub(crate) struct GatewayArgs {
     /// answer, the network answers after this many ms, without a trust proof.
     #[arg(long)]
     voicemail_after_ms: Option<u64>,
+    /// Most PSTN legs one number may take in any minute (toll-fraud cap); more get 403.
+    #[arg(long, default_value_t = 20)]
+    max_calls_per_minute: u32,
+    /// Most answered PSTN minutes one number may use per UTC day (spend cap; default none).
+    #[arg(long)]
+    max_minutes_per_day: Option<u64>,
     /// How long a line may ring, seconds.
     #[arg(long, default_value_t = 60)]
     ring_timeout_secs: u64,
@@ -100,6 +106,10 @@ pub(crate) async fn run(a: GatewayArgs) -> anyhow::Result<()> {
         voicemail_after: a.voicemail_after_ms.map(Duration::from_millis),
         ring_timeout: Duration::from_secs(a.ring_timeout_secs.max(1)),
         data: a.data,
+        caps: gateway::admission::Caps {
+            calls_per_minute: a.max_calls_per_minute.max(1),
+            minutes_per_day: a.max_minutes_per_day,
+        },
     };
     tracing::info!(?cfg, "starting the gateway");
     let metrics = Arc::new(gateway::GatewayMetrics::new());

@@ -544,3 +544,38 @@ fn call_swap_hold_take_a_pstn_call_and_resume() {
         .unwrap();
     assert_eq!(sip_leg["legs"][0]["billing_entity"], NUMBER);
 }
+
+#[test]
+fn per_number_caps_refuse_pstn_legs_beyond_them() {
+    let _g = serial();
+    // SECURITY threat 3: one PSTN leg per minute per number.
+    let r = rig(&["--max-calls-per-minute", "1"]);
+    let mut phone = r.attach_phone(&["--busy"], false);
+    caller(&r.s, "uac-busy.xml").run_ok();
+    // The second call within the minute never reaches the line: the gateway refuses it.
+    caller(&r.s, "uac-busy.xml").run_fails();
+    let out = phone.stop();
+    assert_eq!(out.matches("incoming call").count(), 1, "{out}");
+    assert_eq!(
+        r.metric("trustring_gateway_refused_invites_total{reason=\"rate-cap\"}"),
+        1.0
+    );
+    let gw = r.gateway_records(2);
+    let refused = &gw["records"][1];
+    assert_eq!(refused["legs"][0]["outcome"], "refused");
+    assert!(
+        refused["release_cause"]
+            .as_str()
+            .unwrap()
+            .contains("rate cap"),
+        "{refused:#}"
+    );
+    // A spend cap of 0 answered minutes a day refuses every leg.
+    let r = rig(&["--max-minutes-per-day", "0"]);
+    let _phone = r.attach_phone(&["--busy"], false);
+    caller(&r.s, "uac-busy.xml").run_fails();
+    assert_eq!(
+        r.metric("trustring_gateway_refused_invites_total{reason=\"spend-cap\"}"),
+        1.0
+    );
+}

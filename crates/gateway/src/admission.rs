@@ -11,8 +11,12 @@
 //!
 //! (2) and (3) together make a captured INVITE useless: it cannot be moved to another number
 //! or call, and it cannot be replayed once used or after a minute.
+//!
+//! Then the per-subscriber caps ([`Caps`]), which bound what even a compromised server (or a
+//! flood of calls to one user) can spend: PSTN legs per number per minute, and answered PSTN
+//! minutes per number per UTC day (refused with 403, `Reason: Q.850;cause=29`).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
 
 use sip_core::proxy::verify_trunk_auth;
@@ -43,7 +47,34 @@ pub enum Refusal {
     /// No `Trunk-Auth`, or it does not verify.
     #[error("bad or missing Trunk-Auth")]
     BadMac,
+    /// The number had its cap of PSTN legs in the last minute.
+    #[error("rate cap: {0} PSTN legs in the last minute")]
+    RateCap(u32),
+    /// The number used its answered PSTN minutes of the day.
+    #[error("spend cap: {0} PSTN minutes used today")]
+    SpendCap(u64),
 }
+
+/// Per-number limits on PSTN legs (SECURITY threat 3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Caps {
+    /// Most PSTN legs one number may take in any 60 s.
+    pub calls_per_minute: u32,
+    /// Most answered PSTN minutes one number may use per UTC day (`None`: no cap).
+    pub minutes_per_day: Option<u64>,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Self {
+            calls_per_minute: 20,
+            minutes_per_day: None,
+        }
+    }
+}
+
+const DAY_MS: i64 = 86_400_000;
+const MINUTE_MS: i64 = 60_000;
 
 impl Refusal {
     /// A short fixed word for metrics and logs.
@@ -55,6 +86,8 @@ impl Refusal {
             Self::Stale(_) => "stale-challenge",
             Self::Replayed => "replayed-challenge",
             Self::BadMac => "bad-mac",
+            Self::RateCap(_) => "rate-cap",
+            Self::SpendCap(_) => "spend-cap",
         }
     }
 }
@@ -82,6 +115,11 @@ pub struct Admission {
     secret: Vec<u8>,
     seen: HashSet<String>,
     order: VecDeque<String>,
+    caps: Caps,
+    /// Admission times (Unix ms) of each number's legs in the last minute.
+    recent: HashMap<String, VecDeque<i64>>,
+    /// Answered ms of each number on the UTC day given.
+    spent: HashMap<String, (i64, i64)>,
 }
 
 impl std::fmt::Debug for Admission {
@@ -103,13 +141,53 @@ fn counter(challenge: &str) -> Option<i64> {
 
 impl Admission {
     /// Checks for a gateway that takes calls from `allow` with trunk secret `secret`.
-    pub fn new(allow: Vec<IpAddr>, secret: Vec<u8>) -> Self {
+    pub fn new(allow: Vec<IpAddr>, secret: Vec<u8>, caps: Caps) -> Self {
         Self {
             allow,
             secret,
             seen: HashSet::new(),
             order: VecDeque::new(),
+            caps,
+            recent: HashMap::new(),
+            spent: HashMap::new(),
         }
+    }
+
+    /// Counts `billable_ms` of answered PSTN time against `number` on the day of `at_ms`
+    /// (records written, or read back from the store at start).
+    pub fn charge(&mut self, number: &str, at_ms: i64, billable_ms: i64) {
+        let day = at_ms.div_euclid(DAY_MS);
+        let e = self.spent.entry(number.to_owned()).or_insert((day, 0));
+        if e.0 != day {
+            *e = (day, 0);
+        }
+        e.1 = e.1.saturating_add(billable_ms.max(0));
+    }
+
+    fn check_caps(&mut self, number: &str, now_ms: i64) -> Result<(), Refusal> {
+        if let Some(max) = self.caps.minutes_per_day {
+            let today = now_ms.div_euclid(DAY_MS);
+            let used = self
+                .spent
+                .get(number)
+                .filter(|(day, _)| *day == today)
+                .map_or(0, |(_, ms)| *ms);
+            let limit = i64::try_from(max)
+                .unwrap_or(i64::MAX)
+                .saturating_mul(MINUTE_MS);
+            if used >= limit {
+                return Err(Refusal::SpendCap(max));
+            }
+        }
+        let q = self.recent.entry(number.to_owned()).or_default();
+        while q.front().is_some_and(|&t| now_ms - t >= MINUTE_MS) {
+            q.pop_front();
+        }
+        if q.len() >= self.caps.calls_per_minute as usize {
+            return Err(Refusal::RateCap(self.caps.calls_per_minute));
+        }
+        q.push_back(now_ms);
+        Ok(())
     }
 
     /// Admits or refuses an INVITE at wall-clock time `now_ms` (Unix ms). An admitted
@@ -135,9 +213,11 @@ impl Admission {
         ) {
             return Err(Refusal::BadMac);
         }
-        if !self.seen.insert(challenge.to_owned()) {
+        if self.seen.contains(challenge) {
             return Err(Refusal::Replayed);
         }
+        self.check_caps(inv.number, now_ms)?;
+        self.seen.insert(challenge.to_owned());
         self.order.push_back(challenge.to_owned());
         if self.order.len() > REPLAY_MEMORY
             && let Some(old) = self.order.pop_front()
@@ -171,7 +251,11 @@ mod tests {
     fn admits_the_servers_leg_once() {
         let ch = format!("v=1;dev=d-1;ctr={NOW};nonce=x;mac=y");
         let mac = trunk_auth(SECRET, "c1", "z9hG4bKb1", "+15550001", &ch);
-        let mut a = Admission::new(vec![IpAddr::from([127, 0, 0, 1])], SECRET.to_vec());
+        let mut a = Admission::new(
+            vec![IpAddr::from([127, 0, 0, 1])],
+            SECRET.to_vec(),
+            Caps::default(),
+        );
         assert_eq!(a.admit(&invite(&ch, &mac), NOW + 10), Ok(()));
         assert_eq!(
             a.admit(&invite(&ch, &mac), NOW + 20),
@@ -183,7 +267,11 @@ mod tests {
     fn refuses_everything_else() {
         let ch = format!("v=1;dev=d-1;ctr={NOW};nonce=x;mac=y");
         let mac = trunk_auth(SECRET, "c1", "z9hG4bKb1", "+15550001", &ch);
-        let mut a = Admission::new(vec![IpAddr::from([127, 0, 0, 1])], SECRET.to_vec());
+        let mut a = Admission::new(
+            vec![IpAddr::from([127, 0, 0, 1])],
+            SECRET.to_vec(),
+            Caps::default(),
+        );
         let mut other = invite(&ch, &mac);
         other.source = IpAddr::from([127, 0, 0, 2]);
         assert!(matches!(a.admit(&other, NOW), Err(Refusal::Source(_))));
@@ -210,5 +298,46 @@ mod tests {
         ));
         // None of the refusals burned the challenge.
         assert_eq!(a.admit(&invite(&ch, &mac), NOW), Ok(()));
+    }
+
+    #[test]
+    fn caps_per_number() {
+        let caps = Caps {
+            calls_per_minute: 2,
+            minutes_per_day: Some(1),
+        };
+        let mut a = Admission::new(vec![IpAddr::from([127, 0, 0, 1])], SECRET.to_vec(), caps);
+        let leg = |a: &mut Admission, n: i64, number: &str, at: i64| {
+            let ch = format!("v=1;dev=d-1;ctr={};nonce={n};mac=y", at);
+            let mac = trunk_auth(SECRET, "c1", "z9hG4bKb1", number, &ch);
+            let mut inv = invite(&ch, &mac);
+            inv.number = number;
+            a.admit(&inv, at)
+        };
+        assert_eq!(leg(&mut a, 1, "+15550001", NOW), Ok(()));
+        assert_eq!(leg(&mut a, 2, "+15550001", NOW + 1), Ok(()));
+        assert_eq!(
+            leg(&mut a, 3, "+15550001", NOW + 2),
+            Err(Refusal::RateCap(2))
+        );
+        assert_eq!(leg(&mut a, 4, "+15550002", NOW + 3), Ok(()), "per number");
+        assert_eq!(
+            leg(&mut a, 5, "+15550001", NOW + 60_001),
+            Ok(()),
+            "a minute later"
+        );
+        a.charge("+15550001", NOW, 59_000);
+        assert_eq!(leg(&mut a, 6, "+15550001", NOW + 120_000), Ok(()));
+        a.charge("+15550001", NOW, 1_000);
+        assert_eq!(
+            leg(&mut a, 7, "+15550001", NOW + 180_000),
+            Err(Refusal::SpendCap(1))
+        );
+        // The next UTC day the minutes start again.
+        assert_eq!(
+            leg(&mut a, 7, "+15550001", NOW + DAY_MS),
+            Ok(()),
+            "a new day"
+        );
     }
 }

@@ -29,6 +29,8 @@ pub struct GatewayConfig {
     pub ring_timeout: Duration,
     /// Data directory (the leg records' database).
     pub data: PathBuf,
+    /// Per-number limits on PSTN legs (toll fraud, spend).
+    pub caps: crate::admission::Caps,
 }
 
 impl std::fmt::Debug for GatewayConfig {
@@ -42,6 +44,7 @@ impl std::fmt::Debug for GatewayConfig {
             .field("voicemail_after", &self.voicemail_after)
             .field("ring_timeout", &self.ring_timeout)
             .field("data", &self.data)
+            .field("caps", &self.caps)
             .finish_non_exhaustive()
     }
 }

@@ -24,7 +24,7 @@ use pstn::msg::{Cic, Event, FRAME_LEN, Iam, Message, Number};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 
-use crate::admission::{Admission, TrunkInvite};
+use crate::admission::{Admission, Refusal, TrunkInvite};
 use crate::bridge::{Bridge, IpSide};
 use crate::config::GatewayConfig;
 use crate::lines::LineInput;
@@ -121,7 +121,7 @@ impl Exchange {
         recorder: Recorder,
         metrics: std::sync::Arc<crate::GatewayMetrics>,
     ) -> Self {
-        let admission = Admission::new(cfg.allow.clone(), cfg.trunk_secret.clone());
+        let admission = Admission::new(cfg.allow.clone(), cfg.trunk_secret.clone(), cfg.caps);
         Self {
             cfg,
             ua,
@@ -230,6 +230,28 @@ impl Exchange {
         }
     }
 
+    /// Writes a leg record, and counts its answered time against the number's daily cap.
+    fn write_record(&mut self, r: LegRecord) {
+        if let Some(answer) = r.answer_ms
+            && r.outcome == Some("answered")
+        {
+            let now = unix_ms();
+            self.admission.charge(&r.billing_entity, now, now - answer);
+        }
+        self.recorder.write(r);
+    }
+
+    /// Counts the answered time of today's stored records (at start, so a restart does not
+    /// reset the daily caps).
+    pub(crate) fn preload_spend(&mut self, records: &[store::Cdr]) {
+        for c in records {
+            for leg in &c.legs {
+                self.admission
+                    .charge(&leg.billing_entity, c.end_ms, leg.billable_ms);
+            }
+        }
+    }
+
     // ---- the SIP side -------------------------------------------------------------------
 
     fn ua_event(&mut self, e: UaEvent) {
@@ -321,12 +343,13 @@ impl Exchange {
         if let Err(why) = self.admission.admit(&inv, unix_ms()) {
             tracing::warn!(%source, number, call_id = sip_call_id, reason = %why, "INVITE refused (toll-fraud check)");
             self.metrics.refused(why.kind());
-            let _ = self.ua.reject(
-                call,
-                now,
-                403,
-                Some("SIP;cause=403;text=\"Not an authorised trunk call\""),
-            );
+            let reason = match why {
+                Refusal::RateCap(_) | Refusal::SpendCap(_) => {
+                    "Q.850;cause=29;text=\"Facility rejected\""
+                }
+                _ => "SIP;cause=403;text=\"Not an authorised trunk call\"",
+            };
+            let _ = self.ua.reject(call, now, 403, Some(reason));
             let mut r = LegRecord::new(
                 sip_call_id.into(),
                 from.into(),
@@ -336,7 +359,7 @@ impl Exchange {
             r.outcome = Some("refused");
             r.status = Some(403);
             r.cause = format!("refused: {why}");
-            self.recorder.write(r);
+            self.write_record(r);
             return;
         }
         let Some(body) = offer else {
@@ -365,7 +388,7 @@ impl Exchange {
                 r.outcome = Some("failed");
                 r.status = Some(488);
                 r.cause = format!("no common codec: {e}");
-                self.recorder.write(r);
+                self.write_record(r);
                 return;
             }
         };
@@ -486,7 +509,7 @@ impl Exchange {
             c.record.outcome = Some(outcome_for(cause));
             c.record.cause = cause_text(cause);
             c.record.released_by = "callee";
-            self.recorder.write(c.record);
+            self.write_record(c.record);
         }
     }
 
@@ -579,7 +602,7 @@ impl Exchange {
             r.cause = cause_text(cause);
         }
         r.released_by = released_by;
-        self.recorder.write(c.record);
+        self.write_record(c.record);
     }
 
     // ---- the PSTN side ------------------------------------------------------------------
@@ -859,7 +882,7 @@ impl Exchange {
                         c.record.status = Some(200);
                         c.record.cause = cause_text(cause);
                         c.record.released_by = "callee";
-                        self.recorder.write(c.record);
+                        self.write_record(c.record);
                     }
                 } else {
                     c.ring_deadline = None;
@@ -885,7 +908,7 @@ impl Exchange {
                     r.cause = cause_text(cause);
                     // Lines seize odd CICs: an odd one released is the caller's side.
                     r.released_by = if key.1 % 2 == 1 { "caller" } else { "callee" };
-                    self.recorder.write(r);
+                    self.write_record(r);
                 }
             }
             Far::None => {}
@@ -925,7 +948,7 @@ impl Exchange {
             record.outcome = Some("failed");
             record.status = Some(404);
             record.cause = cause_text(Cause::UNALLOCATED_NUMBER);
-            self.recorder.write(record);
+            self.write_record(record);
             return;
         };
         let Some(t) = self.lines.get_mut(&tconn) else {

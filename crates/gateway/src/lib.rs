@@ -79,6 +79,8 @@ pub async fn run(
         source,
     })?;
     let store = store::SqliteStore::open(&cfg.data.join("trustring.db"))?;
+    let day_start = records::unix_ms().div_euclid(86_400_000) * 86_400_000;
+    let today = store::Store::cdrs(&store, day_start, i64::MAX, None)?;
     let sip = tokio::net::UdpSocket::bind(cfg.sip)
         .await
         .map_err(|source| GatewayError::Bind {
@@ -123,9 +125,9 @@ pub async fn run(
     let recorder = records::Recorder::start(Box::new(store), metrics.clone());
     let (line_tx, line_rx) = tokio::sync::mpsc::unbounded_channel();
     let acceptor = tokio::spawn(lines::accept(lines, line_tx, metrics.clone()));
-    exchange::Exchange::new(cfg, ua, Arc::new(sip), recorder, metrics)
-        .run(line_rx, stop)
-        .await;
+    let mut exchange = exchange::Exchange::new(cfg, ua, Arc::new(sip), recorder, metrics);
+    exchange.preload_spend(&today);
+    exchange.run(line_rx, stop).await;
     acceptor.abort();
     Ok(())
 }
