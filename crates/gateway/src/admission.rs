@@ -1,4 +1,4 @@
-//! Toll-fraud protection (SECURITY threat 6): which INVITEs the gateway connects to the PSTN.
+//! Toll-fraud protection (SECURITY threat 3): which INVITEs the gateway connects to the PSTN.
 //!
 //! A PSTN call costs money and rings a real phone, so the trunk side takes an INVITE only
 //! when all of these hold, and refuses it with 403 (and a log line) otherwise:

@@ -1,4 +1,4 @@
-//! The SIP trunk to the IP->PSTN gateway (SPEC R15, R16; toll fraud, SECURITY threat 6).
+//! The SIP trunk to the IP->PSTN gateway (SPEC R15, R16; toll fraud, SECURITY threat 3).
 //!
 //! A phone with a number and no live SIP binding is rung through the gateway: its branch is
 //! `INVITE sip:+NUMBER@GATEWAY;user=phone` with the trust challenge (R14) and a
