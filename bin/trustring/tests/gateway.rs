@@ -484,8 +484,10 @@ fn direct_invite_to_the_gateway_is_refused_and_logged() {
     );
     let log = r.gw.stop();
     assert!(log.contains("INVITE refused (toll-fraud check)"), "{log}");
-    let gw = r.gateway_records(1);
-    assert_eq!(gw["records"][0]["legs"][0]["outcome"], "refused");
+    // Anyone can send such packets: they are logged and counted, never stored (a record per
+    // packet would let them fill the disk).
+    let gw = cdr_export(&r.gw_data);
+    assert_eq!(gw["records"].as_array().map(Vec::len), Some(0), "{gw:#}");
 }
 
 #[test]

@@ -164,14 +164,15 @@ impl Admission {
         e.1 = e.1.saturating_add(billable_ms.max(0));
     }
 
-    fn check_caps(&mut self, number: &str, now_ms: i64) -> Result<(), Refusal> {
+    fn check_caps(&mut self, number: &str, now_ms: i64, live_ms: i64) -> Result<(), Refusal> {
         if let Some(max) = self.caps.minutes_per_day {
             let today = now_ms.div_euclid(DAY_MS);
             let used = self
                 .spent
                 .get(number)
                 .filter(|(day, _)| *day == today)
-                .map_or(0, |(_, ms)| *ms);
+                .map_or(0, |(_, ms)| *ms)
+                .saturating_add(live_ms.max(0));
             let limit = i64::try_from(max)
                 .unwrap_or(i64::MAX)
                 .saturating_mul(MINUTE_MS);
@@ -190,9 +191,15 @@ impl Admission {
         Ok(())
     }
 
-    /// Admits or refuses an INVITE at wall-clock time `now_ms` (Unix ms). An admitted
-    /// challenge is remembered: the same one is refused next time.
-    pub fn admit(&mut self, inv: &TrunkInvite<'_>, now_ms: i64) -> Result<(), Refusal> {
+    /// Admits or refuses an INVITE at wall-clock time `now_ms` (Unix ms); `live_ms` is the
+    /// answered time of the number's calls still up (counted against the daily cap). An
+    /// admitted challenge is remembered: the same one is refused next time.
+    pub fn admit(
+        &mut self,
+        inv: &TrunkInvite<'_>,
+        now_ms: i64,
+        live_ms: i64,
+    ) -> Result<(), Refusal> {
         if !self.allow.contains(&inv.source) {
             return Err(Refusal::Source(inv.source));
         }
@@ -216,7 +223,7 @@ impl Admission {
         if self.seen.contains(challenge) {
             return Err(Refusal::Replayed);
         }
-        self.check_caps(inv.number, now_ms)?;
+        self.check_caps(inv.number, now_ms, live_ms)?;
         self.seen.insert(challenge.to_owned());
         self.order.push_back(challenge.to_owned());
         if self.order.len() > REPLAY_MEMORY
@@ -256,9 +263,9 @@ mod tests {
             SECRET.to_vec(),
             Caps::default(),
         );
-        assert_eq!(a.admit(&invite(&ch, &mac), NOW + 10), Ok(()));
+        assert_eq!(a.admit(&invite(&ch, &mac), NOW + 10, 0), Ok(()));
         assert_eq!(
-            a.admit(&invite(&ch, &mac), NOW + 20),
+            a.admit(&invite(&ch, &mac), NOW + 20, 0),
             Err(Refusal::Replayed)
         );
     }
@@ -274,30 +281,30 @@ mod tests {
         );
         let mut other = invite(&ch, &mac);
         other.source = IpAddr::from([127, 0, 0, 2]);
-        assert!(matches!(a.admit(&other, NOW), Err(Refusal::Source(_))));
+        assert!(matches!(a.admit(&other, NOW, 0), Err(Refusal::Source(_))));
         let mut other = invite(&ch, &mac);
         other.challenge = None;
-        assert_eq!(a.admit(&other, NOW), Err(Refusal::NoChallenge));
+        assert_eq!(a.admit(&other, NOW, 0), Err(Refusal::NoChallenge));
         let mut other = invite(&ch, &mac);
         other.trunk_auth = None;
-        assert_eq!(a.admit(&other, NOW), Err(Refusal::BadMac));
+        assert_eq!(a.admit(&other, NOW, 0), Err(Refusal::BadMac));
         let mut other = invite(&ch, &mac);
         other.number = "+19990000";
         assert_eq!(
-            a.admit(&other, NOW),
+            a.admit(&other, NOW, 0),
             Err(Refusal::BadMac),
             "moved to another number"
         );
         assert_eq!(
-            a.admit(&invite("v=1;ctr=x", &mac), NOW),
+            a.admit(&invite("v=1;ctr=x", &mac), NOW, 0),
             Err(Refusal::BadChallenge)
         );
         assert!(matches!(
-            a.admit(&invite(&ch, &mac), NOW + MAX_SKEW_MS + 1),
+            a.admit(&invite(&ch, &mac), NOW + MAX_SKEW_MS + 1, 0),
             Err(Refusal::Stale(_))
         ));
         // None of the refusals burned the challenge.
-        assert_eq!(a.admit(&invite(&ch, &mac), NOW), Ok(()));
+        assert_eq!(a.admit(&invite(&ch, &mac), NOW, 0), Ok(()));
     }
 
     #[test]
@@ -312,7 +319,7 @@ mod tests {
             let mac = trunk_auth(SECRET, "c1", "z9hG4bKb1", number, &ch);
             let mut inv = invite(&ch, &mac);
             inv.number = number;
-            a.admit(&inv, at)
+            a.admit(&inv, at, 0)
         };
         assert_eq!(leg(&mut a, 1, "+15550001", NOW), Ok(()));
         assert_eq!(leg(&mut a, 2, "+15550001", NOW + 1), Ok(()));
@@ -325,6 +332,15 @@ mod tests {
             leg(&mut a, 5, "+15550001", NOW + 60_001),
             Ok(()),
             "a minute later"
+        );
+        // Calls still up count too.
+        let ch = format!("v=1;dev=d-1;ctr={};nonce=live;mac=y", NOW + 61_000);
+        let mac = trunk_auth(SECRET, "c1", "z9hG4bKb1", "+15550003", &ch);
+        let mut inv = invite(&ch, &mac);
+        inv.number = "+15550003";
+        assert_eq!(
+            a.admit(&inv, NOW + 61_000, 60_000),
+            Err(Refusal::SpendCap(1))
         );
         a.charge("+15550001", NOW, 59_000);
         assert_eq!(leg(&mut a, 6, "+15550001", NOW + 120_000), Ok(()));

@@ -108,6 +108,8 @@ async fn run(
                 if !latched {
                     remote = src;
                     latched = true;
+                } else if src != remote {
+                    continue; // not the caller's stream: nobody injects audio into the call
                 }
                 metrics.rtp(Dir::In);
                 if held.load(Ordering::Relaxed) {

@@ -231,14 +231,26 @@ impl Exchange {
     }
 
     /// Writes a leg record, and counts its answered time against the number's daily cap.
-    fn write_record(&mut self, r: LegRecord) {
+    fn write_record(&mut self, mut r: LegRecord) {
+        let now = unix_ms();
+        r.end_ms = Some(now);
         if let Some(answer) = r.answer_ms
             && r.outcome == Some("answered")
         {
-            let now = unix_ms();
             self.admission.charge(&r.billing_entity, now, now - answer);
         }
         self.recorder.write(r);
+    }
+
+    /// Answered time of `number`'s calls still up, ms (they count against its daily cap
+    /// before they end).
+    fn live_ms(&self, number: &str, now_ms: i64) -> i64 {
+        self.calls
+            .values()
+            .filter(|c| c.answered && !c.voicemail && c.record.billing_entity == number)
+            .filter_map(|c| c.record.answer_ms)
+            .map(|a| (now_ms - a).max(0))
+            .sum()
     }
 
     /// Counts the answered time of today's stored records (at start, so a restart does not
@@ -293,14 +305,14 @@ impl Exchange {
                 );
             }
             UaEvent::RemoteBye { call, .. } => {
-                let answered = self.calls.get(&call).is_some_and(|c| c.voicemail);
-                self.end_sip_leg(
-                    call,
-                    Cause::NORMAL_CLEARING,
-                    "caller",
-                    answered.then_some("voicemail"),
-                    None,
-                );
+                // A BYE on an early dialog ends the call before an answer (the UA sent 487).
+                let answered = self.calls.get(&call).is_some_and(|c| c.answered);
+                let (outcome, status) = if answered {
+                    (None, None)
+                } else {
+                    (Some("cancelled"), Some(487))
+                };
+                self.end_sip_leg(call, Cause::NORMAL_CLEARING, "caller", outcome, status);
             }
             UaEvent::RemoteReinvite { call, offer } => self.remote_reinvite(call, offer, now),
             // Our BYE finished, or the 200 was never ACKed: release whatever is left.
@@ -340,7 +352,9 @@ impl Exchange {
             challenge,
             trunk_auth: header("Trunk-Auth"),
         };
-        if let Err(why) = self.admission.admit(&inv, unix_ms()) {
+        let now_ms = unix_ms();
+        let live = self.live_ms(number, now_ms);
+        if let Err(why) = self.admission.admit(&inv, now_ms, live) {
             tracing::warn!(%source, number, call_id = sip_call_id, reason = %why, "INVITE refused (toll-fraud check)");
             self.metrics.refused(why.kind());
             let reason = match why {
@@ -350,16 +364,23 @@ impl Exchange {
                 _ => "SIP;cause=403;text=\"Not an authorised trunk call\"",
             };
             let _ = self.ua.reject(call, now, 403, Some(reason));
-            let mut r = LegRecord::new(
-                sip_call_id.into(),
-                from.into(),
-                number.into(),
-                number.into(),
-            );
-            r.outcome = Some("refused");
-            r.status = Some(403);
-            r.cause = format!("refused: {why}");
-            self.write_record(r);
+            // Only a leg the server really sent (past the MAC) gets a durable record: anyone
+            // can send the rest, and a record per packet would let them fill the disk.
+            if matches!(
+                why,
+                Refusal::Replayed | Refusal::RateCap(_) | Refusal::SpendCap(_)
+            ) {
+                let mut r = LegRecord::new(
+                    sip_call_id.into(),
+                    from.into(),
+                    number.into(),
+                    number.into(),
+                );
+                r.outcome = Some("refused");
+                r.status = Some(403);
+                r.cause = format!("refused: {why}");
+                self.write_record(r);
+            }
             return;
         }
         let Some(body) = offer else {
@@ -447,14 +468,12 @@ impl Exchange {
             self.unreachable(call, Cause::SUBSCRIBER_ABSENT, now);
             return;
         };
-        let Some(l) = self.lines.get_mut(&conn) else {
+        let Some(cic) = self.seize_cic(conn) else {
+            self.unreachable(call, Cause::NO_CIRCUIT_AVAILABLE, now);
             return;
         };
-        let cic = l.next_cic;
-        l.next_cic = if l.next_cic >= u16::MAX - 1 {
-            2
-        } else {
-            l.next_cic + 2
+        let Some(l) = self.lines.get(&conn) else {
+            return;
         };
         let called = Number::new(number);
         let calling = from_number(from);
@@ -532,10 +551,16 @@ impl Exchange {
             return;
         };
         c.ring_deadline = None;
+        c.record.cause = cause_text(Cause::NO_ANSWER);
         if let Some(key) = c.circuit.take() {
             self.release_circuit(key, Cause::NO_ANSWER);
         }
-        self.unreachable(call, Cause::NO_ANSWER, now);
+        if self.cfg.voicemail_after.is_some() {
+            // The phone rang long enough: the carrier's voicemail takes it now.
+            self.voicemail_answers(call, now);
+        } else {
+            self.unreachable(call, Cause::NO_ANSWER, now);
+        }
     }
 
     fn remote_reinvite(&mut self, call: CallId, offer: Option<Bytes>, now: Instant) {
@@ -544,8 +569,16 @@ impl Exchange {
         };
         let parsed = offer.as_deref().map(sdp::parse_audio);
         let hold = matches!(&parsed, Some(Ok(o)) if o.is_hold());
-        if let Some(Ok(o)) = parsed {
+        if let (Some(Ok(o)), Some(body)) = (parsed, offer) {
+            // The call's law must stay offered; a re-offer without it is refused (488), the
+            // session goes on as it was.
+            let Some(pt) = sdp::payload_type_for(&o, c.ip_law) else {
+                let _ = self.ua.reject_reinvite(call, now, 488);
+                return;
+            };
+            c.payload_type = pt;
             c.offer = o;
+            c.offer_body = body;
         }
         c.sdp_version += 1;
         let dir = if hold {
@@ -593,7 +626,13 @@ impl Exchange {
         }
         let r = &mut c.record;
         if r.outcome.is_none() {
-            r.outcome = Some(outcome.unwrap_or(if c.answered { "answered" } else { "failed" }));
+            r.outcome = Some(outcome.unwrap_or(if c.voicemail {
+                "voicemail"
+            } else if c.answered {
+                "answered"
+            } else {
+                "failed"
+            }));
         }
         if r.status.is_none() {
             r.status = status.or(c.answered.then_some(200));
@@ -673,6 +712,7 @@ impl Exchange {
                 next_cic: 2,
             },
         );
+        self.metrics.set_lines(self.lines.len());
     }
 
     fn detach(&mut self, conn: u64) {
@@ -725,7 +765,15 @@ impl Exchange {
                 self.circuit_released((conn, cic.0), cause);
             }
             Message::Rlc { cic } => {
-                self.circuits.remove(&(conn, cic.0));
+                let key = (conn, cic.0);
+                match self.circuits.get(&key).map(|c| c.far) {
+                    Some(Far::None) => {
+                        self.circuits.remove(&key);
+                    }
+                    // RLC without our REL: the line dropped the call; release it properly.
+                    Some(_) => self.circuit_released(key, Cause::PROTOCOL_ERROR),
+                    None => {}
+                }
             }
             Message::Frm { cic, payload, .. } => self.frame(conn, cic, payload),
             other => tracing::debug!(?other, "unexpected line message"),
@@ -737,6 +785,9 @@ impl Exchange {
         let Some(circuit) = self.circuits.get_mut(&key) else {
             return;
         };
+        if circuit.answered {
+            return; // a repeated ANM changes nothing (and must not restart the billing)
+        }
         circuit.answered = true;
         match circuit.far {
             Far::Sip(call) => {
@@ -895,13 +946,18 @@ impl Exchange {
                     .or_else(|| self.circuits.get_mut(&other).and_then(|o| o.record.take()));
                 self.release_circuit(other, cause);
                 if let Some(mut r) = record {
-                    r.outcome = Some(if circuit.answered {
+                    let abandoned = key.1 % 2 == 1 && !circuit.answered;
+                    r.outcome = Some(if abandoned {
+                        "cancelled"
+                    } else if circuit.answered {
                         "answered"
                     } else {
                         outcome_for(cause)
                     });
                     r.status = Some(if circuit.answered {
                         200
+                    } else if abandoned {
+                        487
                     } else {
                         sip_status_for(cause)
                     });
@@ -916,8 +972,38 @@ impl Exchange {
     }
 
     /// A line dials a number: switch it to the line that has it (a direct PSTN call).
+    /// The next free even CIC on `conn` (the exchange's half; odd ones are the line's).
+    fn seize_cic(&mut self, conn: u64) -> Option<u16> {
+        for _ in 0..(u16::MAX / 2) {
+            let l = self.lines.get_mut(&conn)?;
+            let cic = l.next_cic;
+            l.next_cic = if l.next_cic >= u16::MAX - 1 {
+                2
+            } else {
+                l.next_cic + 2
+            };
+            if !self.circuits.contains_key(&(conn, cic)) {
+                return Some(cic);
+            }
+        }
+        None
+    }
+
     fn line_originated(&mut self, conn: u64, iam: Iam) {
         let key = (conn, iam.cic.0);
+        if !iam.cic.is_line_side() || self.circuits.contains_key(&key) {
+            // Lines seize odd CICs, and only free ones: refuse without touching the call
+            // that may hold it.
+            tracing::info!(conn, cic = iam.cic.0, "IAM on an even or busy CIC refused");
+            self.send_line(
+                conn,
+                Message::Rel {
+                    cic: iam.cic,
+                    cause: Cause::PROTOCOL_ERROR,
+                },
+            );
+            return;
+        }
         let Some(caller_number) = self.lines.get(&conn).map(|l| l.number.clone()) else {
             return;
         };
@@ -951,17 +1037,29 @@ impl Exchange {
             self.write_record(record);
             return;
         };
-        let Some(t) = self.lines.get_mut(&tconn) else {
+        let Some(cic) = self.seize_cic(tconn) else {
+            self.send_line(
+                conn,
+                Message::Rel {
+                    cic: iam.cic,
+                    cause: Cause::NO_CIRCUIT_AVAILABLE,
+                },
+            );
+            self.circuits.insert(
+                key,
+                Circuit {
+                    far: Far::None,
+                    answered: false,
+                    record: None,
+                },
+            );
+            return;
+        };
+        let Some(t) = self.lines.get(&tconn) else {
             return;
         };
         record.device = t.device.clone();
         record.rang_ms = Some(unix_ms());
-        let cic = t.next_cic;
-        t.next_cic = if t.next_cic >= u16::MAX - 1 {
-            2
-        } else {
-            t.next_cic + 2
-        };
         let _ = t.tx.send(Message::Iam(Iam {
             cic: Cic(cic),
             called: iam.called,

@@ -9,9 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 /// Record outcomes, listed at zero from the first scrape.
-pub const OUTCOMES: [&str; 8] = [
+pub const OUTCOMES: [&str; 9] = [
     "answered",
     "busy",
+    "declined",
     "no-answer",
     "cancelled",
     "cancelled-elsewhere",

@@ -42,6 +42,8 @@ pub(crate) struct LegRecord {
     pub(crate) cause: String,
     /// `caller`, `callee` or `gateway`.
     pub(crate) released_by: &'static str,
+    /// When the call ended (set when the record is handed to the writer).
+    pub(crate) end_ms: Option<i64>,
 }
 
 impl LegRecord {
@@ -59,11 +61,12 @@ impl LegRecord {
             status: None,
             cause: String::new(),
             released_by: "gateway",
+            end_ms: None,
         }
     }
 
     fn into_cdr(self) -> Cdr {
-        let end_ms = unix_ms();
+        let end_ms = self.end_ms.unwrap_or_else(unix_ms);
         let duration_ms = self.answer_ms.map_or(0, |a| (end_ms - a).max(0));
         let answered = self.outcome == Some("answered");
         Cdr {
