@@ -242,6 +242,22 @@ impl Exchange {
         self.recorder.write(r);
     }
 
+    /// The record of a trunk call refused before it reached a line: (Call-ID, From, number),
+    /// billed to the number like every server leg.
+    fn write_unconnected(
+        &mut self,
+        (call_id, from, number): (&str, &str, &str),
+        outcome: &'static str,
+        status: u16,
+        cause: String,
+    ) {
+        let mut r = LegRecord::new(call_id.into(), from.into(), number.into(), number.into());
+        r.outcome = Some(outcome);
+        r.status = Some(status);
+        r.cause = cause;
+        self.write_record(r);
+    }
+
     /// Answered time of `number`'s calls still up, ms (they count against its daily cap
     /// before they end).
     fn live_ms(&self, number: &str, now_ms: i64) -> i64 {
@@ -370,16 +386,8 @@ impl Exchange {
                 why,
                 Refusal::Replayed | Refusal::RateCap(_) | Refusal::SpendCap(_)
             ) {
-                let mut r = LegRecord::new(
-                    sip_call_id.into(),
-                    from.into(),
-                    number.into(),
-                    number.into(),
-                );
-                r.outcome = Some("refused");
-                r.status = Some(403);
-                r.cause = format!("refused: {why}");
-                self.write_record(r);
+                let cause = format!("refused: {why}");
+                self.write_unconnected((sip_call_id, from, number), "refused", 403, cause);
             }
             return;
         }
@@ -400,16 +408,8 @@ impl Exchange {
                     488,
                     Some("Q.850;cause=65;text=\"Bearer capability not implemented\""),
                 );
-                let mut r = LegRecord::new(
-                    sip_call_id.into(),
-                    from.into(),
-                    number.into(),
-                    number.into(),
-                );
-                r.outcome = Some("failed");
-                r.status = Some(488);
-                r.cause = format!("no common codec: {e}");
-                self.write_record(r);
+                let cause = format!("no common codec: {e}");
+                self.write_unconnected((sip_call_id, from, number), "failed", 488, cause);
                 return;
             }
         };
