@@ -12,7 +12,6 @@
 //! `device.json` (normal-world settings: server, device id, SIP credentials, device token).
 //! Nothing here ever prints the identifier or the license key: the zone never gives them out.
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -625,18 +624,9 @@ async fn run_phone(a: RunArgs) -> anyhow::Result<()> {
         "phone {who} on {} (server {sip_server})",
         handle.local_addr(),
     );
-    // Keypress control: `a` answers the newest ringing call, `h` hangs it up.
-    let (keys_tx, mut keys) = tokio::sync::mpsc::unbounded_channel::<String>();
-    if a.answer_after_ms.is_none() {
-        std::thread::spawn(move || {
-            for line in std::io::stdin().lock().lines() {
-                let Ok(line) = line else { break };
-                if keys_tx.send(line.trim().to_owned()).is_err() {
-                    break;
-                }
-            }
-        });
-    }
+    // Keypress control: `a` answers the newest ringing call, `h` hangs it up. At the end of
+    // stdin the phone goes on (unattended) until a signal.
+    let mut keys = a.answer_after_ms.is_none().then(crate::line::stdin_lines);
     let mut current: Option<String> = None;
     loop {
         tokio::select! {
@@ -647,9 +637,13 @@ async fn run_phone(a: RunArgs) -> anyhow::Result<()> {
                 }
                 println!("{e}");
             }
-            k = keys.recv() => {
-                let (Some(k), Some(call)) = (k, current.clone()) else { continue };
-                let r = match k.as_str() {
+            k = async { keys.as_mut()?.recv().await }, if keys.is_some() => {
+                let Some(k) = k else {
+                    keys = None;
+                    continue;
+                };
+                let Some(call) = current.clone() else { continue };
+                let r = match k.trim() {
                     "a" | "answer" => handle.answer(&call).await,
                     "h" | "hangup" => handle.hangup(&call).await,
                     _ => continue,

@@ -104,7 +104,7 @@ pub(crate) async fn run(
 
 /// Lines of stdin, read on a plain thread (stdin has no portable non-blocking read); the
 /// channel closes at the end of stdin.
-fn stdin_lines() -> mpsc::Receiver<String> {
+pub(crate) fn stdin_lines() -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel(16);
     std::thread::spawn(move || {
         for line in std::io::stdin().lock().lines() {
