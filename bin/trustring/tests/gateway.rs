@@ -9,10 +9,11 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::phone::{PIN, Phone, enrol};
+use common::proc::Proc;
 use common::{Server, caller, device, free_port, serial, sipp};
 
 const WAIT: Duration = Duration::from_secs(45);
@@ -21,80 +22,6 @@ const OTHER: &str = "+15559990000";
 /// A 1 kHz tone at amplitude 8000 is this 8-sample cycle (G.711 of 0, ±5657, ±8000).
 const TONE_PCMU: [u8; 8] = [0xff, 0xa9, 0xa0, 0xa9, 0xff, 0x29, 0x20, 0x29];
 const TONE_PCMA: [u8; 8] = [0xd5, 0x83, 0x8a, 0x83, 0xd5, 0x03, 0x0a, 0x03];
-
-/// A child process whose stdout goes to a file; stopped by PID (SIGTERM, then kill).
-struct Proc {
-    child: Option<Child>,
-    stdin: Option<ChildStdin>,
-    out: PathBuf,
-}
-
-impl Proc {
-    fn spawn(mut cmd: Command, out: PathBuf, stdin: bool) -> Self {
-        let mut child = cmd
-            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(out.with_extension("err")).unwrap())
-            .spawn()
-            .unwrap();
-        Self {
-            stdin: child.stdin.take(),
-            child: Some(child),
-            out,
-        }
-    }
-
-    fn text(&self) -> String {
-        let mut t = std::fs::read_to_string(&self.out).unwrap_or_default();
-        t.push_str(&std::fs::read_to_string(self.out.with_extension("err")).unwrap_or_default());
-        t
-    }
-
-    /// Waits until the output holds `needle` `n` times.
-    fn wait_count(&self, needle: &str, n: usize) {
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(20) {
-            if self.text().matches(needle).count() >= n {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("no {n} x {needle:?} in:\n{}", self.text());
-    }
-
-    fn wait_for(&self, needle: &str) {
-        self.wait_count(needle, 1);
-    }
-
-    fn say(&mut self, line: &str) {
-        let s = self.stdin.as_mut().expect("stdin piped");
-        writeln!(s, "{line}").unwrap();
-        s.flush().unwrap();
-    }
-
-    fn stop(&mut self) -> String {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            if common::wait_timeout(&mut c, Duration::from_secs(10)).is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        self.text()
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// Server (with alice, bob, a pool and an EULA), gateway, and alice's enrolled phone with
 /// its number.

@@ -6,11 +6,11 @@
 mod common;
 
 use std::io::Read;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::phone::{PIN, Phone, enrol};
+use common::proc::Proc;
 use common::{Server, caller, device, serial, sipp};
 
 const WAIT: Duration = Duration::from_secs(45);
@@ -40,77 +40,19 @@ fn server() -> Server {
     s
 }
 
-/// `trustring device run` in the background, answering after `answer_ms`.
-struct Running {
-    child: Option<Child>,
-    out: PathBuf,
-}
-
-impl Running {
-    fn start(p: &Phone, s: &Server, answer_ms: u64) -> Self {
-        let out = p.zone.join(format!("run-{}.out", common::free_port()));
-        let child = Command::new(env!("CARGO_BIN_EXE_trustring"))
-            .args(["device", "run", "--zone"])
-            .arg(&p.zone)
-            .args(["--sip-server", &s.target()])
-            .args(["--answer-after-ms", &answer_ms.to_string()])
-            .envs(p.env())
-            .env("TRUSTRING_ZONE_PIN", PIN)
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let r = Self {
-            child: Some(child),
-            out,
-        };
-        assert!(
-            r.wait_for("registered"),
-            "phone did not register: {}",
-            r.text()
-        );
-        r
-    }
-
-    fn text(&self) -> String {
-        std::fs::read_to_string(&self.out).unwrap_or_default()
-    }
-
-    fn wait_for(&self, needle: &str) -> bool {
-        let t0 = Instant::now();
-        while t0.elapsed() < Duration::from_secs(15) {
-            if self.text().contains(needle) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
-    }
-
-    /// SIGTERM: the phone unregisters and exits.
-    fn stop(&mut self) -> String {
-        if let Some(mut c) = self.child.take() {
-            let _ = Command::new("kill")
-                .arg("-TERM")
-                .arg(c.id().to_string())
-                .status();
-            if common::wait_timeout(&mut c, Duration::from_secs(15)).is_none() {
-                let _ = c.kill();
-                let _ = c.wait();
-            }
-        }
-        self.text()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// `trustring device run` in the background, answering after `answer_ms`; registered.
+fn run_phone(p: &Phone, s: &Server, answer_ms: u64) -> Proc {
+    let out = p.zone.join(format!("run-{}.out", common::free_port()));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_trustring"));
+    cmd.args(["device", "run", "--zone"])
+        .arg(&p.zone)
+        .args(["--sip-server", &s.target()])
+        .args(["--answer-after-ms", &answer_ms.to_string()])
+        .envs(p.env())
+        .env("TRUSTRING_ZONE_PIN", PIN);
+    let r = Proc::spawn(cmd, out, false);
+    r.wait_for("registered");
+    r
 }
 
 fn events(s: &Server) -> String {
@@ -125,11 +67,11 @@ fn phone_answer_wins(backend: &str) {
     let _g = serial();
     let s = server();
     let mut p = enrol(&s, backend);
-    let mut run = Running::start(&p, &s, 400);
+    let mut run = run_phone(&p, &s, 400);
     let mut desk = device(&s, "uas-ring-cancel.xml", 0, false);
     caller(&s, "uac-call.xml").arg("-d").arg("500").run_ok();
     desk.expect_ok(WAIT);
-    assert!(run.wait_for("ended"), "{}", run.text());
+    run.wait_for("ended");
     let out = run.stop();
     assert!(
         out.contains("incoming call") && out.contains("answered"),
@@ -284,7 +226,7 @@ fn service_off_rings_only_the_desktop() {
     let _g = serial();
     let s = server();
     let mut p = enrol(&s, "software");
-    let mut run = Running::start(&p, &s, 60_000);
+    let mut run = run_phone(&p, &s, 60_000);
     let out = p.cmd(&["service", "off"]);
     assert!(out.contains("service off"), "{out}");
     let mut desk = device(&s, "uas-answer.xml", 300, false);
@@ -307,7 +249,7 @@ fn revoked_phone_does_not_ring() {
     let _g = serial();
     let s = server();
     let mut p = enrol(&s, "software");
-    let mut run = Running::start(&p, &s, 60_000);
+    let mut run = run_phone(&p, &s, 60_000);
     let id = p.device_json()["device_id"].as_str().unwrap().to_owned();
     let regs = s.registrations("alice");
     assert!(regs.contains(&format!("trustring-device={id}")), "{regs}");
@@ -428,7 +370,7 @@ fn phone_survives_restart_and_master_key_rotation() {
         "old key kept"
     );
     let s = Server::start_in(&data, port);
-    let mut run = Running::start(&p, &s, 300);
+    let mut run = run_phone(&p, &s, 300);
     let mut desk = device(&s, "uas-ring-cancel.xml", 0, false);
     caller(&s, "uac-call.xml").arg("-d").arg("300").run_ok();
     desk.expect_ok(WAIT);
