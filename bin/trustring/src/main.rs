@@ -120,6 +120,25 @@ struct ServeArgs {
     /// the same secret.
     #[arg(long, env = "TRUSTRING_GATEWAY")]
     gateway: Option<SocketAddr>,
+    /// Digest algorithms offered in 401/407 challenges: `auto` (MD5 to a client until a
+    /// registration refresh shows it answers SHA-256, then SHA-256 only; works with every
+    /// client), `both` (SHA-256 and MD5 every time, RFC 8760; breaks clients such as
+    /// baresip 1.x that refuse any non-MD5 challenge), `sha256` (SHA-256 only), `md5`.
+    #[arg(long, default_value = "auto", env = "TRUSTRING_DIGEST")]
+    digest: sip_core::auth::DigestPolicy,
+    /// Address ranges (comma-separated CIDR) a Contact cannot be reached at when its
+    /// REGISTER came from another address: such a device is behind NAT and is reached at the
+    /// REGISTER's source instead (R31). Default RFC 1918, RFC 6598, IPv6 ULA and link-local.
+    #[arg(
+        long,
+        default_value = sip_core::proxy::DEFAULT_PRIVATE_RANGES,
+        env = "TRUSTRING_PRIVATE_RANGES"
+    )]
+    private_ranges: sip_core::proxy::IpRanges,
+    /// Seconds between keep-alive OPTIONS to each NATed UDP binding (also the Flow-Timer
+    /// given to RFC 5626 clients); a binding that misses 3 in a row is dropped. 0: no pings.
+    #[arg(long, default_value_t = 25, env = "TRUSTRING_NAT_KEEPALIVE_SECS")]
+    nat_keepalive_secs: u64,
 }
 
 fn main() -> anyhow::Result<()> {

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use sip_core::message::Uri;
-use sip_core::proxy::{Binding, Event, Proxy, ProxyConfig, SubscriberEntry, Target, Transport};
+use sip_core::proxy::{
+    Binding, Event, Proxy, ProxyConfig, Reach, SubscriberEntry, Target, Transport,
+};
 use sip_net::{Control, Metrics, SipSockets, StoreOp};
 use store::{Device, Registration, SecurityEvent, SqliteStore, Store, Subscriber};
 use tokio::sync::mpsc;
@@ -64,6 +66,13 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     });
     let now = Instant::now();
     let mut cfg = ProxyConfig::new(args.domain.clone(), advertised, token::random_bytes());
+    cfg.digest = args.digest;
+    cfg.nat = sip_core::proxy::NatConfig {
+        private: args.private_ranges.0.clone(),
+        keepalive: (args.nat_keepalive_secs > 0)
+            .then(|| Duration::from_secs(args.nat_keepalive_secs)),
+        ..sip_core::proxy::NatConfig::default()
+    };
     if let Some(addr) = args.gateway {
         let (secret, origin) = token::trunk_secret(&args.data)?;
         anyhow::ensure!(
@@ -262,7 +271,8 @@ fn binding(r: &Registration, now: Instant, now_ms: i64) -> Option<Binding> {
     };
     Some(Binding {
         contact: r.contact.clone(),
-        target: Binding::target_for(&uri, source),
+        // Where it is reached is decided again by `Proxy::restore_binding`.
+        target: source,
         uri,
         source,
         call_id: r.call_id.clone(),
@@ -270,6 +280,7 @@ fn binding(r: &Registration, now: Instant, now_ms: i64) -> Option<Binding> {
         expires_at: now + Duration::from_millis(left),
         device: r.device_id.clone(),
         q: r.q,
+        reach: Reach::Direct,
     })
 }
 

@@ -140,7 +140,9 @@ fn registrations_survive_a_restart() {
     desk.expect_ok(Duration::from_secs(30));
 }
 
-/// SIPp 3.6 cannot answer SHA-256, so this client does it with the digest code itself.
+/// The default digest policy (`auto`) end to end, with a client written here (SIPp 3.6
+/// cannot answer SHA-256): MD5 alone at first, the refresh probes with SHA-256 + MD5, a
+/// SHA-256 answer makes it SHA-256 alone from then on.
 #[test]
 fn sha256_registration_over_udp() {
     let _g = serial();
@@ -152,8 +154,8 @@ fn sha256_registration_over_udp() {
         format!(
             "REGISTER sip:localhost SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKsha{cseq};rport\r\n\
 Max-Forwards: 70\r\nFrom: <sip:alice@localhost>;tag=sha\r\nTo: <sip:alice@localhost>\r\n\
-Call-ID: sha256-reg\r\nCSeq: {cseq} REGISTER\r\nContact: <sip:alice@127.0.0.1:5961>\r\n{auth}\
-Expires: 600\r\nContent-Length: 0\r\n\r\n"
+Call-ID: sha256-reg\r\nCSeq: {cseq} REGISTER\r\nUser-Agent: test-rfc8760/1\r\n\
+Contact: <sip:alice@127.0.0.1:5961>\r\n{auth}Expires: 600\r\nContent-Length: 0\r\n\r\n"
         )
     };
     let exchange = |msg: String| {
@@ -165,38 +167,55 @@ Expires: 600\r\nContent-Length: 0\r\n\r\n"
             Message::Request(_) => panic!("expected a response"),
         }
     };
+    let algorithms = |r: &sip_core::message::Response| -> Vec<String> {
+        r.headers
+            .get_all(&HeaderName::WwwAuthenticate)
+            .map(|c| c.rsplit("algorithm=").next().unwrap().to_owned())
+            .collect()
+    };
+    let answer = |challenge: &sip_core::message::Response, alg: Algorithm| {
+        let first = challenge
+            .headers
+            .get(&HeaderName::WwwAuthenticate)
+            .unwrap()
+            .to_owned();
+        let param = |name: &str| {
+            let i = first.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
+            first[i..].split('"').next().unwrap().to_owned()
+        };
+        let (nonce, opaque) = (param("nonce"), param("opaque"));
+        let uri = "sip:localhost";
+        let ha1 = ha1(alg, "alice", "localhost", "s3cret");
+        let input = ResponseInput {
+            nonce: &nonce,
+            nc: "00000001",
+            cnonce: "c0ffee",
+            qop: "auth",
+            method: "REGISTER",
+            uri,
+        };
+        let digest = response(alg, &ha1, &input);
+        format!(
+            "Authorization: Digest username=\"alice\", realm=\"localhost\", nonce=\"{nonce}\", uri=\"{uri}\", \
+response=\"{digest}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc=00000001, opaque=\"{opaque}\"\r\n",
+            alg.as_str()
+        )
+    };
     let challenge = exchange(request(1, ""));
     assert_eq!(challenge.status, 401);
-    let first = challenge
-        .headers
-        .get(&HeaderName::WwwAuthenticate)
-        .unwrap()
-        .to_owned();
-    assert!(first.contains("SHA-256"), "SHA-256 first: {first}");
-    let param = |name: &str| {
-        let i = first.find(&format!("{name}=\"")).unwrap() + name.len() + 2;
-        first[i..].split('"').next().unwrap().to_owned()
-    };
-    let (nonce, opaque) = (param("nonce"), param("opaque"));
-    let uri = "sip:localhost";
-    let ha1 = ha1(Algorithm::Sha256, "alice", "localhost", "s3cret");
-    let input = ResponseInput {
-        nonce: &nonce,
-        nc: "00000001",
-        cnonce: "c0ffee",
-        qop: "auth",
-        method: "REGISTER",
-        uri,
-    };
-    let digest = response(Algorithm::Sha256, &ha1, &input);
-    let auth = format!(
-        "Authorization: Digest username=\"alice\", realm=\"localhost\", nonce=\"{nonce}\", uri=\"{uri}\", \
-response=\"{digest}\", algorithm=SHA-256, cnonce=\"c0ffee\", qop=auth, nc=00000001, opaque=\"{opaque}\"\r\n"
-    );
-    let ok = exchange(request(2, &auth));
+    assert_eq!(algorithms(&challenge), ["MD5"], "a new client: MD5 alone");
+    let ok = exchange(request(2, &answer(&challenge, Algorithm::Md5)));
+    assert_eq!(ok.status, 200, "{ok:?}");
+    // The refresh is the probe.
+    let probe = exchange(request(3, ""));
+    assert_eq!(algorithms(&probe), ["SHA-256", "MD5"], "SHA-256 first");
+    let auth = answer(&probe, Algorithm::Sha256);
+    let ok = exchange(request(4, &auth));
     assert_eq!(ok.status, 200, "{ok:?}");
     assert!(s.registrations("alice").contains("127.0.0.1:5961"));
     // The same credentials again (same nonce and nc): a replay, refused.
-    let replay = exchange(request(3, &auth));
+    let replay = exchange(request(5, &auth));
     assert_eq!(replay.status, 401);
+    // Learned: SHA-256 alone.
+    assert_eq!(algorithms(&exchange(request(6, ""))), ["SHA-256"]);
 }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use sip_core::auth::{Algorithm, ResponseInput, ha1, response};
+use sip_core::auth::{Algorithm, DigestPolicy, ResponseInput, ha1, response};
 use sip_core::message::{HeaderName, Message, Request, Response, Uri, parse};
 use sip_core::proxy::{
     Binding, DeviceEntry, Output, Proxy, ProxyConfig, SubscriberEntry, Target, Transport,
@@ -42,7 +42,13 @@ impl Sim {
     /// alice (desk at DESK) and bob are subscribers; bob has the phone `d-9`.
     fn new() -> Self {
         let now = Instant::now();
-        let mut proxy = Proxy::new(ProxyConfig::new(REALM, addr(PROXY), [7; 32]), now);
+        // Both challenges every time: these tests are about who is challenged, not with
+        // what (the default `auto` policy is tested in `digest_policy.rs`).
+        let cfg = ProxyConfig {
+            digest: DigestPolicy::Both,
+            ..ProxyConfig::new(REALM, addr(PROXY), [7; 32])
+        };
+        let mut proxy = Proxy::new(cfg, now);
         proxy.upsert_subscriber(subscriber("alice", "alicepw"));
         proxy.upsert_subscriber(subscriber("bob", "bobpw"));
         proxy.upsert_device(DeviceEntry {
@@ -71,6 +77,7 @@ impl Sim {
                 expires_at: now + Duration::from_secs(3600),
                 q: 1000,
                 device: None,
+                reach: sip_core::proxy::Reach::Direct,
             },
             now,
         );

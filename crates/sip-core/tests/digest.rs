@@ -96,7 +96,7 @@ fn challenges_offer_sha256_then_md5_with_one_nonce() {
     let ch = a.challenges(t0, false);
     assert_eq!(ch.len(), 2);
     assert!(ch[0].starts_with("Digest realm=\"trustring.test\", qop=\"auth\", nonce=\""));
-    assert!(ch[0].ends_with(", algorithm = SHA-256"), "{}", ch[0]);
+    assert!(ch[0].ends_with(", algorithm=SHA-256"), "{}", ch[0]);
     assert!(ch[1].ends_with(", algorithm=MD5"), "{}", ch[1]);
     assert_eq!(param(&ch[0], "nonce"), param(&ch[1], "nonce"));
     assert_eq!(param(&ch[0], "opaque"), param(&ch[1], "opaque"));
@@ -206,15 +206,52 @@ fn sipp_361_answer(challenges: &[String], user: &str, password: &str, uri: &str)
     )
 }
 
+/// SIPp 3.6.1 gets what `auto` offers a client it knows nothing about: MD5 alone.
 #[test]
 fn sipp_361_first_occurrence_parsing_answers_md5_and_verifies() {
     let t0 = Instant::now();
     let mut a = authenticator(t0);
-    let ch = a.challenges(t0, false);
+    let ch = a.challenges_offering(t0, false, &[Algorithm::Md5]);
+    assert_eq!(ch.len(), 1);
     let header = sipp_361_answer(&ch, "alice", "wonderland", "sip:127.0.0.1:5060");
     let v = a.verify(t0, "REGISTER", &header, store).expect("verifies");
     assert_eq!(v.algorithm, Algorithm::Md5);
     assert_eq!(v.uri, "sip:127.0.0.1:5060");
+}
+
+/// The nonce carries the set offered: an MD5 answer to a SHA-256-only challenge (a
+/// downgrade) and a SHA-256 answer to an MD5-only one are refused, however right the digest.
+#[test]
+fn answers_must_use_an_offered_algorithm() {
+    let t0 = Instant::now();
+    let mut a = authenticator(t0);
+    for (offer, answer, ok) in [
+        (Algorithm::Sha256, Some("MD5"), false),
+        (Algorithm::Sha256, None, false),
+        (Algorithm::Sha256, Some("SHA-256"), true),
+        (Algorithm::Md5, Some("SHA-256"), false),
+        (Algorithm::Md5, Some("MD5"), true),
+    ] {
+        let ch = a.challenges_offering(t0, false, &[offer]);
+        assert_eq!(ch.len(), 1);
+        assert!(ch[0].ends_with(&format!("algorithm={}", offer.as_str())));
+        let nonce = param(&ch[0], "nonce").expect("nonce");
+        let header = Answer {
+            alg: answer,
+            ..Answer::new(&nonce)
+        }
+        .header();
+        let got = a.verify(t0, "REGISTER", &header, store);
+        if ok {
+            assert!(got.is_ok(), "{offer:?} answered {answer:?}: {got:?}");
+        } else {
+            assert_eq!(
+                got,
+                Err(AuthError::AlgorithmNotOffered),
+                "{offer:?} answered {answer:?}"
+            );
+        }
+    }
 }
 
 #[test]

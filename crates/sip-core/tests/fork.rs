@@ -56,6 +56,7 @@ impl Sim {
                     expires_at: now + Duration::from_secs(3600),
                     q: 1000,
                     device: None,
+                    reach: sip_core::proxy::Reach::Direct,
                 },
                 now,
             );

@@ -120,6 +120,7 @@ fn binding(d: &str, device: Option<&str>, now: Instant) -> Binding {
         expires_at: now + Duration::from_secs(3600),
         q: 1000,
         device: device.map(str::to_owned),
+        reach: sip_core::proxy::Reach::Direct,
     }
 }
 

@@ -33,6 +33,7 @@ fn binding(addr: SocketAddr, now: Instant) -> Binding {
         expires_at: now + Duration::from_secs(600),
         q: 1000,
         device: None,
+        reach: sip_core::proxy::Reach::Direct,
     }
 }
 

@@ -3,8 +3,9 @@
 //!
 //! # Nonces
 //! A nonce is 64 lowercase hex digits: the issue time (milliseconds since the epoch given to
-//! [`Authenticator::new`], u64), a counter (u64, so two nonces issued in the same millisecond
-//! differ) and the first 16 bytes of `HMAC-SHA-256(secret, label ‖ realm ‖ time ‖ counter)`.
+//! [`Authenticator::new`], u64), the set of algorithms its challenge offered (one byte) with a
+//! counter (56 bits, so two nonces issued in the same millisecond differ) and the first 16
+//! bytes of `HMAC-SHA-256(secret, label ‖ realm ‖ time ‖ offered ‖ counter)`.
 //! Issuing one stores nothing, so unauthenticated floods cannot grow memory.
 //!
 //! # Replay
@@ -39,6 +40,10 @@ const OPAQUE_LABEL: &[u8] = b"trustring digest opaque v1\0";
 const DUMMY_HA1_LABEL: &[u8] = b"trustring digest dummy ha1 v1\0";
 const TAG_LEN: usize = 16;
 const NONCE_LEN: usize = 8 + 8 + TAG_LEN;
+/// The nonce's second word: the algorithms offered (top byte, [`Algorithm::offer_bit`]) and
+/// a counter (the low 56 bits).
+const COUNTER_BITS: u32 = 56;
+const COUNTER_MASK: u64 = (1 << COUNTER_BITS) - 1;
 
 /// Settings of an [`Authenticator`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -160,22 +165,32 @@ impl Authenticator {
         self.seen.len()
     }
 
-    /// The `WWW-Authenticate` (401) or `Proxy-Authenticate` (407) values, one header each,
-    /// in this order: SHA-256 first, then MD5 (RFC 8760; RFC 7616 §3.7, most preferred
-    /// first). Both carry the same fresh nonce and opaque, `qop="auth"`, and `stale=true`
-    /// when `stale` is set (answer to [`AuthError::Stale`]).
-    ///
-    /// The SHA-256 challenge is written `algorithm = SHA-256`, with the white space
-    /// RFC 3261 §25.1 (`EQUAL = SWS "=" SWS`) and RFC 7235 §2.1 (`BWS`) allow. SIPp 3.6.1
-    /// joins all the challenges into one string and takes the first `algorithm=` (no space)
-    /// it finds, and exits if that is not MD5; written this way it finds `algorithm=MD5` and
-    /// answers MD5 with the shared nonce, while clients that parse the list properly see
-    /// SHA-256 first. A client that reads the first challenge's `algorithm` as absent
-    /// (so MD5) still succeeds, because the nonce is the same and not bound to an algorithm.
+    /// The `WWW-Authenticate` (401) or `Proxy-Authenticate` (407) values offering both
+    /// algorithms, SHA-256 first (RFC 8760): [`challenges_offering`](Self::challenges_offering)
+    /// with `[Sha256, Md5]`.
     pub fn challenges(&mut self, now: Instant, stale: bool) -> Vec<String> {
-        self.counter = self.counter.wrapping_add(1);
+        self.challenges_offering(now, stale, &[Algorithm::Sha256, Algorithm::Md5])
+    }
+
+    /// The `WWW-Authenticate` (401) or `Proxy-Authenticate` (407) values, one header per
+    /// algorithm of `offer`, in that order (RFC 7616 §3.7: most preferred first). All carry
+    /// the same fresh nonce and opaque, `qop="auth"`, and `stale=true` when `stale` is set
+    /// (answer to [`AuthError::Stale`]).
+    ///
+    /// The nonce is bound to the set offered: credentials computed with an algorithm that
+    /// was not offered are refused ([`AuthError::AlgorithmNotOffered`]), so a client cannot
+    /// downgrade a SHA-256-only challenge to MD5. Which set to offer is the caller's choice
+    /// (see [`super::DigestPolicy`]).
+    pub fn challenges_offering(
+        &mut self,
+        now: Instant,
+        stale: bool,
+        offer: &[Algorithm],
+    ) -> Vec<String> {
+        self.counter = self.counter.wrapping_add(1) & COUNTER_MASK;
+        let mask = offer.iter().fold(0u64, |m, a| m | a.offer_bit());
         let issued = self.now_ms(now).to_be_bytes();
-        let counter = self.counter.to_be_bytes();
+        let counter = (self.counter | (mask << COUNTER_BITS)).to_be_bytes();
         let tag = self.nonce_tag(&issued, &counter);
         let mut raw = [0u8; NONCE_LEN];
         raw[..8].copy_from_slice(&issued);
@@ -185,14 +200,16 @@ impl Authenticator {
 
         let realm = quote(&self.config.realm);
         let stale = if stale { ", stale=true" } else { "" };
-        let common = format!(
-            "Digest realm={realm}, qop=\"auth\", nonce=\"{nonce}\", opaque=\"{}\"{stale}",
-            self.opaque
-        );
-        vec![
-            format!("{common}, algorithm = {}", Algorithm::Sha256.as_str()),
-            format!("{common}, algorithm={}", Algorithm::Md5.as_str()),
-        ]
+        offer
+            .iter()
+            .map(|a| {
+                format!(
+                    "Digest realm={realm}, qop=\"auth\", nonce=\"{nonce}\", opaque=\"{}\"{stale}, algorithm={}",
+                    self.opaque,
+                    a.as_str()
+                )
+            })
+            .collect()
     }
 
     /// Verifies an `Authorization` / `Proxy-Authorization` value for a request with this
@@ -249,9 +266,13 @@ impl Authenticator {
         if creds.opaque.as_ref().is_some_and(|o| *o != self.opaque) {
             return Err(AuthError::UnknownNonce);
         }
-        let (issued_ms, counter) = self
+        let (issued_ms, word) = self
             .open_nonce(&creds.nonce)
             .ok_or(AuthError::UnknownNonce)?;
+        if (word >> COUNTER_BITS) & algorithm.offer_bit() == 0 {
+            return Err(AuthError::AlgorithmNotOffered);
+        }
+        let counter = word & COUNTER_MASK;
 
         let well_formed =
             |h: &String| h.len() == algorithm.hex_len() && h.bytes().all(|b| b.is_ascii_hexdigit());

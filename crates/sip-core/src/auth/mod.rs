@@ -1,5 +1,5 @@
-//! SIP digest authentication (RFC 3261 §22, RFC 7616, RFC 8760): SHA-256 offered first,
-//! MD5 for older clients.
+//! SIP digest authentication (RFC 3261 §22, RFC 7616, RFC 8760): SHA-256 for clients that
+//! support it, MD5 for older clients ([`DigestPolicy`] says which are offered to whom).
 //!
 //! Sans-IO like the rest of the crate: the [`Authenticator`] is given its 32-byte secret and
 //! an epoch `Instant` at construction and `now` on every call; it never reads a clock or a
@@ -10,6 +10,8 @@
 //! - [`Authenticator::verify`] checks an `Authorization` / `Proxy-Authorization` value:
 //!   realm, nonce authenticity and age, the response digest (in constant time, with the same
 //!   work for unknown users as for known ones), then `nc` replay.
+//! - [`AlgorithmChoice`] picks the challenges per client under the operator's
+//!   [`DigestPolicy`] (default `auto`: learned per client, see the `policy` module).
 //! - [`AuthFailureLimiter`] counts failures per source address and per username
 //!   (SPEC R26, SECURITY threats 4 and 11).
 //! - [`response`] is the bare RFC 7616 §3.4.1 computation, [`ha1`] what the store keeps.
@@ -17,6 +19,7 @@
 mod authenticator;
 mod credentials;
 mod limiter;
+mod policy;
 
 use md5::Md5;
 use sha2::{Digest, Sha256};
@@ -24,6 +27,7 @@ use sha2::{Digest, Sha256};
 pub use authenticator::{Authenticator, DigestConfig, MAX_TRACKED_NONCES, Verified};
 pub use credentials::{Credentials, MAX_CREDENTIALS_LEN, MAX_PARAMS};
 pub use limiter::{AuthFailureLimiter, LimiterConfig};
+pub use policy::{AlgorithmChoice, DigestPolicy, MAX_LEARNED_CLIENTS, Support};
 
 /// A digest algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -60,6 +64,14 @@ impl Algorithm {
             Some(t) if t.eq_ignore_ascii_case("MD5") => Some(Self::Md5),
             Some(t) if t.eq_ignore_ascii_case("SHA-256") => Some(Self::Sha256),
             Some(_) => None,
+        }
+    }
+
+    /// This algorithm's bit in the set of algorithms a nonce was offered with.
+    pub(crate) fn offer_bit(self) -> u64 {
+        match self {
+            Self::Sha256 => 1,
+            Self::Md5 => 2,
         }
     }
 
@@ -140,6 +152,10 @@ pub enum AuthError {
     /// An `algorithm` other than MD5 or SHA-256 (the `-sess` variants included).
     #[error("unsupported algorithm")]
     UnsupportedAlgorithm,
+    /// Credentials computed with an algorithm the nonce's challenge did not offer (a
+    /// downgrade, or a client that ignores the challenge): answer with a fresh challenge.
+    #[error("algorithm not offered")]
+    AlgorithmNotOffered,
     /// A `qop` other than `auth`, or none (RFC 2069 digests are not accepted).
     #[error("unsupported qop")]
     UnsupportedQop,

@@ -104,7 +104,11 @@ impl Proxy {
                     directory.ha1(name, alg)
                 });
         let verified = match verified {
-            Ok(v) => v,
+            Ok(v) => {
+                self.algorithms
+                    .verified(&user, super::registrar::user_agent(req), v.algorithm);
+                v
+            }
             Err(AuthError::Stale) => {
                 self.proxy_challenge(id, req, true, now);
                 return None;
@@ -199,10 +203,18 @@ impl Proxy {
         same || (self.is_ours(&d.host, d.port) && self.is_ours(&request_uri.host, request_uri.port))
     }
 
-    /// 407 with the `Proxy-Authenticate` challenges (SHA-256, then MD5, one nonce).
+    /// 407 with the `Proxy-Authenticate` challenges this client gets (never a probe: see
+    /// [`crate::auth::DigestPolicy`]).
     fn proxy_challenge(&mut self, id: u64, req: &Request, stale: bool, now: Instant) {
         let mut resp = self.make_reply(req, 407, "Proxy Authentication Required");
-        for c in self.auth.challenges(now, stale) {
+        let user = req
+            .from()
+            .and_then(|f| f.uri.user_unescaped())
+            .unwrap_or_default();
+        let offer = self
+            .algorithms
+            .offer(&user, super::registrar::user_agent(req), false);
+        for c in self.auth.challenges_offering(now, stale, offer) {
             resp.headers.push(HeaderName::ProxyAuthenticate, c);
         }
         self.respond(id, &resp, now);

@@ -60,18 +60,51 @@ pub struct Binding {
     /// The enrolled phone this binding belongs to (registered with the device's
     /// credentials): its branch must prove trust before it is connected (R14).
     pub device: Option<String>,
+    /// How the contact is reached (direct, behind NAT, an RFC 5626 flow).
+    pub reach: Reach,
+}
+
+/// How a binding's contact is reached (see the `nat` module).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Reach {
+    /// At the Contact's own address (over the REGISTER's flow when that is the same address).
+    #[default]
+    Direct,
+    /// Behind NAT: at the REGISTER's source; NATed UDP bindings are pinged.
+    Nat,
+    /// An RFC 5626 flow: at the REGISTER's source, replaced by a REGISTER of the same
+    /// instance and reg-id, dropped when its connection closes.
+    Outbound {
+        /// The `+sip.instance` value.
+        instance: String,
+        /// The `reg-id`.
+        reg_id: u32,
+    },
 }
 
 impl Binding {
-    /// Where requests for a contact registered from `source` go: the Contact's own address
-    /// when it names one we can reach directly, over the REGISTER's flow (and TCP
-    /// connection) when that is the same address; the REGISTER's source otherwise (a host
-    /// name we cannot resolve, or a NATed client), like RFC 3581 / 5626 flows.
-    pub fn target_for(contact: &Uri, source: Target) -> Target {
+    /// Where requests for `contact`, registered from `source`, go and how it is reached
+    /// (the rules are in the `nat` module): over the REGISTER's flow (and TCP connection)
+    /// for an RFC 5626 flow (`outbound`: instance and reg-id, or `;ob` in the URI), for a
+    /// private or unspecified address that is not the source, and for a host name we do
+    /// not resolve; at the Contact's own address otherwise.
+    pub fn locate(
+        contact: &Uri,
+        outbound: Option<(String, u32)>,
+        source: Target,
+        nat: &super::NatConfig,
+    ) -> (Target, Reach) {
+        if let Some((instance, reg_id)) = outbound {
+            return (source, Reach::Outbound { instance, reg_id });
+        }
+        if contact.param("ob").is_some() {
+            return (source, Reach::Nat);
+        }
         match super::route::literal_target(contact) {
-            Some(t) if t.addr == source.addr => source,
-            Some(t) => t,
-            None => source,
+            Some(t) if t.addr == source.addr => (source, Reach::Direct),
+            Some(t) if nat.is_private(t.addr.ip()) => (source, Reach::Nat),
+            Some(t) => (t, Reach::Direct),
+            None => (source, Reach::Nat),
         }
     }
 }
@@ -247,15 +280,63 @@ impl Directory {
         removed
     }
 
-    /// Forgets a closed connection: bindings keep their address and will reconnect.
-    pub(crate) fn connection_closed(&mut self, conn: ConnId) {
-        for list in self.bindings.values_mut() {
-            for b in list.iter_mut() {
-                if b.target.conn == Some(conn) {
-                    b.target.conn = None;
+    /// Forgets a closed connection. A direct binding keeps its address and will reconnect;
+    /// one reached only over that connection (behind NAT, or an RFC 5626 flow) cannot be
+    /// reached any more and is dropped: returns (user, contact) of each dropped one.
+    pub(crate) fn connection_closed(&mut self, conn: ConnId) -> Vec<(String, String)> {
+        let mut dropped = Vec::new();
+        for (user, list) in self.bindings.iter_mut() {
+            list.retain_mut(|b| {
+                if b.target.conn != Some(conn) {
+                    return true;
                 }
-            }
+                if b.reach == Reach::Direct {
+                    b.target.conn = None;
+                    return true;
+                }
+                dropped.push((user.clone(), b.contact.clone()));
+                false
+            });
         }
+        dropped
+    }
+
+    /// `user`'s bindings of RFC 5626 `instance` and `reg_id` other than `contact`: a new
+    /// registration of the flow replaces them.
+    pub(crate) fn same_flow(
+        &self,
+        user: &str,
+        instance: &str,
+        reg_id: u32,
+        contact: &str,
+    ) -> Vec<String> {
+        self.bindings
+            .get(user)
+            .into_iter()
+            .flatten()
+            .filter(|b| {
+                b.contact != contact
+                    && matches!(&b.reach, Reach::Outbound { instance: i, reg_id: r }
+                        if i == instance && *r == reg_id)
+            })
+            .map(|b| b.contact.clone())
+            .collect()
+    }
+
+    /// Every live NATed UDP binding at `now`: (user, contact, target, contact URI).
+    pub(crate) fn nated_udp(&self, now: Instant) -> Vec<(String, String, Target, Uri)> {
+        self.bindings
+            .iter()
+            .flat_map(|(user, list)| {
+                list.iter()
+                    .filter(move |b| {
+                        b.expires_at > now
+                            && b.reach != Reach::Direct
+                            && b.target.transport == Transport::Udp
+                    })
+                    .map(move |b| (user.clone(), b.contact.clone(), b.target, b.uri.clone()))
+            })
+            .collect()
     }
 
     /// A binding whose contact URI host:port is `addr`, used to reach in-dialog targets over

@@ -15,6 +15,8 @@ mod calls;
 mod directory;
 mod fork;
 mod ids;
+mod keepalive;
+mod nat;
 mod registrar;
 mod request;
 mod route;
@@ -28,16 +30,20 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::auth::{AuthFailureLimiter, Authenticator, DigestConfig};
+use crate::auth::{AlgorithmChoice, AuthFailureLimiter, Authenticator, DigestConfig, DigestPolicy};
 use crate::message::{HeaderName, Message, Request, Response, parse, reason_phrase};
 use crate::transaction::{ClientTx, ServerTx, Timers, TxAction};
 pub use calls::{BranchOutcome, BranchRecord, CallRecord, LegType, MAX_TRACKED_CALLS, Released};
 use directory::Directory;
 pub use directory::{
-    Binding, DEVICE_USER_PREFIX, DeviceEntry, MAX_BINDINGS_PER_USER, SubscriberEntry, Target,
+    Binding, DEVICE_USER_PREFIX, DeviceEntry, MAX_BINDINGS_PER_USER, Reach, SubscriberEntry, Target,
 };
 use fork::Fork;
 use ids::IdGen;
+pub use nat::{
+    DEFAULT_PRIVATE_RANGES, IpRange, IpRanges, NatConfig, is_stun, parse_ranges,
+    stun_mapped_address, stun_response,
+};
 pub use stats::{CallOutcome, MAX_TRUST_KINDS, ProxyStats};
 pub use trunk::{TRUNK_AUTH, Trunk, trunk_auth, verify_trunk_auth};
 pub use trust::{TRUST_CHALLENGE, TRUST_PROOF, TrustGate, TrustRefusal};
@@ -152,6 +158,10 @@ pub struct ProxyConfig {
     pub secret: [u8; 32],
     /// The IP->PSTN gateway phones with a number are rung through (R15), if any.
     pub trunk: Option<Trunk>,
+    /// Which digest algorithms are offered to whom (R2; default learned per client).
+    pub digest: DigestPolicy,
+    /// NAT handling: private ranges, keep-alive pings (R31).
+    pub nat: NatConfig,
 }
 
 impl ProxyConfig {
@@ -168,6 +178,8 @@ impl ProxyConfig {
             nonce_ttl: Duration::from_secs(300),
             secret,
             trunk: None,
+            digest: DigestPolicy::Auto,
+            nat: NatConfig::default(),
         }
     }
 }
@@ -186,6 +198,7 @@ enum TimerRef {
     Server(u64),
     Client(u64),
     Fork(u64),
+    Keepalive,
 }
 
 struct ServerEntry {
@@ -215,7 +228,9 @@ pub struct Proxy {
     cfg: ProxyConfig,
     directory: Directory,
     auth: Authenticator,
+    algorithms: AlgorithmChoice,
     limiter: AuthFailureLimiter,
+    pings: keepalive::Pings,
     ids: IdGen,
     server_keys: HashMap<TxKey, u64>,
     servers: HashMap<u64, ServerEntry>,
@@ -242,8 +257,10 @@ impl Proxy {
             now,
         );
         Self {
+            pings: keepalive::Pings::default(),
             ids: IdGen::new(&cfg.secret),
             auth,
+            algorithms: AlgorithmChoice::new(cfg.digest),
             limiter: AuthFailureLimiter::new(crate::auth::LimiterConfig::default()),
             cfg,
             directory: Directory::default(),
@@ -299,8 +316,15 @@ impl Proxy {
         }
     }
 
-    /// Restores a binding loaded from the store at start.
-    pub fn restore_binding(&mut self, user: &str, binding: Binding, now: Instant) {
+    /// Restores a binding loaded from the store at start. Where it is reached is decided
+    /// again here from its contact and source (its `target` and `reach` are replaced; an
+    /// RFC 5626 flow does not survive a restart, the client registers a new one).
+    pub fn restore_binding(&mut self, user: &str, mut binding: Binding, now: Instant) {
+        (binding.target, binding.reach) =
+            Binding::locate(&binding.uri, None, binding.source, &self.cfg.nat);
+        if binding.reach != Reach::Direct && binding.target.transport == Transport::Udp {
+            self.arm_keepalive(now);
+        }
         self.directory.put_binding(user, binding, now);
     }
 
@@ -335,7 +359,13 @@ impl Proxy {
 
     /// A stream connection closed: stop using it.
     pub fn connection_closed(&mut self, conn: ConnId) {
-        self.directory.connection_closed(conn);
+        for (user, contact) in self.directory.connection_closed(conn) {
+            self.out
+                .push_back(Output::Event(Box::new(Event::BindingRemoved {
+                    user,
+                    contact,
+                })));
+        }
         for s in self.servers.values_mut() {
             if s.peer.conn == Some(conn) {
                 s.peer.conn = None;
@@ -369,6 +399,7 @@ impl Proxy {
                 TimerRef::Server(id) => self.server_timeout(id, now),
                 TimerRef::Client(id) => self.client_timeout(id, now),
                 TimerRef::Fork(id) => self.fork_timeout(id, now),
+                TimerRef::Keepalive => self.keepalive_round(now),
             }
         }
     }
@@ -387,6 +418,13 @@ impl Proxy {
             addr: source,
             conn,
         };
+        if transport == Transport::Udp && is_stun(data) {
+            // RFC 5626 §4.4.2: an outbound client's keep-alive on the SIP port.
+            if let Some(resp) = stun_response(data, source) {
+                self.transmit(peer, Bytes::from(resp));
+            }
+            return;
+        }
         match parse(data) {
             Ok(Message::Request(req)) => self.handle_request(now, peer, req),
             Ok(Message::Response(resp)) => self.handle_response(now, resp),
@@ -546,6 +584,9 @@ impl Proxy {
     }
 
     fn handle_response(&mut self, now: Instant, mut resp: Response) {
+        if self.keepalive_answered(&resp) {
+            return;
+        }
         let Some(via) = resp.top_via() else { return };
         let branch = via.branch().unwrap_or_default().to_owned();
         let key = (branch, resp.cseq().method.as_str().to_owned());

@@ -6,9 +6,22 @@
 
 use std::time::{Duration, Instant};
 
-use super::{Binding, Event, Output, Proxy, Target};
+use super::{Binding, Event, Output, Proxy, Reach, Target, Transport};
 use crate::auth::AuthError;
 use crate::message::{HeaderName, NameAddr, Request};
+
+/// The RFC 5626 flow a Contact asks for: its `+sip.instance` and `reg-id`, both present.
+fn outbound_flow(contact: &NameAddr) -> Option<(String, u32)> {
+    let instance = contact.param("+sip.instance").flatten()?;
+    let reg_id = contact.param("reg-id").flatten()?.parse().ok()?;
+    Some((instance.trim_matches('"').to_owned(), reg_id))
+}
+
+/// The client's `User-Agent` (empty when it sends none): with the user, what digest support
+/// is learned for.
+pub(in crate::proxy) fn user_agent(req: &Request) -> &str {
+    req.headers.get(&HeaderName::UserAgent).unwrap_or("")
+}
 
 impl Proxy {
     pub(super) fn handle_register(&mut self, id: u64, peer: Target, req: &Request, now: Instant) {
@@ -41,7 +54,11 @@ impl Proxy {
                 directory.ha1(name, alg)
             });
         let verified = match verified {
-            Ok(v) => v,
+            Ok(v) => {
+                self.algorithms
+                    .verified(&user, user_agent(req), v.algorithm);
+                v
+            }
             Err(AuthError::Stale) => {
                 self.challenge(id, req, true, now);
                 return;
@@ -69,9 +86,22 @@ impl Proxy {
         self.save_contacts(id, peer, req, &user, device.as_deref(), now);
     }
 
+    /// 401 with the challenges this client gets (see [`crate::auth::DigestPolicy`]): a
+    /// REGISTER in the Call-ID of one of the user's live bindings is a refresh, the moment
+    /// `auto` may probe for SHA-256.
     fn challenge(&mut self, id: u64, req: &Request, stale: bool, now: Instant) {
         let mut resp = self.make_reply(req, 401, "Unauthorized");
-        for c in self.auth.challenges(now, stale) {
+        let user = req
+            .to()
+            .and_then(|t| t.uri.user_unescaped())
+            .unwrap_or_default();
+        let refresh = self
+            .directory
+            .live_bindings(&user, now)
+            .iter()
+            .any(|b| b.call_id == req.call_id());
+        let offer = self.algorithms.offer(&user, user_agent(req), refresh);
+        for c in self.auth.challenges_offering(now, stale, offer) {
             resp.headers.push(HeaderName::WwwAuthenticate, c);
         }
         self.respond(id, &resp, now);
@@ -92,6 +122,8 @@ impl Proxy {
             .get(&HeaderName::Expires)
             .and_then(|v| v.trim().parse::<u64>().ok());
         let contacts: Vec<&str> = req.headers.get_all(&HeaderName::Contact).collect();
+        // RFC 5626 §6: only the first hop can hold the client's flow.
+        let first_hop = req.headers.get_all(&HeaderName::Via).count() == 1;
         if contacts.iter().any(|c| c.trim() == "*") {
             if contacts.len() != 1 || header_expires != Some(0) {
                 self.reply(id, req, 400, now);
@@ -106,7 +138,7 @@ impl Proxy {
                         contact,
                     })));
             }
-            self.registered_ok(id, req, user, now);
+            self.registered_ok(id, req, user, false, now);
             return;
         }
         let mut updates = Vec::with_capacity(contacts.len());
@@ -134,11 +166,13 @@ impl Proxy {
                 .flatten()
                 .and_then(|v| v.parse::<f32>().ok())
                 .map_or(1000, |q| (q.clamp(0.0, 1.0) * 1000.0) as u16);
-            updates.push((na.uri, expires, q));
+            let flow = if first_hop { outbound_flow(&na) } else { None };
+            updates.push((na.uri, expires, q, flow));
         }
         let call_id = req.call_id().to_owned();
         let cseq = req.cseq().seq;
-        for (uri, expires, q) in updates {
+        let mut outbound = false;
+        for (uri, expires, q, flow) in updates {
             let contact = uri.to_string();
             if let Some(old) = self.directory.existing(user, &contact)
                 && old.device.as_deref() != device
@@ -168,7 +202,23 @@ impl Proxy {
                 continue;
             }
             let expires_in = Duration::from_secs(expires);
-            let target = Binding::target_for(&uri, peer);
+            let (target, reach) = Binding::locate(&uri, flow, peer, &self.cfg.nat);
+            if let Reach::Outbound { instance, reg_id } = &reach {
+                // RFC 5626 §6: a new registration of the same flow replaces the old one.
+                outbound = true;
+                for old in self.directory.same_flow(user, instance, *reg_id, &contact) {
+                    self.directory.remove_binding(user, &old);
+                    self.out
+                        .push_back(Output::Event(Box::new(Event::BindingRemoved {
+                            user: user.to_owned(),
+                            contact: old,
+                        })));
+                }
+            }
+            if reach != Reach::Direct && target.transport == Transport::Udp {
+                self.arm_keepalive(now);
+            }
+            self.pings.alive(user, &contact);
             let binding = Binding {
                 contact,
                 uri,
@@ -179,6 +229,7 @@ impl Proxy {
                 expires_at: now + expires_in,
                 q,
                 device: device.map(str::to_owned),
+                reach,
             };
             if !self.directory.put_binding(user, binding.clone(), now) {
                 let resp = self.make_reply(req, 403, "Too Many Contacts");
@@ -192,13 +243,24 @@ impl Proxy {
                     expires_in,
                 })));
         }
-        self.registered_ok(id, req, user, now);
+        self.registered_ok(id, req, user, outbound, now);
     }
 
     /// 200 OK listing every current binding with its remaining time (§10.3 step 8), the
-    /// ones this request touched first.
-    fn registered_ok(&mut self, id: u64, req: &Request, user: &str, now: Instant) {
+    /// ones this request touched first. For an RFC 5626 flow of a client that supports
+    /// outbound: `Require: outbound` and the keep-alive interval it should use
+    /// (`Flow-Timer`, §5.4).
+    fn registered_ok(&mut self, id: u64, req: &Request, user: &str, outbound: bool, now: Instant) {
         let mut resp = self.make_reply(req, 200, "OK");
+        if outbound && req.headers.has_token(&HeaderName::Supported, "outbound") {
+            resp.headers.push(HeaderName::Require, "outbound");
+            if let Some(every) = self.cfg.nat.keepalive {
+                resp.headers.push(
+                    HeaderName::from_token("Flow-Timer"),
+                    every.as_secs().max(1).to_string(),
+                );
+            }
+        }
         let mut bindings = self.directory.live_bindings(user, now);
         bindings.sort_by_key(|b| b.call_id != req.call_id() || b.cseq != req.cseq().seq);
         for b in bindings {

@@ -1,0 +1,426 @@
+//! Devices behind NAT in simulated time (R31): a private Contact registered from elsewhere
+//! is reached at the REGISTER's source, NATed UDP bindings are pinged and dropped when they
+//! stop answering, RFC 5626 flows (reg-id + instance) replace each other and die with their
+//! connection, STUN keep-alives are answered. Nothing here touches a socket.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sip_core::auth::{Algorithm, DigestPolicy, ResponseInput, ha1, response};
+use sip_core::message::{HeaderName, Message, Request, Response, parse};
+use sip_core::proxy::{
+    ConnId, Event, NatConfig, Output, Proxy, ProxyConfig, Reach, SubscriberEntry, Transport,
+    parse_ranges, stun_mapped_address,
+};
+
+const PROXY: &str = "127.0.0.1:5060";
+const NAT_PUBLIC: &str = "127.0.0.1:40000";
+const CALLER: &str = "127.0.0.1:6000";
+const REALM: &str = "localhost";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Sim {
+    proxy: Proxy,
+    now: Instant,
+    sent: Vec<(SocketAddr, Transport, Option<ConnId>, Vec<u8>)>,
+    events: Vec<Event>,
+    n: u32,
+}
+
+impl Sim {
+    fn new(nat: NatConfig) -> Self {
+        let now = Instant::now();
+        let cfg = ProxyConfig {
+            digest: DigestPolicy::Md5,
+            nat,
+            ..ProxyConfig::new(REALM, addr(PROXY), [5; 32])
+        };
+        let mut proxy = Proxy::new(cfg, now);
+        proxy.upsert_subscriber(SubscriberEntry {
+            user: "alice".into(),
+            ha1_md5: ha1(Algorithm::Md5, "alice", REALM, "alice-password"),
+            ha1_sha256: ha1(Algorithm::Sha256, "alice", REALM, "alice-password"),
+            ring_timeout: Duration::from_secs(30),
+            ring_delays: Vec::new(),
+        });
+        Self {
+            proxy,
+            now,
+            sent: Vec::new(),
+            events: Vec::new(),
+            n: 0,
+        }
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.proxy.poll_output() {
+            match o {
+                Output::Transmit(t) => self.sent.push((
+                    t.target.addr,
+                    t.target.transport,
+                    t.target.conn,
+                    t.payload.to_vec(),
+                )),
+                Output::Event(e) => self.events.push(*e),
+            }
+        }
+    }
+
+    fn recv(&mut self, transport: Transport, from: &str, conn: Option<ConnId>, msg: &str) {
+        let bytes = msg.replace('\n', "\r\n");
+        self.proxy
+            .handle_receive(self.now, transport, addr(from), conn, bytes.as_bytes());
+        self.drain();
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while let Some(t) = self.proxy.poll_timeout().filter(|t| *t <= end) {
+            self.now = self.now.max(t);
+            self.proxy.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = end;
+    }
+
+    fn take(&mut self) -> Vec<(SocketAddr, Transport, Option<ConnId>, Vec<u8>)> {
+        std::mem::take(&mut self.sent)
+    }
+
+    /// Registers alice (challenge, then credentials) from `from` with Contact `contact`
+    /// (a full header value) and `extra` header lines; returns the final response.
+    fn register(
+        &mut self,
+        transport: Transport,
+        from: &str,
+        conn: Option<ConnId>,
+        contact: &str,
+        extra: &str,
+    ) -> Response {
+        let mut auth = String::new();
+        for _ in 0..2 {
+            self.n += 1;
+            let n = self.n;
+            let proto = if transport == Transport::Tcp {
+                "TCP"
+            } else {
+                "UDP"
+            };
+            self.recv(
+                transport,
+                from,
+                conn,
+                &format!(
+                    "REGISTER sip:localhost SIP/2.0
+Via: SIP/2.0/{proto} 192.168.1.20:5060;branch=z9hG4bKreg{n};rport
+Max-Forwards: 70
+From: <sip:alice@localhost>;tag=r{n}
+To: <sip:alice@localhost>
+Call-ID: reg-{from}
+CSeq: {n} REGISTER
+Contact: {contact}
+{extra}{auth}Expires: 600
+Content-Length: 0
+
+"
+                ),
+            );
+            let resp = self
+                .take()
+                .into_iter()
+                .filter_map(|(_, _, _, b)| match parse(&b) {
+                    Ok(Message::Response(r)) if r.status >= 200 => Some(r),
+                    _ => None,
+                })
+                .next_back()
+                .expect("a final response");
+            if resp.status != 401 {
+                return resp;
+            }
+            auth = format!("Authorization: {}\n", creds(&resp));
+        }
+        panic!("still challenged after answering");
+    }
+
+    /// An INVITE for alice from a foreign caller; returns where its branches went.
+    fn invite(&mut self) -> Vec<(SocketAddr, Transport, Option<ConnId>)> {
+        self.n += 1;
+        let n = self.n;
+        self.recv(
+            Transport::Udp,
+            CALLER,
+            None,
+            &format!(
+                "INVITE sip:alice@localhost SIP/2.0
+Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv{n};rport
+Max-Forwards: 70
+From: <sip:bob@example.net>;tag=i{n}
+To: <sip:alice@localhost>
+Call-ID: call-{n}
+CSeq: 1 INVITE
+Contact: <sip:bob@{CALLER}>
+Content-Length: 0
+
+"
+            ),
+        );
+        self.take()
+            .into_iter()
+            .filter(|(_, _, _, b)| b.starts_with(b"INVITE "))
+            .map(|(a, t, c, _)| (a, t, c))
+            .collect()
+    }
+
+    fn bindings(&self) -> Vec<(String, Reach)> {
+        self.proxy
+            .bindings("alice", self.now)
+            .into_iter()
+            .map(|b| (b.contact, b.reach))
+            .collect()
+    }
+}
+
+fn creds(challenge: &Response) -> String {
+    let c = challenge.headers.get(&HeaderName::WwwAuthenticate).unwrap();
+    let nonce = c
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let h = ha1(Algorithm::Md5, "alice", REALM, "alice-password");
+    let r = response(
+        Algorithm::Md5,
+        &h,
+        &ResponseInput {
+            nonce,
+            nc: "00000001",
+            cnonce: "c",
+            qop: "auth",
+            method: "REGISTER",
+            uri: "sip:localhost",
+        },
+    );
+    format!(
+        "Digest username=\"alice\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:localhost\", response=\"{r}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\""
+    )
+}
+
+fn options_sent(sent: &[(SocketAddr, Transport, Option<ConnId>, Vec<u8>)]) -> Vec<Request> {
+    sent.iter()
+        .filter_map(|(_, _, _, b)| match parse(b) {
+            Ok(Message::Request(r)) if r.method.as_str() == "OPTIONS" => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn private_contact_from_elsewhere_is_reached_at_the_source() {
+    let mut sim = Sim::new(NatConfig::default());
+    let ok = sim.register(
+        Transport::Udp,
+        NAT_PUBLIC,
+        None,
+        "<sip:alice@192.168.1.20:5060>",
+        "",
+    );
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        sim.bindings(),
+        [("sip:alice@192.168.1.20:5060".into(), Reach::Nat)]
+    );
+    let branches = sim.invite();
+    assert_eq!(branches, [(addr(NAT_PUBLIC), Transport::Udp, None)]);
+}
+
+#[test]
+fn public_contact_is_dialled_as_registered() {
+    let mut sim = Sim::new(NatConfig::default());
+    sim.register(
+        Transport::Udp,
+        NAT_PUBLIC,
+        None,
+        "<sip:alice@127.0.0.1:7001>",
+        "",
+    );
+    assert_eq!(
+        sim.bindings(),
+        [("sip:alice@127.0.0.1:7001".into(), Reach::Direct)]
+    );
+    assert_eq!(
+        sim.invite(),
+        [(addr("127.0.0.1:7001"), Transport::Udp, None)]
+    );
+}
+
+#[test]
+fn private_ranges_are_configurable() {
+    let nat = NatConfig {
+        private: parse_ranges("127.0.0.64/26").unwrap(),
+        ..NatConfig::default()
+    };
+    let mut sim = Sim::new(nat);
+    sim.register(
+        Transport::Udp,
+        NAT_PUBLIC,
+        None,
+        "<sip:alice@127.0.0.70:5060>",
+        "",
+    );
+    assert_eq!(sim.invite(), [(addr(NAT_PUBLIC), Transport::Udp, None)]);
+    // Without the range, 127.0.0.70 is just another address.
+    let mut plain = Sim::new(NatConfig::default());
+    plain.register(
+        Transport::Udp,
+        NAT_PUBLIC,
+        None,
+        "<sip:alice@127.0.0.70:5060>",
+        "",
+    );
+    assert_eq!(
+        plain.invite(),
+        [(addr("127.0.0.70:5060"), Transport::Udp, None)]
+    );
+}
+
+#[test]
+fn nated_bindings_are_pinged_and_dropped_when_silent() {
+    let mut sim = Sim::new(NatConfig::default());
+    sim.register(
+        Transport::Udp,
+        NAT_PUBLIC,
+        None,
+        "<sip:alice@10.0.0.5:5060>",
+        "",
+    );
+    // A direct binding is never pinged.
+    sim.register(
+        Transport::Udp,
+        "127.0.0.1:7001",
+        None,
+        "<sip:alice@127.0.0.1:7001>",
+        "",
+    );
+    sim.advance(Duration::from_secs(25));
+    let sent = sim.take();
+    let pings = options_sent(&sent);
+    assert_eq!(pings.len(), 1, "one ping per NATed binding");
+    assert!(sent.iter().all(|(a, _, _, _)| *a == addr(NAT_PUBLIC)));
+    assert_eq!(pings[0].uri.to_string(), "sip:alice@10.0.0.5:5060");
+    // The device answers: alive, and it keeps being pinged.
+    let mut answer = Response::to_request(&pings[0], 200, "OK", Some("ka"));
+    answer.headers.push(HeaderName::Server, "device");
+    sim.proxy.handle_receive(
+        sim.now,
+        Transport::Udp,
+        addr(NAT_PUBLIC),
+        None,
+        &answer.to_bytes(),
+    );
+    sim.drain();
+    for _ in 0..5 {
+        sim.advance(Duration::from_secs(25));
+        let pings = options_sent(&sim.take());
+        assert_eq!(pings.len(), 1);
+        let answer = Response::to_request(&pings[0], 404, "Not Found", Some("ka"));
+        sim.proxy.handle_receive(
+            sim.now,
+            Transport::Udp,
+            addr(NAT_PUBLIC),
+            None,
+            &answer.to_bytes(),
+        );
+        sim.drain();
+    }
+    assert_eq!(sim.bindings().len(), 2, "any answer counts");
+    // Then it goes silent: three missed pings, and the fourth round drops it.
+    for _ in 0..3 {
+        sim.advance(Duration::from_secs(25));
+        assert_eq!(options_sent(&sim.take()).len(), 1);
+    }
+    assert_eq!(sim.bindings().len(), 2);
+    sim.advance(Duration::from_secs(25));
+    assert!(options_sent(&sim.take()).is_empty());
+    assert_eq!(
+        sim.bindings(),
+        [("sip:alice@127.0.0.1:7001".into(), Reach::Direct)]
+    );
+    assert!(sim.events.iter().any(|e| matches!(e,
+        Event::BindingRemoved { user, contact } if user == "alice" && contact == "sip:alice@10.0.0.5:5060")));
+    // No NATed binding left: no more timers for pings.
+    sim.advance(Duration::from_secs(100));
+    assert!(options_sent(&sim.take()).is_empty());
+    assert_eq!(
+        sim.invite(),
+        [(addr("127.0.0.1:7001"), Transport::Udp, None)]
+    );
+}
+
+#[test]
+fn outbound_flows_replace_each_other_and_die_with_their_connection() {
+    let mut sim = Sim::new(NatConfig::default());
+    let instance = "+sip.instance=\"<urn:uuid:00000000-0000-0000-0000-000000000001>\"";
+    let ok = sim.register(
+        Transport::Tcp,
+        NAT_PUBLIC,
+        Some(ConnId(7)),
+        &format!("<sip:alice@10.0.0.5:5060;transport=tcp;ob>;reg-id=1;{instance}"),
+        "Supported: path, outbound\n",
+    );
+    assert_eq!(ok.headers.get(&HeaderName::Require), Some("outbound"));
+    assert_eq!(
+        ok.headers.get(&HeaderName::from_wire("Flow-Timer")),
+        Some("25")
+    );
+    assert_eq!(
+        sim.invite(),
+        [(addr(NAT_PUBLIC), Transport::Tcp, Some(ConnId(7)))],
+        "over the REGISTER's connection"
+    );
+    // The client reconnects (new connection, new port, new contact): same flow, replaced.
+    let ok = sim.register(
+        Transport::Tcp,
+        "127.0.0.1:40001",
+        Some(ConnId(8)),
+        &format!("<sip:alice@10.0.0.5:5062;transport=tcp;ob>;reg-id=1;{instance}"),
+        "Supported: outbound\n",
+    );
+    assert_eq!(ok.status, 200);
+    assert_eq!(sim.bindings().len(), 1);
+    assert!(sim.events.iter().any(|e| matches!(e,
+        Event::BindingRemoved { contact, .. } if contact.contains(":5060"))));
+    // Its connection closes: the flow is gone, nothing rings there any more.
+    sim.proxy.connection_closed(ConnId(8));
+    sim.drain();
+    assert!(sim.bindings().is_empty());
+    // Without `Supported: outbound` the 200 does not require it.
+    let ok = sim.register(
+        Transport::Udp,
+        NAT_PUBLIC,
+        None,
+        &format!("<sip:alice@10.0.0.5:5060>;reg-id=1;{instance}"),
+        "",
+    );
+    assert_eq!(ok.headers.get(&HeaderName::Require), None);
+}
+
+#[test]
+fn stun_keepalives_are_answered_with_the_mapped_address() {
+    let mut sim = Sim::new(NatConfig::default());
+    let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
+    req.extend_from_slice(&[9; 12]);
+    sim.proxy
+        .handle_receive(sim.now, Transport::Udp, addr(NAT_PUBLIC), None, &req);
+    sim.drain();
+    let sent = sim.take();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0, addr(NAT_PUBLIC));
+    assert_eq!(stun_mapped_address(&sent[0].3), Some(addr(NAT_PUBLIC)));
+    assert_eq!(sim.proxy.stats(sim.now).parse_errors, 0);
+}
