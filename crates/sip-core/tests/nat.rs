@@ -424,3 +424,55 @@ fn stun_keepalives_are_answered_with_the_mapped_address() {
     assert_eq!(stun_mapped_address(&sent[0].3), Some(addr(NAT_PUBLIC)));
     assert_eq!(sim.proxy.stats(sim.now).parse_errors, 0);
 }
+
+#[test]
+fn a_caller_behind_nat_gets_its_contact_fixed() {
+    let mut sim = Sim::new(NatConfig::default());
+    sim.register(
+        Transport::Udp,
+        "127.0.0.1:7001",
+        None,
+        "<sip:alice@127.0.0.1:7001>",
+        "",
+    );
+    for (contact, want) in [
+        // Private and not the source: the source it is.
+        (
+            "\"J\\\"o\" <sip:bob@10.0.0.9:5062;transport=udp>;+sip.instance=\"<urn:x>\"",
+            "\"J\\\"o\" <sip:bob@127.0.0.1:40000;transport=udp>;+sip.instance=\"<urn:x>\"",
+        ),
+        // A public address is left alone.
+        ("<sip:bob@127.0.0.1:5999>", "<sip:bob@127.0.0.1:5999>"),
+    ] {
+        sim.n += 1;
+        let n = sim.n;
+        sim.recv(
+            Transport::Udp,
+            NAT_PUBLIC,
+            None,
+            &format!(
+                "INVITE sip:alice@localhost SIP/2.0
+Via: SIP/2.0/UDP 10.0.0.9:5062;branch=z9hG4bKnat{n};rport
+Max-Forwards: 70
+From: <sip:bob@example.net>;tag=n{n}
+To: <sip:alice@localhost>
+Call-ID: nat-{n}
+CSeq: 1 INVITE
+Contact: {contact}
+Content-Length: 0
+
+"
+            ),
+        );
+        let fwd: Vec<Request> = sim
+            .take()
+            .into_iter()
+            .filter_map(|(a, _, _, b)| match parse(&b) {
+                Ok(Message::Request(r)) if a == addr("127.0.0.1:7001") => Some(r),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(fwd.len(), 1);
+        assert_eq!(fwd[0].headers.get(&HeaderName::Contact), Some(want));
+    }
+}

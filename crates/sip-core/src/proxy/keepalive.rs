@@ -1,5 +1,6 @@
 //! NAT keep-alive pings of NATed UDP bindings (see the `nat` module): one stateless OPTIONS
-//! per binding every interval, any answer counts, too many misses in a row drop the binding.
+//! per binding every interval, any answer counts, too many misses in a row drop the binding;
+//! and the Contact fix-up for callers behind NAT.
 //!
 //! Stateless on purpose: a ping is one datagram (no retransmissions, no transaction), so a
 //! device that is gone costs one datagram per interval until it is dropped. The state is a
@@ -11,8 +12,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 
-use super::{Event, Output, Proxy, TimerRef};
-use crate::message::Response;
+use std::net::IpAddr;
+
+use super::{Event, Output, Proxy, Target, TimerRef, Transport};
+use crate::message::{HeaderName, Method, NameAddr, Request, Response};
 
 /// Branch prefix of keep-alive pings: responses carrying it are ours, not a transaction's.
 const BRANCH_PREFIX: &str = "z9hG4bK-ka-";
@@ -88,6 +91,57 @@ Call-ID: {branch}@{me}\r\nCSeq: 1 OPTIONS\r\nUser-Agent: trustring\r\nContent-Le
             self.transmit(target, Bytes::from(ping));
             self.arm_keepalive(now);
         }
+    }
+
+    /// Kamailio's `fix_nated_contact` for a caller behind NAT: a dialog-creating or
+    /// target-refreshing request straight from a UA over UDP (one Via) whose Contact names a
+    /// private address that is not its source gets the source as Contact host and port, so
+    /// the callee's in-dialog requests (routed back through us) reach the caller's NAT
+    /// mapping. REGISTER keeps its Contact (the registrar remembers the source instead).
+    pub(super) fn fix_nated_contact(&self, req: &mut Request, peer: Target) {
+        if peer.transport != Transport::Udp
+            || !matches!(
+                req.method,
+                Method::Invite | Method::Subscribe | Method::Refer | Method::Update
+            )
+            || req.headers.get_all(&HeaderName::Via).count() != 1
+        {
+            return;
+        }
+        let Some(h) = req
+            .headers
+            .0
+            .iter_mut()
+            .find(|h| h.name == HeaderName::Contact)
+        else {
+            return;
+        };
+        let Ok(mut contact) = NameAddr::parse(&h.value) else {
+            return;
+        };
+        let Ok(ip) = contact.uri.host.trim_matches(['[', ']']).parse::<IpAddr>() else {
+            return;
+        };
+        if ip == peer.addr.ip() || !self.cfg.nat.is_private(ip) {
+            return;
+        }
+        contact.uri.host = match peer.addr.ip() {
+            IpAddr::V4(v4) => v4.to_string(),
+            IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        contact.uri.port = Some(peer.addr.port());
+        let params: String = contact
+            .params
+            .iter()
+            .map(|p| match &p.value {
+                Some(v) => format!(";{}={v}", p.name),
+                None => format!(";{}", p.name),
+            })
+            .collect();
+        let display = contact.display.as_deref().map_or(String::new(), |d| {
+            format!("\"{}\" ", d.replace('\\', "\\\\").replace('"', "\\\""))
+        });
+        h.value = format!("{display}<{}>{params}", contact.uri);
     }
 
     /// Takes `resp` if it answers a keep-alive ping (any status: the device is there).

@@ -17,6 +17,7 @@ impl Proxy {
     pub(super) fn handle_request(&mut self, now: Instant, peer: Target, mut req: Request) {
         let Some(key) = tx_key(&req) else { return };
         route::stamp_via(&mut req, peer.addr);
+        self.fix_nated_contact(&mut req, peer);
 
         if req.method == Method::Ack {
             if let Some(&id) = self.server_keys.get(&key) {
