@@ -236,6 +236,7 @@ pub fn stun_mapped_address(resp: &[u8]) -> Option<SocketAddr> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
