@@ -2,6 +2,7 @@
 //! Every process started here is stopped by its PID (Drop), and every wait is bounded.
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
+pub mod baresip;
 pub mod phone;
 pub mod proc;
 
