@@ -173,15 +173,16 @@ fn fork_two() -> (Sim, Request, Request) {
 
 #[test]
 fn forks_to_every_contact_at_once_with_via_rr_and_max_forwards() {
-    let (_sim, b1, b2) = fork_two();
+    let (sim, b1, b2) = fork_two();
+    let rr = format!(
+        "<sip:127.0.0.1:5060;lr;rr={}>",
+        sim.proxy.route_tag(b1.call_id())
+    );
     for (b, d) in [(&b1, D1), (&b2, D2)] {
         assert_eq!(b.uri.to_string(), format!("sip:alice@{d}"));
         assert_eq!(b.headers.get_all(&HeaderName::Via).count(), 2);
         assert!(b.headers.get(&HeaderName::Via).unwrap().contains(PROXY));
-        assert_eq!(
-            b.headers.get(&HeaderName::RecordRoute),
-            Some("<sip:127.0.0.1:5060;lr>")
-        );
+        assert_eq!(b.headers.get(&HeaderName::RecordRoute), Some(rr.as_str()));
         assert_eq!(b.headers.get(&HeaderName::MaxForwards), Some("69"));
         assert_eq!(&b.body[..], b"v=0\r");
     }
@@ -440,7 +441,7 @@ fn udp_retransmissions_and_state_is_freed() {
 }
 
 #[test]
-fn foreign_domain_is_refused_and_unknown_user_is_404() {
+fn foreign_domain_is_refused_and_unknown_user_is_480() {
     let mut sim = Sim::new(&[D1], 30);
     sim.recv(
         CALLER,
@@ -449,13 +450,14 @@ fn foreign_domain_is_refused_and_unknown_user_is_404() {
             "INVITE sip:carol@other.example",
         ),
     );
-    assert_eq!(statuses(&responses_to(&sim.take(), CALLER)), [100, 403]);
+    assert_eq!(statuses(&responses_to(&sim.take(), CALLER)), [403]);
     let mut sim = Sim::new(&[D1], 30);
     sim.recv(
         CALLER,
         &invite("").replace("INVITE sip:alice@localhost", "INVITE sip:nobody@localhost"),
     );
-    assert_eq!(statuses(&responses_to(&sim.take(), CALLER)), [100, 404]);
+    // The same answer as a user with nothing registered (no enumeration).
+    assert_eq!(statuses(&responses_to(&sim.take(), CALLER)), [480]);
 }
 
 #[test]
@@ -469,5 +471,5 @@ fn bad_requests_get_400_or_are_dropped() {
         CALLER,
         &invite("").replace("Max-Forwards: 70", "Max-Forwards: 0"),
     );
-    assert_eq!(statuses(&responses_to(&sim.take(), CALLER)), [100, 483]);
+    assert_eq!(statuses(&responses_to(&sim.take(), CALLER)), [483]);
 }

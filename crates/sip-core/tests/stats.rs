@@ -335,13 +335,14 @@ fn fork_branches_are_tagged_and_an_answered_call_is_counted_at_its_bye() {
     assert_eq!(sim.stats().active_calls, 1);
 
     // The caller's BYE ends the call.
+    let tag = sim.proxy.route_tag("call-1");
     sim.recv(
         CALLER,
         &format!(
             "BYE sip:alice@{D1} SIP/2.0
 Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKbye1;rport
 Max-Forwards: 70
-Route: <sip:{PROXY};lr>
+Route: <sip:{PROXY};lr;rr={tag}>
 From: <sip:bob@example.net>;tag=bobtag1
 To: <sip:alice@localhost>;tag=t1
 Call-ID: call-1

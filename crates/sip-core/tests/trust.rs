@@ -669,11 +669,13 @@ mod call_records {
 
     fn bye_from_caller(answer: &Response) -> String {
         let to = answer.headers.get(&HeaderName::To).unwrap();
+        // The route set is the answer's Record-Route (RFC 3261 §12.1.2).
+        let route = answer.headers.get(&HeaderName::RecordRoute).unwrap();
         format!(
             "BYE sip:alice@127.0.0.1:6002 SIP/2.0
 Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKbye1;rport
 Max-Forwards: 70
-Route: <sip:127.0.0.1:5060;lr>
+Route: {route}
 From: <sip:bob@example.net>;tag=bobtag
 To: {to}
 Call-ID: call-1
@@ -954,13 +956,14 @@ mod pstn_legs {
             Some("td"),
             "the desktop's answer"
         );
+        let tag = sim.proxy.route_tag("call-1");
         sim.recv(
             CALLER,
             &format!(
                 "BYE sip:alice@{DESK} SIP/2.0
 Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKbye1;rport
 Max-Forwards: 70
-Route: <sip:127.0.0.1:5060;lr>
+Route: <sip:127.0.0.1:5060;lr;rr={tag}>
 From: <sip:bob@example.net>;tag=bobtag
 To: <sip:alice@localhost>;tag=td
 Call-ID: call-1

@@ -168,7 +168,8 @@ impl Proxy {
             }
             decrement_max_forwards(&mut r);
             if record_route {
-                for rr in self.record_route(inbound.transport, t.target.transport) {
+                let call_id = r.call_id().to_owned();
+                for rr in self.record_route(inbound.transport, t.target.transport, &call_id) {
                     r.headers.push_front(HeaderName::RecordRoute, rr);
                 }
             }

@@ -18,6 +18,7 @@ mod ids;
 mod keepalive;
 mod nat;
 mod registrar;
+mod relay;
 mod request;
 mod route;
 mod stats;
@@ -162,6 +163,10 @@ pub struct ProxyConfig {
     pub digest: DigestPolicy,
     /// NAT handling: private ranges, keep-alive pings (R31).
     pub nat: NatConfig,
+    /// Key of the tags in our Record-Route entries (the `relay` module): in-dialog requests
+    /// are forwarded only along routes we made. Keep it across restarts so dialogs survive
+    /// them; [`ProxyConfig::new`] derives one from `secret`.
+    pub route_key: [u8; 32],
 }
 
 impl ProxyConfig {
@@ -180,8 +185,18 @@ impl ProxyConfig {
             trunk: None,
             digest: DigestPolicy::Auto,
             nat: NatConfig::default(),
+            route_key: route_key_from(&secret),
         }
     }
+}
+
+/// A [`ProxyConfig::route_key`] derived from a secret of any length (e.g. a persisted file).
+pub fn route_key_from(secret: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    h.update(b"trustring route key\0");
+    h.update(secret);
+    h.finalize().into()
 }
 
 /// Transaction key: branch, sent-by and method (ACK maps to INVITE), RFC 3261 §17.2.3.
@@ -231,6 +246,7 @@ pub struct Proxy {
     algorithms: AlgorithmChoice,
     limiter: AuthFailureLimiter,
     pings: keepalive::Pings,
+    route_tags: relay::RouteTags,
     ids: IdGen,
     server_keys: HashMap<TxKey, u64>,
     servers: HashMap<u64, ServerEntry>,
@@ -258,6 +274,7 @@ impl Proxy {
         );
         Self {
             pings: keepalive::Pings::default(),
+            route_tags: relay::RouteTags::new(&cfg.route_key),
             ids: IdGen::new(&cfg.secret),
             auth,
             algorithms: AlgorithmChoice::new(cfg.digest),
@@ -276,6 +293,12 @@ impl Proxy {
             next_id: 1,
             stats: stats::Counters::default(),
         }
+    }
+
+    /// The tag our Record-Route entries carry for the dialogs of `call_id` (the `rr`
+    /// parameter; see the `relay` module). For tests and tools that build in-dialog requests.
+    pub fn route_tag(&self, call_id: &str) -> String {
+        self.route_tags.tag(call_id)
     }
 
     /// The configuration.

@@ -49,28 +49,36 @@ impl Proxy {
             return;
         }
 
-        let id = self.new_server_tx(key, &req, peer);
-        if req.method == Method::Invite {
-            // §16.2: a stateful proxy answers INVITE with 100 at once, stopping the
-            // caller's retransmissions while the branches ring.
-            let resp = crate::message::Response::to_request(&req, 100, "Trying", None);
-            self.respond(id, &resp, now);
+        // R30: one stateless answer, no transaction, for what we will not carry.
+        if self.is_looping(&req) {
+            self.reply_stateless(peer, &req, 482, "Loop Detected");
+            return;
+        }
+        let in_dialog = req.to().is_some_and(|t| t.tag().is_some());
+        if in_dialog && !self.follows_our_route(&req) {
+            tracing::debug!(source = %peer.addr, method = %req.method, "in-dialog request not on our route; refused");
+            self.reply_stateless(peer, &req, 403, "Not On Our Route");
+            return;
         }
 
+        let invite = req.method == Method::Invite;
+        let id = self.new_server_tx(key, &req, peer);
         if let Some(status) = self.check_request(&req) {
             self.reply_unsupported(id, &req, status, now);
+            self.forget_unforked_invite(invite, id, now);
             return;
         }
         self.pop_own_routes(&mut req);
 
-        let in_dialog = req.to().is_some_and(|t| t.tag().is_some());
         if in_dialog {
             self.forward_in_dialog(id, peer, req, now);
+            self.forget_unforked_invite(invite, id, now);
             return;
         }
         if req.headers.contains(&HeaderName::Route) {
             // Out of dialog with a foreign route set: we are nobody's outbound proxy.
             self.reply(id, &req, 403, now);
+            self.forget_unforked_invite(invite, id, now);
             return;
         }
         // §22.3 / R25: our own users must prove who they are before anything else is said
@@ -80,13 +88,17 @@ impl Proxy {
         } else {
             match self.authenticate_caller(id, peer, &mut req, now) {
                 Some(c) => c,
-                None => return,
+                None => {
+                    self.forget_unforked_invite(invite, id, now);
+                    return;
+                }
             }
         };
         if !self.is_ours(&req.uri.host, req.uri.port) {
             // No open relay (R26 / issue point 5).
             let resp = self.make_reply(&req, 403, "Relaying Forbidden");
             self.respond(id, &resp, now);
+            self.forget_unforked_invite(invite, id, now);
             return;
         }
         match req.method {
@@ -105,8 +117,46 @@ impl Proxy {
                     .push(HeaderName::Supported, SUPPORTED.join(", "));
                 self.respond(id, &resp, now);
             }
-            _ => self.route_to_aor(id, peer, req, &caller, now),
+            _ => {
+                self.route_to_aor(id, peer, req, &caller, now);
+                self.forget_unforked_invite(invite, id, now);
+            }
         }
+    }
+
+    /// §16.2: a stateful proxy answers INVITE with 100 before it forwards, stopping the
+    /// caller's retransmissions while the branches ring. Sent only once the INVITE is going
+    /// somewhere: a refused INVITE gets its one final answer and nothing else (R30).
+    fn trying(&mut self, id: u64, req: &Request, now: Instant) {
+        if req.method == Method::Invite {
+            let resp = crate::message::Response::to_request(req, 100, "Trying", None);
+            self.respond(id, &resp, now);
+        }
+    }
+
+    /// An INVITE answered with a final response without being forwarded (407, 403, 404,
+    /// 480, …) is forgotten at once: its answer is sent once, statelessly, never
+    /// retransmitted (Timer G would multiply a spoofed source's traffic, R30); a retransmitted
+    /// INVITE just gets the same kind of answer again, and the ACK for it is dropped.
+    fn forget_unforked_invite(&mut self, invite: bool, id: u64, now: Instant) {
+        if invite
+            && self
+                .servers
+                .get(&id)
+                .is_some_and(|e| e.fork.is_none() && e.tx.is_final())
+        {
+            self.remove_server(id, now);
+        }
+    }
+
+    /// Answers `req` from `peer` without a transaction (see the `relay` module).
+    fn reply_stateless(&mut self, peer: Target, req: &Request, status: u16, reason: &str) {
+        if req.method == Method::Ack {
+            return;
+        }
+        let resp = self.make_reply(req, status, reason);
+        let dest = route::response_target(&resp, peer);
+        self.transmit(dest, Bytes::from(resp.to_bytes()));
     }
 
     fn new_server_tx(&mut self, key: TxKey, req: &Request, peer: Target) -> u64 {
@@ -189,8 +239,12 @@ impl Proxy {
         }
     }
 
-    /// Forwards an ACK for a 2xx statelessly (it is its own transaction, §17.1.1.3).
+    /// Forwards an ACK for a 2xx statelessly (it is its own transaction, §17.1.1.3), only
+    /// along a route we record-routed (R30).
     fn forward_ack(&mut self, mut req: Request) {
+        if !self.follows_our_route(&req) {
+            return;
+        }
         self.pop_own_routes(&mut req);
         let next = match req.headers.get(&HeaderName::Route) {
             Some(r) => crate::message::NameAddr::parse(r).ok().map(|n| n.uri),
@@ -272,7 +326,9 @@ impl Proxy {
     ) {
         let user = req.uri.user_unescaped().unwrap_or_default();
         let Some(sub) = self.directory.subscriber(&user).cloned() else {
-            self.reply(id, &req, 404, now);
+            // The same answer as a subscriber with nothing registered: nobody learns which
+            // users exist (R26, SECURITY threat 4).
+            self.reply(id, &req, 480, now);
             return;
         };
         let bindings = self.directory.live_bindings(&user, now);
@@ -321,6 +377,7 @@ impl Proxy {
             ring_timeout: invite.then_some(sub.ring_timeout),
             record_route: invite,
         };
+        self.trying(id, &req, now);
         self.start_fork(id, peer, req, plan, now);
     }
 
@@ -394,6 +451,7 @@ impl Proxy {
             ring_timeout: None,
             record_route: false,
         };
+        self.trying(id, &req, now);
         self.start_fork(id, peer, req, plan, now);
     }
 }

@@ -109,14 +109,16 @@ impl Proxy {
     /// Where to send a request for `uri`: a registered device's flow if the URI is one of
     /// our contacts, else the literal address. Host names other than `localhost` are not
     /// resolved (no DNS in the core yet).
+    /// Never this server itself, nor an unspecified address (no loops, see `relay`).
     pub(crate) fn resolve(&self, uri: &Uri) -> Option<Target> {
         if !uri.is_sip() {
             return None;
         }
-        if let Some(t) = self.directory.target_for_contact(uri) {
-            return Some(t);
-        }
-        literal_target(uri)
+        let target = self
+            .directory
+            .target_for_contact(uri)
+            .or_else(|| literal_target(uri))?;
+        (!self.is_self_or_unspecified(target.addr)).then_some(target)
     }
 
     /// A Via value for a request we send over `transport`.
@@ -128,21 +130,32 @@ impl Proxy {
         )
     }
 
-    /// Our Record-Route URI for requests that reach us over `transport`.
-    fn rr_uri(&self, transport: Transport) -> String {
+    /// Our Record-Route URI for requests that reach us over `transport`, tagged for the
+    /// dialogs of Call-ID `tag`'s call (see the `relay` module).
+    fn rr_uri(&self, transport: Transport, tag: &str) -> String {
+        let rr = super::relay::RR_PARAM;
         match transport {
-            Transport::Udp => format!("<sip:{};lr>", self.cfg.advertised),
-            Transport::Tcp => format!("<sip:{};transport=tcp;lr>", self.cfg.advertised),
+            Transport::Udp => format!("<sip:{};lr;{rr}={tag}>", self.cfg.advertised),
+            Transport::Tcp => {
+                format!("<sip:{};transport=tcp;lr;{rr}={tag}>", self.cfg.advertised)
+            }
         }
     }
 
-    /// Record-Route values to push, bottom first: one entry, or two when the transports
-    /// differ (double record-routing, so each side reaches us over its own transport).
-    pub(crate) fn record_route(&self, inbound: Transport, outbound: Transport) -> Vec<String> {
+    /// Record-Route values to push for a request of `call_id`, bottom first: one entry, or
+    /// two when the transports differ (double record-routing, so each side reaches us over
+    /// its own transport).
+    pub(crate) fn record_route(
+        &self,
+        inbound: Transport,
+        outbound: Transport,
+        call_id: &str,
+    ) -> Vec<String> {
+        let tag = self.route_tags.tag(call_id);
         if inbound == outbound {
-            vec![self.rr_uri(inbound)]
+            vec![self.rr_uri(inbound, &tag)]
         } else {
-            vec![self.rr_uri(inbound), self.rr_uri(outbound)]
+            vec![self.rr_uri(inbound, &tag), self.rr_uri(outbound, &tag)]
         }
     }
 

@@ -1,0 +1,340 @@
+//! Hostile-network moves against the proxy in simulated time (R30, R26; SECURITY threats 4,
+//! 14, 16): the in-dialog relay, loops, reflection and user enumeration. Each test performs
+//! the attack and shows it fail; nothing here touches a socket.
+#![allow(clippy::unwrap_used, missing_docs)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use sip_core::auth::{Algorithm, ha1};
+use sip_core::message::{Message, parse};
+use sip_core::proxy::{
+    Binding, Output, Proxy, ProxyConfig, Reach, SubscriberEntry, Target, Transport,
+};
+
+const PROXY: &str = "127.0.0.1:5060";
+const ATTACKER: &str = "127.0.0.1:6666";
+const VICTIM: &str = "127.0.0.1:9999";
+const DESK: &str = "127.0.0.1:7001";
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+struct Sim {
+    proxy: Proxy,
+    now: Instant,
+    /// Every datagram the proxy sent: (destination, bytes).
+    sent: Vec<(SocketAddr, Vec<u8>)>,
+    received_bytes: usize,
+}
+
+impl Sim {
+    /// alice (registered at DESK) and bob (nothing registered) are subscribers.
+    fn new() -> Self {
+        let now = Instant::now();
+        let mut proxy = Proxy::new(ProxyConfig::new("localhost", addr(PROXY), [9; 32]), now);
+        for user in ["alice", "bob"] {
+            proxy.upsert_subscriber(SubscriberEntry {
+                user: user.into(),
+                ha1_md5: ha1(Algorithm::Md5, user, "localhost", "a-long-password"),
+                ha1_sha256: ha1(Algorithm::Sha256, user, "localhost", "a-long-password"),
+                ring_timeout: Duration::from_secs(30),
+                ring_delays: Vec::new(),
+            });
+        }
+        let uri = format!("sip:alice@{DESK}");
+        let t = Target {
+            transport: Transport::Udp,
+            addr: addr(DESK),
+            conn: None,
+        };
+        proxy.restore_binding(
+            "alice",
+            Binding {
+                contact: uri.clone(),
+                uri: sip_core::message::Uri::parse(&uri).unwrap(),
+                target: t,
+                source: t,
+                call_id: "reg".into(),
+                cseq: 1,
+                expires_at: now + Duration::from_secs(3600),
+                q: 1000,
+                device: None,
+                reach: Reach::Direct,
+            },
+            now,
+        );
+        Self {
+            proxy,
+            now,
+            sent: Vec::new(),
+            received_bytes: 0,
+        }
+    }
+
+    fn recv(&mut self, from: &str, msg: &str) {
+        let bytes = msg.replace('\n', "\r\n");
+        self.received_bytes += bytes.len();
+        self.proxy
+            .handle_receive(self.now, Transport::Udp, addr(from), None, bytes.as_bytes());
+        self.drain();
+    }
+
+    fn drain(&mut self) {
+        while let Some(o) = self.proxy.poll_output() {
+            if let Output::Transmit(t) = o {
+                self.sent.push((t.target.addr, t.payload.to_vec()));
+            }
+        }
+    }
+
+    fn advance(&mut self, d: Duration) {
+        let end = self.now + d;
+        while let Some(t) = self.proxy.poll_timeout().filter(|t| *t <= end) {
+            self.now = self.now.max(t);
+            self.proxy.handle_timeout(self.now);
+            self.drain();
+        }
+        self.now = end;
+    }
+
+    fn take(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
+        std::mem::take(&mut self.sent)
+    }
+}
+
+/// The status line of every response in `sent` to `to`.
+fn answers(sent: &[(SocketAddr, Vec<u8>)], to: &str) -> Vec<(u16, String)> {
+    sent.iter()
+        .filter(|(a, _)| *a == addr(to))
+        .filter_map(|(_, b)| match parse(b) {
+            Ok(Message::Response(r)) => Some((r.status, r.reason)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An in-dialog OPTIONS (To tag) for `ruri`, with `route` header lines.
+fn in_dialog(ruri: &str, route: &str, call_id: &str) -> String {
+    static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!(
+        "OPTIONS {ruri} SIP/2.0
+Via: SIP/2.0/UDP {ATTACKER};branch=z9hG4bKrelay{n}
+Max-Forwards: 70
+{route}From: <sip:mallory@example.net>;tag=m1
+To: <sip:anyone@example.net>;tag=t1
+Call-ID: {call_id}
+CSeq: 1 OPTIONS
+Content-Length: 0
+
+"
+    )
+}
+
+#[test]
+fn in_dialog_requests_off_our_route_reach_nobody() {
+    let mut sim = Sim::new();
+    let victim = format!("sip:anyone@{VICTIM}");
+    let other_calls_tag = sim.proxy.route_tag("someone-elses-call");
+    for (what, route) in [
+        ("no Route at all", String::new()),
+        (
+            "a Route naming us, untagged",
+            format!("Route: <sip:{PROXY};lr>\n"),
+        ),
+        (
+            "a Route naming us with another call's tag",
+            format!("Route: <sip:{PROXY};lr;rr={other_calls_tag}>\n"),
+        ),
+        (
+            "a Route naming us with a made-up tag",
+            format!("Route: <sip:{PROXY};lr;rr=0011223344556677>\n"),
+        ),
+        ("a foreign Route", format!("Route: <sip:{VICTIM};lr>\n")),
+    ] {
+        sim.recv(ATTACKER, &in_dialog(&victim, &route, "relay-1"));
+        let sent = sim.take();
+        assert_eq!(
+            answers(&sent, ATTACKER),
+            [(403, "Not On Our Route".to_owned())],
+            "{what}"
+        );
+        assert_eq!(sent.len(), 1, "{what}: one answer and nothing else");
+        sim.advance(Duration::from_secs(40));
+        assert!(sim.take().is_empty(), "{what}: no retransmission");
+    }
+    // The ACK form of the same move is dropped without a word.
+    sim.recv(
+        ATTACKER,
+        &in_dialog(&victim, "", "relay-2").replace("OPTIONS", "ACK"),
+    );
+    assert!(sim.take().is_empty());
+}
+
+#[test]
+fn our_route_with_its_tag_is_followed_but_never_to_ourselves() {
+    let mut sim = Sim::new();
+    let tag = sim.proxy.route_tag("dialog-ok");
+    let route = format!("Route: <sip:{PROXY};lr;rr={tag}>\n");
+    sim.recv(
+        ATTACKER,
+        &in_dialog(&format!("sip:alice@{DESK}"), &route, "dialog-ok"),
+    );
+    let sent = sim.take();
+    assert!(
+        sent.iter()
+            .any(|(a, b)| *a == addr(DESK) && b.starts_with(b"OPTIONS ")),
+        "a request of a dialog we record-routed goes on"
+    );
+    // Unspecified and own addresses are never a next hop: one 404, nothing else.
+    for ruri in [
+        "sip:x@0.0.0.0",
+        "sip:x@0.0.0.0:5060",
+        &format!("sip:x@{PROXY}"),
+        "sip:x@127.0.0.2:5060",
+    ] {
+        sim.recv(ATTACKER, &in_dialog(ruri, &route, "dialog-ok"));
+        let sent = sim.take();
+        assert_eq!(
+            answers(&sent, ATTACKER)
+                .iter()
+                .map(|a| a.0)
+                .collect::<Vec<_>>(),
+            [404],
+            "{ruri}"
+        );
+        assert_eq!(sent.len(), 1, "{ruri}: nothing forwarded");
+    }
+}
+
+#[test]
+fn a_request_that_comes_back_is_a_loop() {
+    let mut sim = Sim::new();
+    sim.recv(
+        ATTACKER,
+        &format!(
+            "OPTIONS sip:alice@localhost SIP/2.0
+Via: SIP/2.0/UDP {ATTACKER};branch=z9hG4bKloop2
+Via: SIP/2.0/UDP {PROXY};branch=z9hG4bKloop1
+Max-Forwards: 60
+From: <sip:mallory@example.net>;tag=m1
+To: <sip:alice@localhost>
+Call-ID: loop
+CSeq: 1 OPTIONS
+Content-Length: 0
+
+"
+        ),
+    );
+    let sent = sim.take();
+    assert_eq!(
+        answers(&sent, ATTACKER),
+        [(482, "Loop Detected".to_owned())]
+    );
+    assert_eq!(sent.len(), 1);
+}
+
+#[test]
+fn unauthenticated_invite_gets_one_small_answer() {
+    let mut sim = Sim::new();
+    // "From alice" with a spoofed source: the 407 goes to the victim, once.
+    sim.recv(
+        VICTIM,
+        &format!(
+            "INVITE sip:bob@localhost SIP/2.0
+Via: SIP/2.0/UDP {VICTIM};branch=z9hG4bKrefl
+Max-Forwards: 70
+From: <sip:alice@localhost>;tag=a1
+To: <sip:bob@localhost>
+Call-ID: refl
+CSeq: 1 INVITE
+Contact: <sip:alice@{VICTIM}>
+Content-Length: 0
+
+"
+        ),
+    );
+    sim.advance(Duration::from_secs(64));
+    let sent = sim.take();
+    assert_eq!(
+        answers(&sent, VICTIM)
+            .iter()
+            .map(|a| a.0)
+            .collect::<Vec<_>>(),
+        [407],
+        "no 100 Trying, no retransmission"
+    );
+    let out: usize = sent.iter().map(|(_, b)| b.len()).sum();
+    let ratio = out as f64 / sim.received_bytes as f64;
+    assert!(
+        ratio <= 3.0,
+        "amplification {ratio:.2} ({out} out, {} in)",
+        sim.received_bytes
+    );
+    // A foreign caller to a user with nothing registered: one 480, never retransmitted.
+    sim.received_bytes = 0;
+    sim.recv(
+        VICTIM,
+        &format!(
+            "INVITE sip:bob@localhost SIP/2.0
+Via: SIP/2.0/UDP {VICTIM};branch=z9hG4bKrefl2
+Max-Forwards: 70
+From: <sip:mallory@example.net>;tag=a2
+To: <sip:bob@localhost>
+Call-ID: refl2
+CSeq: 1 INVITE
+Content-Length: 0
+
+"
+        ),
+    );
+    sim.advance(Duration::from_secs(64));
+    let sent = sim.take();
+    assert_eq!(
+        answers(&sent, VICTIM)
+            .iter()
+            .map(|a| a.0)
+            .collect::<Vec<_>>(),
+        [480]
+    );
+}
+
+#[test]
+fn known_and_unknown_users_get_the_same_answers() {
+    let mut sim = Sim::new();
+    let mut seen = Vec::new();
+    for from in ["mallory@example.net", "alice@localhost"] {
+        for method in ["INVITE", "OPTIONS", "MESSAGE"] {
+            let mut classes = Vec::new();
+            for user in ["bob", "nobody"] {
+                sim.recv(
+                    ATTACKER,
+                    &format!(
+                        "{method} sip:{user}@localhost SIP/2.0
+Via: SIP/2.0/UDP {ATTACKER};branch=z9hG4bK{method}{user}{}
+Max-Forwards: 70
+From: <sip:{from}>;tag=e1
+To: <sip:{user}@localhost>
+Call-ID: enum-{method}-{user}-{}
+CSeq: 1 {method}
+Content-Length: 0
+
+",
+                        from.len(),
+                        from.len()
+                    ),
+                );
+                classes.push(answers(&sim.take(), ATTACKER));
+            }
+            assert_eq!(classes[0], classes[1], "{method} from {from}");
+            seen.push((from, method, classes[0].clone()));
+        }
+    }
+    assert!(
+        seen.iter()
+            .all(|(f, _, a)| a.len() == 1 && (a[0].0 == 480) == f.ends_with("example.net")),
+        "{seen:?}"
+    );
+}
