@@ -309,6 +309,23 @@ P-Asserted-Identity: <sip:ceo@localhost>\nP-Preferred-Identity: <sip:ceo@localho
 #[test]
 fn wrong_password_gets_a_fresh_407_and_is_counted_by_the_limiter() {
     let mut sim = Sim::new();
+    // bob has called from `home` before: that address stays open to him.
+    let home = "127.0.0.2:6001";
+    let call_from_home = |sim: &mut Sim| {
+        let n = nonce_of(&final_to(
+            &sim.send(home, "INVITE", "bob@localhost", "alice", ""),
+            home,
+        ));
+        let sent = sim.send(
+            home,
+            "INVITE",
+            "bob@localhost",
+            "alice",
+            &proxy_auth("bob", "bobpw", &n, ALICE_URI),
+        );
+        requests_to(&sent, DESK).len()
+    };
+    assert_eq!(call_from_home(&mut sim), 1);
     let nonce = sim.nonce("bob@localhost");
     let mut nonces = vec![nonce.clone()];
     // The default limiter blocks an address after 10 failures within 60 s.
@@ -343,20 +360,48 @@ fn wrong_password_gets_a_fresh_407_and_is_counted_by_the_limiter() {
         (403, "Too Many Failed Attempts")
     );
     assert!(requests_to(&sent, DESK).is_empty());
-    // Another address is not blocked.
-    let other = "127.0.0.2:6001";
-    let n = nonce_of(&final_to(
-        &sim.send(other, "INVITE", "bob@localhost", "alice", ""),
-        other,
-    ));
+    // bob is backing off (distributed guessing): an address he never used is refused …
+    let new_place = "127.0.0.3:6001";
+    let sent = sim.send(new_place, "INVITE", "bob@localhost", "alice", "");
+    assert_eq!(final_to(&sent, new_place).status, 403);
+    // … but where he logged in before, he is not locked out.
+    assert_eq!(call_from_home(&mut sim), 1);
+}
+
+/// A nonce is bound to the address its challenge went to: used from elsewhere it is
+/// unknown, and junk nonces are not counted as failed logins at all (SECURITY threat 17).
+#[test]
+fn spoofed_and_junk_failures_lock_nobody_out() {
+    let mut sim = Sim::new();
+    let nonce = sim.nonce("bob@localhost");
+    let elsewhere = "127.0.0.4:6001";
     let sent = sim.send(
-        other,
+        elsewhere,
         "INVITE",
         "bob@localhost",
         "alice",
-        &proxy_auth("bob", "bobpw", &n, ALICE_URI),
+        &proxy_auth("bob", "bobpw", &nonce, ALICE_URI),
     );
-    assert_eq!(requests_to(&sent, DESK).len(), 1);
+    assert_eq!(
+        final_to(&sent, elsewhere).status,
+        407,
+        "right password, but another address's nonce"
+    );
+    assert!(requests_to(&sent, DESK).is_empty());
+    for i in 0..30 {
+        let junk = format!("{:064x}", i);
+        sim.invite(
+            "bob@localhost",
+            &proxy_auth("bob", "guess", &junk, ALICE_URI),
+        );
+    }
+    let n = sim.nonce("bob@localhost");
+    let sent = sim.invite("bob@localhost", &proxy_auth("bob", "bobpw", &n, ALICE_URI));
+    assert_eq!(
+        requests_to(&sent, DESK).len(),
+        1,
+        "30 junk nonces count for nothing"
+    );
 }
 
 #[test]

@@ -338,3 +338,75 @@ Content-Length: 0
         "{seen:?}"
     );
 }
+
+#[test]
+fn junk_registers_do_not_lock_alice_out() {
+    let mut sim = Sim::new();
+    let register = |n: u32, auth: &str| {
+        format!(
+            "REGISTER sip:localhost SIP/2.0
+Via: SIP/2.0/UDP {DESK};branch=z9hG4bKjr{n};rport
+Max-Forwards: 70
+From: <sip:alice@localhost>;tag=j{n}
+To: <sip:alice@localhost>
+Call-ID: junk-{n}
+CSeq: 1 REGISTER
+Contact: <sip:alice@{DESK}>
+{auth}Content-Length: 0
+
+"
+        )
+    };
+    // Spoofable junk from alice's own address: made-up nonces, 20 of them.
+    for n in 0..20 {
+        let junk = format!(
+            "Authorization: Digest username=\"alice\", realm=\"localhost\", nonce=\"{n:064x}\", uri=\"sip:localhost\", response=\"{n:032x}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\"\n"
+        );
+        sim.recv(DESK, &register(n, &junk));
+        assert_eq!(
+            answers(&sim.take(), DESK)[0].0,
+            401,
+            "junk {n} is just challenged"
+        );
+    }
+    assert_eq!(sim.proxy.stats(sim.now).auth_failures, 20);
+    // alice's own REGISTER still goes through.
+    sim.recv(DESK, &register(100, ""));
+    let sent = sim.take();
+    let challenge = sent
+        .iter()
+        .find_map(|(_, b)| match parse(b) {
+            Ok(Message::Response(r)) if r.status == 401 => Some(r),
+            _ => None,
+        })
+        .expect("a 401");
+    let www = challenge
+        .headers
+        .get(&sip_core::message::HeaderName::WwwAuthenticate)
+        .unwrap();
+    let nonce = www
+        .split("nonce=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let h = ha1(Algorithm::Md5, "alice", "localhost", "a-long-password");
+    let r = sip_core::auth::response(
+        Algorithm::Md5,
+        &h,
+        &sip_core::auth::ResponseInput {
+            nonce,
+            nc: "00000001",
+            cnonce: "c",
+            qop: "auth",
+            method: "REGISTER",
+            uri: "sip:localhost",
+        },
+    );
+    let auth = format!(
+        "Authorization: Digest username=\"alice\", realm=\"localhost\", nonce=\"{nonce}\", uri=\"sip:localhost\", response=\"{r}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\"\n"
+    );
+    sim.recv(DESK, &register(101, &auth));
+    assert_eq!(answers(&sim.take(), DESK), [(200, "OK".to_owned())]);
+}

@@ -5,7 +5,8 @@
 //! A nonce is 64 lowercase hex digits: the issue time (milliseconds since the epoch given to
 //! [`Authenticator::new`], u64), the set of algorithms its challenge offered (one byte) with a
 //! counter (56 bits, so two nonces issued in the same millisecond differ) and the first 16
-//! bytes of `HMAC-SHA-256(secret, label ‖ realm ‖ time ‖ offered ‖ counter)`.
+//! bytes of `HMAC-SHA-256(secret, label ‖ realm ‖ time ‖ offered ‖ counter ‖ client)`, where
+//! `client` is the address the challenge was sent to (or nothing, for unbound nonces).
 //! Issuing one stores nothing, so unauthenticated floods cannot grow memory.
 //!
 //! # Replay
@@ -22,6 +23,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, KeyInit, Mac};
@@ -187,11 +189,26 @@ impl Authenticator {
         stale: bool,
         offer: &[Algorithm],
     ) -> Vec<String> {
+        self.challenges_for(now, stale, offer, None)
+    }
+
+    /// [`challenges_offering`](Self::challenges_offering) with the nonce bound to the
+    /// client's address: credentials using it verify only from that address
+    /// ([`verify_credentials_from`](Self::verify_credentials_from)), so a spoofed-source
+    /// request never gets a usable nonce and can never count as a failed login of someone
+    /// else (R26, SECURITY threat 17).
+    pub fn challenges_for(
+        &mut self,
+        now: Instant,
+        stale: bool,
+        offer: &[Algorithm],
+        client: Option<IpAddr>,
+    ) -> Vec<String> {
         self.counter = self.counter.wrapping_add(1) & COUNTER_MASK;
         let mask = offer.iter().fold(0u64, |m, a| m | a.offer_bit());
         let issued = self.now_ms(now).to_be_bytes();
         let counter = (self.counter | (mask << COUNTER_BITS)).to_be_bytes();
-        let tag = self.nonce_tag(&issued, &counter);
+        let tag = self.nonce_tag(&issued, &counter, client);
         let mut raw = [0u8; NONCE_LEN];
         raw[..8].copy_from_slice(&issued);
         raw[8..16].copy_from_slice(&counter);
@@ -243,6 +260,20 @@ impl Authenticator {
         creds: &Credentials,
         ha1: impl FnOnce(&str, Algorithm) -> Option<String>,
     ) -> Result<Verified, AuthError> {
+        self.verify_credentials_from(now, method, creds, None, ha1)
+    }
+
+    /// [`verify_credentials`](Self::verify_credentials) for a request from `client`: a nonce
+    /// made by [`challenges_for`](Self::challenges_for) for another address (or for none) is
+    /// [`AuthError::UnknownNonce`].
+    pub fn verify_credentials_from(
+        &mut self,
+        now: Instant,
+        method: &str,
+        creds: &Credentials,
+        client: Option<IpAddr>,
+        ha1: impl FnOnce(&str, Algorithm) -> Option<String>,
+    ) -> Result<Verified, AuthError> {
         let algorithm = Algorithm::from_token(creds.algorithm.as_deref())
             .ok_or(AuthError::UnsupportedAlgorithm)?;
         let qop = creds
@@ -267,7 +298,7 @@ impl Authenticator {
             return Err(AuthError::UnknownNonce);
         }
         let (issued_ms, word) = self
-            .open_nonce(&creds.nonce)
+            .open_nonce(&creds.nonce, client)
             .ok_or(AuthError::UnknownNonce)?;
         if (word >> COUNTER_BITS) & algorithm.offer_bit() == 0 {
             return Err(AuthError::AlgorithmNotOffered);
@@ -366,7 +397,7 @@ impl Authenticator {
     }
 
     /// `(issued_ms, counter)` of a nonce this authenticator made, or `None`.
-    fn open_nonce(&self, nonce: &str) -> Option<(u64, u64)> {
+    fn open_nonce(&self, nonce: &str, client: Option<IpAddr>) -> Option<(u64, u64)> {
         if nonce.len() != 2 * NONCE_LEN {
             return None;
         }
@@ -376,7 +407,7 @@ impl Authenticator {
         issued.copy_from_slice(&raw[..8]);
         let mut counter = [0u8; 8];
         counter.copy_from_slice(&raw[8..16]);
-        let expected = self.nonce_tag(&issued, &counter);
+        let expected = self.nonce_tag(&issued, &counter, client);
         if bool::from(expected.ct_eq(&raw[16..])) {
             Some((u64::from_be_bytes(issued), u64::from_be_bytes(counter)))
         } else {
@@ -384,10 +415,25 @@ impl Authenticator {
         }
     }
 
-    fn nonce_tag(&self, issued: &[u8; 8], counter: &[u8; 8]) -> [u8; TAG_LEN] {
+    fn nonce_tag(
+        &self,
+        issued: &[u8; 8],
+        counter: &[u8; 8],
+        client: Option<IpAddr>,
+    ) -> [u8; TAG_LEN] {
         let realm = self.config.realm.as_bytes();
         let realm_len = (realm.len() as u64).to_be_bytes();
-        let full = self.tag(NONCE_LABEL, &[&realm_len, realm, issued, counter]);
+        // 17 bytes: a kind byte and the address as IPv6 (IPv4 mapped), zeros when unbound.
+        let mut bound = [0u8; 17];
+        if let Some(ip) = client {
+            bound[0] = 1;
+            let v6 = match ip {
+                IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+                IpAddr::V6(v6) => v6,
+            };
+            bound[1..].copy_from_slice(&v6.octets());
+        }
+        let full = self.tag(NONCE_LABEL, &[&realm_len, realm, issued, counter, &bound]);
         let mut tag = [0u8; TAG_LEN];
         tag.copy_from_slice(&full[..TAG_LEN]);
         tag

@@ -1,5 +1,15 @@
-//! A Sans-IO limiter of authentication failures (SPEC R26, SECURITY threats 4 and 11),
+//! A Sans-IO limiter of authentication failures (SPEC R26, SECURITY threats 4, 11 and 17),
 //! keyed by source address and by username, in bounded memory.
+//!
+//! Only the guilty should feel it:
+//! - callers record only failures that prove a guess was made: a wrong digest on a nonce we
+//!   issued to that very address (nonces are bound to the client's address, so a spoofed
+//!   source never holds one); junk, foreign or stale nonces are not failures;
+//! - a block lasts `window` after the failure that caused it and doubles with each further
+//!   failure while blocked (exponential back-off, capped at a day);
+//! - an address a user has logged in from before (the last few, for a day) is never blocked
+//!   for that user: a flood against alice from elsewhere, or against bob from alice's
+//!   network, does not lock alice out where she already logs in.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -54,7 +64,12 @@ pub struct AuthFailureLimiter {
     config: LimiterConfig,
     ips: Table<IpAddr>,
     users: Table<[u8; 32]>,
+    /// Per user, the addresses it last logged in from and when.
+    known: BTreeMap<[u8; 32], Vec<(IpAddr, Instant)>>,
 }
+
+/// Addresses remembered per user as known good.
+const KNOWN_PER_USER: usize = 4;
 
 impl Default for AuthFailureLimiter {
     /// A limiter with [`LimiterConfig::default`].
@@ -71,7 +86,42 @@ impl AuthFailureLimiter {
             config,
             ips: Table::default(),
             users: Table::default(),
+            known: BTreeMap::new(),
         }
+    }
+
+    /// Records a successful authentication of `username` from `ip`: that address is known
+    /// good for the user from now on (for a day), and the user's failure count restarts.
+    pub fn record_success(&mut self, now: Instant, ip: IpAddr, username: &str) {
+        let key = user_key(username);
+        let ip = normalize(ip);
+        if !self.known.contains_key(&key) && self.known.len() >= self.config.max_entries.max(1) {
+            // Forget the user whose latest login is oldest.
+            let oldest = self
+                .known
+                .iter()
+                .min_by_key(|(_, v)| v.iter().map(|(_, t)| *t).max())
+                .map(|(k, _)| *k);
+            if let Some(k) = oldest {
+                self.known.remove(&k);
+            }
+        }
+        let list = self.known.entry(key).or_default();
+        list.retain(|(a, t)| *a != ip && now.saturating_duration_since(*t) < MAX_WINDOW);
+        list.push((ip, now));
+        if list.len() > KNOWN_PER_USER {
+            list.remove(0);
+        }
+        self.users.forget(&key);
+    }
+
+    /// Whether `username` has logged in from `ip` within the last day.
+    pub fn is_known(&self, now: Instant, ip: IpAddr, username: &str) -> bool {
+        let ip = normalize(ip);
+        self.known.get(&user_key(username)).is_some_and(|l| {
+            l.iter()
+                .any(|(a, t)| *a == ip && now.saturating_duration_since(*t) < MAX_WINDOW)
+        })
     }
 
     /// Records one failed authentication from `ip` for `username` (the credentials' or the
@@ -84,8 +134,12 @@ impl AuthFailureLimiter {
     }
 
     /// Whether a request from `ip` for `username` should be refused without verifying it:
-    /// the address or the username is blocked (an empty `username` checks the address only).
+    /// the address or the username is blocked, unless the user has logged in from that
+    /// address before (an empty `username` checks the address only).
     pub fn is_blocked(&self, now: Instant, ip: IpAddr, username: &str) -> bool {
+        if !username.is_empty() && self.is_known(now, ip, username) {
+            return false;
+        }
         self.is_ip_blocked(now, ip) || (!username.is_empty() && self.is_user_blocked(now, username))
     }
 
@@ -172,8 +226,14 @@ impl<K: Ord + Clone> Table<K> {
                 self.unindex(&old);
                 let mut e = old;
                 if e.is_blocked(now) {
+                    // Exponential back-off: each failure while blocked doubles the block.
                     e.failures = e.failures.saturating_add(1);
-                    e.blocked_until = Some(until);
+                    let doublings = e.failures.saturating_sub(config.max_failures).min(16);
+                    let block = window
+                        .checked_mul(1 << doublings)
+                        .unwrap_or(MAX_WINDOW)
+                        .min(MAX_WINDOW);
+                    e.blocked_until = Some(now.checked_add(block).unwrap_or(now));
                 } else if e.blocked_until.is_some()
                     || now.saturating_duration_since(e.window_start) >= window
                 {
@@ -211,6 +271,13 @@ impl<K: Ord + Clone> Table<K> {
             }
         }
         self.entries.insert(key, entry);
+    }
+
+    /// Forgets `key`'s counters.
+    fn forget(&mut self, key: &K) {
+        if let Some(e) = self.entries.remove(key) {
+            self.unindex(&e);
+        }
     }
 
     fn unindex(&mut self, entry: &Entry) {
@@ -270,6 +337,38 @@ mod tests {
         assert_eq!(normalize(mapped), IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1)));
         let other: IpAddr = Ipv6Addr::new(0x2001, 0xdb8, 1, 3, 0, 0, 0, 1).into();
         assert_ne!(normalize(a), normalize(other));
+    }
+
+    #[test]
+    fn blocks_double_and_known_addresses_pass() {
+        let t0 = Instant::now();
+        let config = LimiterConfig {
+            max_failures: 3,
+            window: Duration::from_secs(10),
+            max_entries: 16,
+        };
+        let mut l = AuthFailureLimiter::new(config);
+        let alice_home = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let attacker = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 7));
+        l.record_success(t0, alice_home, "alice");
+        for _ in 0..3 {
+            l.record_failure(t0, attacker, "alice");
+        }
+        assert!(l.is_blocked(t0, attacker, "alice"));
+        assert!(l.is_blocked(t0, attacker, "bob"), "the address is blocked");
+        assert!(
+            !l.is_blocked(t0, alice_home, "alice"),
+            "alice at home is not"
+        );
+        // Each further failure while blocked doubles the block: 20 s, then 40 s.
+        l.record_failure(t0, attacker, "x");
+        assert!(l.is_ip_blocked(t0 + Duration::from_secs(19), attacker));
+        assert!(!l.is_ip_blocked(t0 + Duration::from_secs(21), attacker));
+        l.record_failure(t0, attacker, "x");
+        assert!(l.is_ip_blocked(t0 + Duration::from_secs(39), attacker));
+        // A success restarts the user's count.
+        l.record_success(t0, alice_home, "alice");
+        assert!(!l.is_user_blocked(t0, "alice"));
     }
 
     #[test]

@@ -161,6 +161,16 @@ pub enum AuthError {
     UnsupportedQop,
 }
 
+impl AuthError {
+    /// Whether this failure proves a password guess on a nonce we issued to that client (a
+    /// wrong digest, or a replayed one): the only failures worth counting against an address
+    /// or a user. Junk, foreign, stale or mismatched nonces are not (anyone can send them,
+    /// from any source address).
+    pub fn is_guess(&self) -> bool {
+        matches!(self, Self::BadResponse | Self::Replay)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

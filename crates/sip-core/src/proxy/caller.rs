@@ -75,7 +75,7 @@ impl Proxy {
             return Some(Caller::Unverified);
         }
         let user = from.uri.user_unescaped().unwrap_or_default();
-        if self.limiter.is_ip_blocked(now, peer.addr.ip()) {
+        if self.limiter.is_blocked(now, peer.addr.ip(), &user) {
             let resp = self.make_reply(req, 403, "Too Many Failed Attempts");
             self.respond(id, &resp, now);
             return None;
@@ -98,15 +98,18 @@ impl Proxy {
             return None;
         }
         let directory = &self.directory;
-        let verified =
-            self.auth
-                .verify_credentials(now, req.method.as_str(), &creds, |name, alg| {
-                    directory.ha1(name, alg)
-                });
+        let verified = self.auth.verify_credentials_from(
+            now,
+            req.method.as_str(),
+            &creds,
+            Some(peer.addr.ip()),
+            |name, alg| directory.ha1(name, alg),
+        );
         let verified = match verified {
             Ok(v) => {
                 self.algorithms
                     .verified(&user, super::registrar::user_agent(req), v.algorithm);
+                self.limiter.record_success(now, peer.addr.ip(), &user);
                 v
             }
             Err(AuthError::Stale) => {
@@ -116,7 +119,9 @@ impl Proxy {
             Err(e) => {
                 tracing::debug!(source = %peer.addr, error = %e, "caller authentication failed");
                 self.stats.auth_failures += 1;
-                self.limiter.record_failure(now, peer.addr.ip(), &user);
+                if e.is_guess() {
+                    self.limiter.record_failure(now, peer.addr.ip(), &user);
+                }
                 self.proxy_challenge(id, req, false, now);
                 return None;
             }
@@ -214,7 +219,8 @@ impl Proxy {
         let offer = self
             .algorithms
             .offer(&user, super::registrar::user_agent(req), false);
-        for c in self.auth.challenges_offering(now, stale, offer) {
+        let client = self.servers.get(&id).map(|e| e.peer.addr.ip());
+        for c in self.auth.challenges_for(now, stale, offer, client) {
             resp.headers.push(HeaderName::ProxyAuthenticate, c);
         }
         self.respond(id, &resp, now);

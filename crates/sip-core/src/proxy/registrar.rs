@@ -7,7 +7,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Binding, Event, Output, Proxy, Reach, Target, Transport};
-use crate::auth::AuthError;
+use crate::auth::{AuthError, Credentials};
 use crate::message::{HeaderName, NameAddr, Request};
 
 /// The RFC 5626 flow a Contact asks for: its `+sip.instance` and `reg-id`, both present.
@@ -34,7 +34,7 @@ impl Proxy {
             return;
         }
         let user = to.uri.user_unescaped().unwrap_or_default();
-        if self.limiter.is_ip_blocked(now, peer.addr.ip()) {
+        if self.limiter.is_blocked(now, peer.addr.ip(), &user) {
             let resp = self.make_reply(req, 403, "Too Many Failed Attempts");
             self.respond(id, &resp, now);
             return;
@@ -48,15 +48,20 @@ impl Proxy {
             return;
         };
         let directory = &self.directory;
-        let verified = self
-            .auth
-            .verify(now, "REGISTER", &credentials, |name, alg| {
-                directory.ha1(name, alg)
-            });
+        let verified = Credentials::parse(&credentials).and_then(|creds| {
+            self.auth.verify_credentials_from(
+                now,
+                "REGISTER",
+                &creds,
+                Some(peer.addr.ip()),
+                |name, alg| directory.ha1(name, alg),
+            )
+        });
         let verified = match verified {
             Ok(v) => {
                 self.algorithms
                     .verified(&user, user_agent(req), v.algorithm);
+                self.limiter.record_success(now, peer.addr.ip(), &user);
                 v
             }
             Err(AuthError::Stale) => {
@@ -66,7 +71,9 @@ impl Proxy {
             Err(e) => {
                 tracing::debug!(source = %peer.addr, error = %e, "REGISTER authentication failed");
                 self.stats.auth_failures += 1;
-                self.limiter.record_failure(now, peer.addr.ip(), &user);
+                if e.is_guess() {
+                    self.limiter.record_failure(now, peer.addr.ip(), &user);
+                }
                 self.challenge(id, req, false, now);
                 return;
             }
@@ -101,7 +108,9 @@ impl Proxy {
             .iter()
             .any(|b| b.call_id == req.call_id());
         let offer = self.algorithms.offer(&user, user_agent(req), refresh);
-        for c in self.auth.challenges_offering(now, stale, offer) {
+        // The nonce is bound to the address the challenge goes to.
+        let client = self.servers.get(&id).map(|e| e.peer.addr.ip());
+        for c in self.auth.challenges_for(now, stale, offer, client) {
             resp.headers.push(HeaderName::WwwAuthenticate, c);
         }
         self.respond(id, &resp, now);
