@@ -438,9 +438,16 @@ fn multi01() {
 
 #[test]
 fn mcl01() {
-    // RFC: 400 over UDP; over TCP the framing is lost and the connection must be closed.
+    // RFC: "MUST respond with an error" (400); over TCP the framing is lost and the
+    // connection SHOULD be closed: the framing error carries the 400 to send before.
     invalid("mcl01", Some(400));
-    assert!(frame_stream(&load("mcl01")).is_err());
+    let e = frame_stream(&load("mcl01")).expect_err("unframeable");
+    let resp = e.response().expect("answered before the close");
+    assert_eq!(
+        (resp.status, resp.reason.as_str()),
+        (400, "Conflicting Content-Length")
+    );
+    assert_eq!(resp.headers.get(&HeaderName::CSeq), Some("15932 OPTIONS"));
 }
 
 #[test]

@@ -5,6 +5,8 @@
 //!   around the colon, folded lines, Via lists on one line, Content-Length with zeros).
 //! - Never panics: random bytes and mutated valid messages go through `parse` and
 //!   `frame_stream`; whatever parses also round-trips.
+//! - Raw bytes: a header value that is not UTF-8 (or holds plane-16 chars) parses, and the
+//!   message serializes to exactly the bytes received.
 
 use std::path::PathBuf;
 
@@ -444,6 +446,34 @@ proptest! {
         let parsed = parse(&wire);
         prop_assert_eq!(parsed.as_ref(), Ok(&m), "{}", String::from_utf8_lossy(&wire));
         prop_assert_eq!(frame_stream(&wire), Ok(Frame::Message(wire.len())));
+    }
+
+    #[test]
+    fn raw_header_bytes_go_out_as_received(
+        m in message(),
+        raw in vec(prop_oneof![0x20u8..0x7f, 0x80u8..=0xff], 0..40),
+        plane_16 in any::<bool>(),
+    ) {
+        // A Subject of any bytes but CR and LF (no LWS at its ends, which would be trimmed)
+        // as the first header of a message in canonical form.
+        let wire = to_bytes(&m);
+        let at = wire.iter().position(|&c| c == b'\n').map_or(0, |i| i + 1);
+        let mut subject = b"Subject: a".to_vec();
+        subject.extend_from_slice(&raw);
+        if plane_16 {
+            subject.extend_from_slice("\u{10ff80}\u{10ffff}".as_bytes());
+        }
+        subject.extend_from_slice(b"z\r\n");
+        let mut input = wire[..at].to_vec();
+        input.extend_from_slice(&subject);
+        input.extend_from_slice(&wire[at..]);
+        let Ok(parsed) = parse(&input) else {
+            return Err(TestCaseError::fail(format!(
+                "refused: {}",
+                String::from_utf8_lossy(&input)
+            )));
+        };
+        prop_assert_eq!(to_bytes(&parsed), input);
     }
 
     #[test]

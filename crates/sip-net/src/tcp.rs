@@ -1,6 +1,14 @@
 //! TCP: accept and connect, then one reader task (framing by Content-Length, RFC 3261
 //! §18.3) and one writer task per connection. A framing error closes the connection: on a
-//! stream there is no way to find the next message after a bad one.
+//! stream there is no way to find the next message after a bad one. When the bad message
+//! was a request that can be answered, the answer goes out first (513 Message Too Large for
+//! a message over the size limit, 400 for a missing or conflicting Content-Length): the
+//! writer writes it after what it was given before, shuts its side, and the reader drains
+//! what the peer still sends for a moment (a lingering close), so that closing with unread
+//! bytes does not reset the connection and destroy the answer in flight.
+//!
+//! A double-CRLF keep-alive ping between messages is answered with a single CRLF pong
+//! (RFC 5626 §3.5.1); a lone CRLF is skipped.
 //!
 //! Framing is incremental ([`Framer`]): work is linear in the bytes received, however the
 //! peer splits them.
@@ -15,6 +23,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use sip_core::message::{Frame, MAX_MESSAGE_SIZE, ParseError, frame_stream};
 use sip_core::proxy::ConnId;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
@@ -22,6 +31,24 @@ use crate::NetInput;
 
 /// A connection with no traffic for this long is closed (bounds idle resources).
 const IDLE: Duration = Duration::from_secs(3600);
+/// How long a connection closed on a framing error waits for its answer to be written.
+const FLUSH: Duration = Duration::from_secs(2);
+/// How long it then reads and drops what the peer still sends (the lingering close) …
+const LINGER: Duration = Duration::from_secs(2);
+/// … and at most how many bytes.
+const LINGER_BYTES: usize = 4 * MAX_MESSAGE_SIZE;
+/// The keep-alive ping (RFC 5626 §3.5.1); the pong is its second half.
+const PING: &[u8; 4] = b"\r\n\r\n";
+
+/// What the reader has the writer write, besides the proxy's messages.
+#[derive(Debug)]
+enum Local {
+    /// A keep-alive pong: one CRLF.
+    Pong,
+    /// The last bytes on this connection (the answer to a request that could not be framed):
+    /// write them, then shut the writing side.
+    Last(Bytes),
+}
 
 pub(crate) async fn accept_loop(
     listener: TcpListener,
@@ -76,19 +103,15 @@ async fn serve(
     id: ConnId,
     peer: SocketAddr,
     stream: TcpStream,
-    mut out: mpsc::UnboundedReceiver<Bytes>,
+    out: mpsc::UnboundedReceiver<Bytes>,
     net: mpsc::UnboundedSender<NetInput>,
 ) {
     let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let writer = tokio::spawn(async move {
-        while let Some(b) = out.recv().await {
-            if wr.write_all(&b).await.is_err() {
-                break;
-            }
-        }
-    });
+    let (mut rd, wr) = stream.into_split();
+    let (local, local_rx) = mpsc::unbounded_channel();
+    let mut writer = tokio::spawn(write_loop(wr, out, local_rx));
     let mut framer = Framer::new();
+    let mut last = None;
     'read: loop {
         match tokio::time::timeout(IDLE, rd.read_buf(&mut framer.buf)).await {
             Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
@@ -110,14 +133,79 @@ async fn serve(
                     }
                 }
                 Err(e) => {
-                    tracing::debug!(%peer, reason = e.reason, "TCP framing error; closing");
+                    let answer = e.response();
+                    tracing::debug!(
+                        %peer,
+                        reason = e.reason,
+                        answered = answer.as_ref().map(|r| r.status),
+                        "TCP framing error; closing"
+                    );
+                    last = answer.map(|r| Bytes::from(r.to_bytes()));
                     break 'read;
                 }
             }
         }
+        for _ in 0..framer.take_pings() {
+            let _ = local.send(Local::Pong);
+        }
+    }
+    if let Some(answer) = last
+        && local.send(Local::Last(answer)).is_ok()
+        && tokio::time::timeout(FLUSH, &mut writer).await.is_ok()
+    {
+        linger(&mut rd).await;
     }
     writer.abort();
     let _ = net.send(NetInput::Closed(id));
+}
+
+/// The writer task: the proxy's messages from `out` in order, the reader's pongs between
+/// them (never inside one), and the reader's last answer, after which it shuts the writing
+/// side and ends.
+async fn write_loop(
+    mut wr: OwnedWriteHalf,
+    mut out: mpsc::UnboundedReceiver<Bytes>,
+    mut local: mpsc::UnboundedReceiver<Local>,
+) {
+    loop {
+        let bytes = tokio::select! {
+            biased;
+            b = out.recv() => match b {
+                Some(b) => b,
+                None => return,
+            },
+            l = local.recv() => match l {
+                Some(Local::Pong) => Bytes::from_static(&PING[2..]),
+                Some(Local::Last(b)) => {
+                    if wr.write_all(&b).await.is_ok() {
+                        let _ = wr.shutdown().await;
+                    }
+                    return;
+                }
+                None => return,
+            },
+        };
+        if wr.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Reads and drops what the peer still sends, until it closes, for at most [`LINGER`] and
+/// [`LINGER_BYTES`]: closing a socket with unread bytes resets the connection, and a reset
+/// can destroy the answer just written before the peer reads it.
+async fn linger(rd: &mut OwnedReadHalf) {
+    let mut scratch = vec![0u8; 16 * 1024];
+    let mut left = LINGER_BYTES;
+    let _ = tokio::time::timeout(LINGER, async {
+        while left > 0 {
+            match rd.read(&mut scratch).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => left = left.saturating_sub(n),
+            }
+        }
+    })
+    .await;
 }
 
 /// Incremental framing of one connection's byte stream, with [`frame_stream`]'s decisions.
@@ -137,6 +225,11 @@ pub(crate) struct Framer {
     searched: usize,
     /// The length of the message at the front of `buf`, once its header section is framed.
     total: Option<usize>,
+    /// How many bytes of a [`PING`] the keep-alive bytes skipped since the last message end
+    /// with.
+    ping: usize,
+    /// Pings completed and not yet taken by [`Self::take_pings`].
+    pings: usize,
     /// Bytes examined (searched, framed or copied), for the test that work is linear.
     #[cfg(test)]
     work: usize,
@@ -149,13 +242,16 @@ impl Framer {
             buf: BytesMut::with_capacity(8192),
             searched: 0,
             total: None,
+            ping: 0,
+            pings: 0,
             #[cfg(test)]
             work: 0,
         }
     }
 
-    /// The next whole message at the front of the buffer (keep-alives are skipped), `None`
-    /// when more bytes are needed, or the framing error that must close the connection.
+    /// The next whole message at the front of the buffer (keep-alives are skipped, and the
+    /// pings among them counted for [`Self::take_pings`]), `None` when more bytes are
+    /// needed, or the framing error that must close the connection.
     pub(crate) fn next_message(&mut self) -> Result<Option<Bytes>, ParseError> {
         loop {
             if let Some(total) = self.total {
@@ -250,13 +346,31 @@ impl Framer {
     fn take(&mut self, n: usize) -> Bytes {
         self.total = None;
         self.searched = 0;
+        self.ping = 0;
         self.buf.split_to(n).freeze()
     }
 
-    /// Drops `n` keep-alive bytes from the front of the buffer.
+    /// Drops `n` keep-alive bytes from the front of the buffer, counting the pings among
+    /// them: each `CR LF CR LF`, however the reads split it (and not overlapping).
     fn skip(&mut self, n: usize) {
         self.searched = 0;
+        for &c in self.buf.iter().take(n) {
+            self.ping = if PING.get(self.ping) == Some(&c) {
+                self.ping + 1
+            } else {
+                usize::from(c == b'\r')
+            };
+            if self.ping == PING.len() {
+                self.pings += 1;
+                self.ping = 0;
+            }
+        }
         self.buf.advance(n);
+    }
+
+    /// The pings completed since the last call: each is owed a pong.
+    pub(crate) fn take_pings(&mut self) -> usize {
+        std::mem::take(&mut self.pings)
     }
 
     /// Counts work for the tests.
@@ -500,7 +614,7 @@ mod tests {
             match f.next_message() {
                 Ok(None) if i < MAX_MESSAGE_SIZE => {}
                 Err(e) if i == MAX_MESSAGE_SIZE => {
-                    assert_eq!((e.reason, e.status), ("header section too large", 413));
+                    assert_eq!((e.reason, e.status), ("header section too large", 513));
                     break;
                 }
                 other => panic!("byte {i}: {other:?}"),
@@ -584,5 +698,69 @@ mod tests {
             "{work} bytes of work for {}",
             big_head.len()
         );
+    }
+
+    /// Feeds `reads` one after the other; returns the messages framed and the pings owed.
+    fn pings(reads: &[&[u8]]) -> (usize, usize) {
+        let mut f = Framer::new();
+        let (mut messages, mut pings) = (0, 0);
+        for r in reads {
+            f.buf.extend_from_slice(r);
+            while let Some(_m) = f.next_message().expect("frames") {
+                messages += 1;
+            }
+            pings += f.take_pings();
+        }
+        (messages, pings)
+    }
+
+    #[test]
+    fn double_crlf_pings_are_counted_lone_crlfs_are_not() {
+        let msg = options(1, b"");
+        assert_eq!(pings(&[b"\r\n\r\n"]), (0, 1));
+        assert_eq!(pings(&[b"\r", b"\n", b"\r", b"\n"]), (0, 1));
+        assert_eq!(pings(&[b"\r\n", b"\r\n"]), (0, 1));
+        assert_eq!(pings(&[b"\r\n"]), (0, 0));
+        assert_eq!(pings(&[b"\n\n", b"\n\r\n"]), (0, 0));
+        assert_eq!(pings(&[b"\r\n\r\n\r\n\r\n"]), (0, 2));
+        assert_eq!(pings(&[b"\r\n\r\n\r\n"]), (0, 1));
+        assert_eq!(pings(&[b"\r\r\n\r\n"]), (0, 1));
+        // A message in between breaks a ping; one after it or before the next one counts.
+        assert_eq!(pings(&[b"\r\n", &msg, b"\r\n"]), (1, 0));
+        assert_eq!(
+            pings(&[&[&b"\r\n"[..], &msg, b"\r\n\r\n"].concat()]),
+            (1, 1)
+        );
+        assert_eq!(pings(&[b"\r\n\r\n", &msg, b"\r\n\r", b"\n", &msg]), (2, 2));
+    }
+
+    #[test]
+    fn framing_errors_carry_their_answer() {
+        let big = String::from_utf8(options(7, b""))
+            .expect("ascii")
+            .replace("Content-Length: 0", "Content-Length: 70000");
+        let mut f = Framer::new();
+        f.buf.extend_from_slice(big.as_bytes());
+        let e = f.next_message().expect_err("too large");
+        let resp = e.response().expect("an answer");
+        assert_eq!(
+            (resp.status, resp.reason.as_str()),
+            (513, "Message Too Large")
+        );
+        assert_eq!(
+            resp.headers.get(&sip_core::message::HeaderName::CSeq),
+            Some("7 OPTIONS")
+        );
+        // Byte by byte, the answer is the same.
+        let mut f = Framer::new();
+        let mut got = None;
+        for &b in big.as_bytes() {
+            f.buf.extend_from_slice(&[b]);
+            if let Err(e) = f.next_message() {
+                got = e.response().map(|r| r.status);
+                break;
+            }
+        }
+        assert_eq!(got, Some(513));
     }
 }

@@ -86,6 +86,21 @@ impl Client {
         .expect("a response in time")
     }
 
+    /// Everything the proxy writes until it closes the connection.
+    async fn until_eof(&mut self) -> Vec<u8> {
+        tokio::time::timeout(WAIT, async {
+            loop {
+                match self.stream.read_buf(&mut self.buf).await {
+                    Ok(0) => return self.buf.split().to_vec(),
+                    Ok(_) => {}
+                    Err(e) => panic!("reset instead of closed: {e} after {:?}", self.buf),
+                }
+            }
+        })
+        .await
+        .expect("closed in time")
+    }
+
     /// Waits until the proxy closes the connection, without a response before.
     async fn closed(&mut self) {
         let r = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.buf)).await;
@@ -168,17 +183,37 @@ async fn keepalives_between_messages() {
     server.stop().await;
 }
 
+/// The one response in `wire`, which must be all of it: (status, reason, CSeq).
+fn only_response(wire: &[u8]) -> (u16, String, String) {
+    let Ok(Frame::Message(n)) = frame_stream(wire) else {
+        panic!("not a response: {:?}", String::from_utf8_lossy(wire));
+    };
+    assert_eq!(n, wire.len(), "{:?}", String::from_utf8_lossy(wire));
+    let Ok(Message::Response(r)) = parse(wire) else {
+        panic!("not a response: {:?}", String::from_utf8_lossy(wire));
+    };
+    let cseq = r.headers.get(&HeaderName::CSeq).unwrap_or("").to_owned();
+    (r.status, r.reason, cseq)
+}
+
 #[tokio::test]
-async fn oversized_header_block_closes_the_connection() {
+async fn oversized_header_block_is_answered_513_then_closed() {
     let server = Server::start().await;
     let mut c = server.connect().await;
-    let mut head = b"OPTIONS sip:localhost SIP/2.0\r\n".to_vec();
-    while head.len() <= MAX_MESSAGE_SIZE {
+    let mut head = String::from_utf8(options(9, b""))
+        .expect("ascii")
+        .replace("Content-Length: 0\r\n\r\n", "")
+        .into_bytes();
+    while head.len() <= 3 * MAX_MESSAGE_SIZE {
         head.extend_from_slice(b"X-Filler: 0123456789abcdef\r\n");
     }
-    // The proxy may close while this is still being written.
+    // The proxy may answer and close while this is still being written.
     let _ = c.stream.write_all(&head).await;
-    c.closed().await;
+    let wire = c.until_eof().await;
+    assert_eq!(
+        only_response(&wire),
+        (513, "Message Too Large".into(), "9 OPTIONS".into())
+    );
     // The server goes on serving others.
     let mut other = server.connect().await;
     other
@@ -191,19 +226,83 @@ async fn oversized_header_block_closes_the_connection() {
 }
 
 #[tokio::test]
-async fn too_large_or_unframed_message_closes_the_connection() {
+async fn too_large_or_unframed_message_is_answered_then_closed() {
     let server = Server::start().await;
-    for bad in [
-        String::from_utf8(options(1, b""))
-            .expect("ascii")
-            .replace("Content-Length: 0", "Content-Length: 70000"),
-        String::from_utf8(options(1, b""))
-            .expect("ascii")
-            .replace("Content-Length: 0\r\n", ""),
-    ] {
+    let ok = String::from_utf8(options(3, b"")).expect("ascii");
+    for ((bad, status, reason), k) in [
+        (
+            ok.replace("Content-Length: 0", "Content-Length: 70000"),
+            513,
+            "Message Too Large",
+        ),
+        (
+            ok.replace("Content-Length: 0\r\n", ""),
+            400,
+            "Missing Content-Length (required on TCP)",
+        ),
+        (
+            ok.replace("Content-Length: 0", "Content-Length: 1\r\nl: 2"),
+            400,
+            "Conflicting Content-Length",
+        ),
+    ]
+    .into_iter()
+    .zip(10..)
+    {
         let mut c = server.connect().await;
+        // A message before the bad one is answered first.
+        c.stream.write_all(&options(k, b"")).await.expect("writes");
+        assert_eq!(c.response().await, (200, k));
         c.stream.write_all(bad.as_bytes()).await.expect("writes");
-        c.closed().await;
+        let wire = c.until_eof().await;
+        assert_eq!(
+            only_response(&wire),
+            (status, reason.into(), "3 OPTIONS".into())
+        );
     }
+    // No answer to what cannot be addressed: closed without a word.
+    let mut c = server.connect().await;
+    let no_call_id = ok
+        .replace("Call-ID: tcp-3@test\r\n", "")
+        .replace("Content-Length: 0", "Content-Length: 70000");
+    c.stream
+        .write_all(no_call_id.as_bytes())
+        .await
+        .expect("writes");
+    c.closed().await;
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn double_crlf_ping_gets_a_crlf_pong() {
+    let server = Server::start().await;
+    let mut c = server.connect().await;
+    c.stream.write_all(b"\r\n\r\n").await.expect("writes");
+    let mut pong = [0u8; 2];
+    tokio::time::timeout(WAIT, c.stream.read_exact(&mut pong))
+        .await
+        .expect("a pong in time")
+        .expect("reads");
+    assert_eq!(&pong, b"\r\n");
+    // Trickled, it is still one ping.
+    for b in b"\r\n\r\n" {
+        c.stream.write_all(&[*b]).await.expect("writes");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::timeout(WAIT, c.stream.read_exact(&mut pong))
+        .await
+        .expect("a pong in time")
+        .expect("reads");
+    assert_eq!(&pong, b"\r\n");
+    // A lone CRLF is skipped without a pong: the next bytes are the next answer.
+    c.stream.write_all(b"\r\n").await.expect("writes");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    c.stream.write_all(&options(1, b"")).await.expect("writes");
+    let mut first = [0u8; 8];
+    tokio::time::timeout(WAIT, c.stream.read_exact(&mut first))
+        .await
+        .expect("an answer in time")
+        .expect("reads");
+    assert_eq!(&first, b"SIP/2.0 ");
     server.stop().await;
 }

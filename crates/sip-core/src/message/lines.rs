@@ -56,13 +56,6 @@ pub(crate) struct Field {
     pub(crate) folded: bool,
 }
 
-impl Field {
-    /// The whole field, name to end of value.
-    pub(crate) fn span(&self) -> Range<usize> {
-        self.name.start..self.value.end
-    }
-}
-
 /// How the header section ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum HeadEnd {

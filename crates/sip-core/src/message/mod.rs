@@ -9,7 +9,8 @@
 //!
 //! What [`parse`] guarantees for a message it returns:
 //! - header names are mapped to [`HeaderName`] (compact forms and any case); values are
-//!   UTF-8 text with folding replaced by single spaces and surrounding LWS trimmed;
+//!   text (see "Header values are bytes" below) with folding replaced by single spaces and
+//!   surrounding LWS trimmed;
 //! - exactly one From, To, Call-ID and CSeq, at most one Max-Forwards, at least one Via;
 //!   a request's CSeq method equals its method; so [`Request::from`], [`Request::to`],
 //!   [`Request::top_via`] and [`Request::cseq`] never fail, and [`Via::parse`] /
@@ -22,12 +23,34 @@
 //!
 //! The parser allocates only the owned result (one `String` per header value, the
 //! Request-URI, the body): validation runs on borrowed scanners (`scan.rs`).
+//!
+//! # Header values are bytes
+//!
+//! RFC 3261 makes the header section UTF-8, but real clients send ISO-8859-1 display names,
+//! Subjects and User-Agents (`From: "J\xf6rg" <sip:joerg@example.net>`). A proxy must
+//! still answer such a request, and relay it byte for byte: the bytes are the client's, and
+//! a proxy that "repairs" them breaks what the far end shows or verifies. Yet header values
+//! are `String`s for the whole core ([`Header::value`], [`Headers::get`]). So values (and a
+//! response's reason phrase) are kept losslessly as "UTF-8b" text: each byte that is not
+//! part of valid UTF-8 is stored as the char U+10FF00 + byte (0x80..=0xFF become
+//! U+10FF80..=U+10FFFF, plane-16 private use), and a valid char of that range received has
+//! each of its bytes stored the same way. The serializer writes every char of that range as
+//! the byte it stands for, so `parse(&m.to_bytes()) == Ok(m)` still holds and the bytes on
+//! the wire are the bytes received. [`header_text`] and [`wire_bytes`] are the two
+//! directions, [`display_lossy`] shows such text to people (raw bytes as ISO-8859-1).
+//!
+//! Tolerance stops at structure: the Request-URI, Via sent-by and parameters, tags, CSeq and
+//! Call-ID are checked as before, with grammars that hold no raw byte, so a raw byte there is
+//! a 400 naming the header. Raw bytes are fine in a display name (quoted or not), a quoted
+//! string, and any header the core does not check. A UTF-8 header section without a 0xF4
+//! byte (the lead byte of every char from U+100000) costs one byte search and nothing else.
 
 mod check;
 mod header;
 mod lines;
 mod name;
 mod parse;
+mod raw;
 mod scan;
 mod serialize;
 mod uri;
@@ -35,6 +58,7 @@ mod uri;
 pub use header::{CSeq, NameAddr, Param, Via};
 pub use name::HeaderName;
 pub use parse::{Frame, MAX_HEADERS, MAX_MESSAGE_SIZE, ParseError, frame_stream, parse};
+pub use raw::{display_lossy, header_text, wire_bytes};
 pub use uri::{Uri, UriError};
 
 use bytes::Bytes;
@@ -130,7 +154,8 @@ impl std::fmt::Display for Method {
 pub struct Header {
     /// The header's name (compact forms are expanded).
     pub name: HeaderName,
-    /// The value as text.
+    /// The value as text: UTF-8, with bytes received that were not as chars
+    /// U+10FF80..=U+10FFFF (see the module docs; [`display_lossy`] for logs).
     pub value: String,
 }
 
@@ -239,7 +264,7 @@ pub struct Request {
 pub struct Response {
     /// Status code, 100..=699.
     pub status: u16,
-    /// Reason phrase.
+    /// Reason phrase (raw bytes kept as [`Header::value`] keeps them).
     pub reason: String,
     /// The headers, in order.
     pub headers: Headers,

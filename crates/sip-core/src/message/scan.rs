@@ -394,10 +394,12 @@ impl<'a> NameAddrRef<'a> {
         } else {
             match find(s, b'<') {
                 Some(lt) => {
+                    // Tokens, tolerating non-ASCII (UTF-8 or raw bytes, `raw.rs`): clients
+                    // send `Jörg <sip:…>` unquoted, and `<` still ends the name.
                     let d = trim_lws(&s[..lt]);
                     if !d
                         .bytes()
-                        .all(|c| is_token_char(c) || c == b' ' || c == b'\t')
+                        .all(|c| is_token_char(c) || c == b' ' || c == b'\t' || c >= 0x80)
                     {
                         return Err("display name is neither token nor quoted-string");
                     }
