@@ -3,8 +3,14 @@
 //! peer, grouped by Call-ID.
 //!
 //! Recorded by the driver, where packets really arrive and leave, from the raw bytes: a
-//! cheap scan of the start line and a few headers, no full parse. Bounded: the newest
-//! [`MAX_CALLS`] calls, [`MAX_PER_CALL`] messages each; the oldest call is forgotten first.
+//! cheap scan of the start line and a few headers, no full parse.
+//!
+//! Bounded in bytes, not only in count (R30): whatever a peer sends, the store holds at most
+//! its byte budget ([`DEFAULT_BUDGET`], `serve --trace-budget-mib`), the newest [`MAX_CALLS`]
+//! calls and [`MAX_PER_CALL`] messages each; the oldest call is forgotten first. A datagram
+//! whose start line is not a SIP request or status line is not recorded at all, and every
+//! kept field is cut to a few hundred bytes ([`MAX_FIELD`]), so junk with a shared Call-ID
+//! costs nothing and a 60 KB header costs at most one short entry.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -14,6 +20,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const MAX_CALLS: usize = 1000;
 /// Messages kept per call.
 pub const MAX_PER_CALL: usize = 200;
+/// Default byte budget of the whole store (64 MiB).
+pub const DEFAULT_BUDGET: usize = 64 << 20;
+/// Longest label, CSeq, note or Call-ID kept (bytes; longer ones are cut at a character
+/// boundary).
+pub const MAX_FIELD: usize = 160;
 
 /// Which way a message went, seen from the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -68,10 +79,15 @@ impl Default for TraceSink {
 }
 
 impl TraceSink {
-    /// An empty sink with a feed of 1024 messages.
+    /// An empty sink with a feed of 1024 messages and the [`DEFAULT_BUDGET`].
     pub fn new() -> Self {
+        Self::with_budget(DEFAULT_BUDGET)
+    }
+
+    /// An empty sink that keeps at most `budget` bytes of traces.
+    pub fn with_budget(budget: usize) -> Self {
         Self {
-            traces: std::sync::Arc::default(),
+            traces: std::sync::Arc::new(std::sync::Mutex::new(Traces::with_budget(budget))),
             feed: tokio::sync::broadcast::channel(1024).0,
         }
     }
@@ -90,13 +106,78 @@ impl TraceSink {
 }
 
 /// The traces of recent calls.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Traces {
-    by_call: HashMap<String, Vec<TraceEntry>>,
+    by_call: HashMap<String, (Vec<TraceEntry>, usize)>,
     order: VecDeque<String>,
+    budget: usize,
+    used: usize,
+}
+
+impl Default for Traces {
+    fn default() -> Self {
+        Self::with_budget(DEFAULT_BUDGET)
+    }
+}
+
+/// What one entry costs, roughly: the struct, its strings, and a share of the maps.
+fn cost(e: &TraceEntry) -> usize {
+    std::mem::size_of::<TraceEntry>()
+        + e.label.len()
+        + e.cseq.len()
+        + e.notes
+            .iter()
+            .map(|n| n.len() + std::mem::size_of::<String>())
+            .sum::<usize>()
+}
+
+/// Whether `start` is a SIP request line (`METHOD SP URI SP SIP/2.0`) or status line.
+fn is_start_line(start: &str) -> bool {
+    if let Some(rest) = start.strip_prefix("SIP/2.0 ") {
+        return rest.len() >= 3 && rest.as_bytes()[..3].iter().all(u8::is_ascii_digit);
+    }
+    let mut parts = start.split(' ');
+    let (Some(method), Some(uri), Some(version), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return false;
+    };
+    !method.is_empty()
+        && method
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&b))
+        && uri.contains(':')
+        && version.eq_ignore_ascii_case("SIP/2.0")
+}
+
+/// `s` cut to at most [`MAX_FIELD`] bytes at a character boundary.
+fn cap(s: &str) -> &str {
+    if s.len() <= MAX_FIELD {
+        return s;
+    }
+    let mut end = MAX_FIELD;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 impl Traces {
+    /// An empty store that keeps at most `budget` bytes (at least one call's worth).
+    pub fn with_budget(budget: usize) -> Self {
+        Self {
+            by_call: HashMap::new(),
+            order: VecDeque::new(),
+            budget,
+            used: 0,
+        }
+    }
+
+    /// Bytes held now (an estimate of the heap the entries use).
+    pub fn used_bytes(&self) -> usize {
+        self.used
+    }
+
     /// Records one message (`data` as on the wire). Messages without a Call-ID (keep-alives,
     /// garbage) are not recorded.
     pub fn record(
@@ -126,6 +207,9 @@ impl Traces {
         let head = std::str::from_utf8(&data[..head_end]).ok()?;
         let mut lines = head.split("\r\n");
         let start = lines.next()?;
+        if !is_start_line(start) {
+            return None;
+        }
         // One pass over the header lines (this runs for every message on the hot path).
         let (mut call_id, mut cseq) = (None, "");
         let (mut reason, mut pai, mut challenge, mut proof) = (None, None, false, false);
@@ -149,14 +233,15 @@ impl Traces {
                 pai.get_or_insert(v);
             }
         }
-        let call_id = call_id?;
-        let label = match start.strip_prefix("SIP/2.0 ") {
-            Some(status) => status.to_owned(),
-            None => start.split(' ').next().unwrap_or_default().to_owned(),
-        };
+        let call_id = cap(call_id?);
+        let label = cap(match start.strip_prefix("SIP/2.0 ") {
+            Some(status) => status,
+            None => start.split(' ').next().unwrap_or_default(),
+        })
+        .to_owned();
         let mut notes = Vec::new();
         if let Some(r) = reason {
-            notes.push(format!("Reason: {r}"));
+            notes.push(format!("Reason: {}", cap(r)));
         }
         if challenge {
             notes.push("trust challenge".into());
@@ -165,7 +250,7 @@ impl Traces {
             notes.push("trust proof".into());
         }
         if let Some(p) = pai {
-            notes.push(format!("P-Asserted-Identity: {p}"));
+            notes.push(format!("P-Asserted-Identity: {}", cap(p)));
         }
         let entry = TraceEntry {
             at_us: SystemTime::now()
@@ -175,30 +260,46 @@ impl Traces {
             transport,
             peer,
             label,
-            cseq: cseq.to_owned(),
+            cseq: cap(cseq).to_owned(),
             notes,
         };
+        let size = cost(&entry);
         let out = want_copy.then(|| (call_id.to_owned(), entry.clone()));
-        if let Some(list) = self.by_call.get_mut(call_id) {
-            if list.len() < MAX_PER_CALL {
-                list.push(entry);
-                return out;
+        if let Some((list, bytes)) = self.by_call.get_mut(call_id) {
+            if list.len() >= MAX_PER_CALL {
+                return None;
             }
-            return None;
+            list.push(entry);
+            *bytes += size;
+            self.used += size;
+        } else {
+            if self.order.len() >= MAX_CALLS {
+                self.evict_oldest();
+            }
+            let key_cost = 2 * call_id.len() + std::mem::size_of::<(String, Vec<TraceEntry>)>();
+            self.order.push_back(call_id.to_owned());
+            self.by_call
+                .insert(call_id.to_owned(), (vec![entry], size + key_cost));
+            self.used += size + key_cost;
         }
-        if self.order.len() >= MAX_CALLS
-            && let Some(old) = self.order.pop_front()
-        {
-            self.by_call.remove(&old);
+        // Over budget: forget the oldest calls, never the one just written to.
+        while self.used > self.budget && self.order.len() > 1 {
+            self.evict_oldest();
         }
-        self.order.push_back(call_id.to_owned());
-        self.by_call.insert(call_id.to_owned(), vec![entry]);
         out
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(old) = self.order.pop_front()
+            && let Some((_, bytes)) = self.by_call.remove(&old)
+        {
+            self.used = self.used.saturating_sub(bytes);
+        }
     }
 
     /// The messages of one call, in the order they passed.
     pub fn call(&self, call_id: &str) -> Option<&[TraceEntry]> {
-        self.by_call.get(call_id).map(Vec::as_slice)
+        self.by_call.get(call_id).map(|(l, _)| l.as_slice())
     }
 
     /// Call-IDs kept, oldest first.
@@ -348,7 +449,7 @@ mod tests {
                 Direction::In,
                 "UDP",
                 p,
-                &msg("OPTIONS x SIP/2.0", &format!("c{i}"), ""),
+                &msg("OPTIONS sip:x SIP/2.0", &format!("c{i}"), ""),
             );
         }
         assert_eq!(t.calls().count(), MAX_CALLS);
@@ -358,9 +459,51 @@ mod tests {
                 Direction::In,
                 "UDP",
                 p,
-                &msg("OPTIONS x SIP/2.0", "last", ""),
+                &msg("OPTIONS sip:x SIP/2.0", "last", ""),
             );
         }
         assert_eq!(t.call("last").map(<[_]>::len), Some(MAX_PER_CALL));
+    }
+
+    /// SECURITY threat 15: junk datagrams sharing a Call-ID, and huge header values, cost
+    /// (almost) nothing; the byte budget holds whatever arrives.
+    #[test]
+    fn junk_and_huge_fields_are_not_kept() {
+        let mut t = Traces::with_budget(1 << 20);
+        let p: SocketAddr = "127.0.0.1:1".parse().unwrap_or_else(|_| unreachable!());
+        let big = "x".repeat(60_000);
+        for _ in 0..150 {
+            // Not a SIP start line: not recorded at all.
+            let junk = format!("{big} junk\r\nCall-ID: shared\r\nCSeq: {big}\r\n\r\n");
+            t.record(Direction::In, "UDP", p, junk.as_bytes());
+        }
+        assert!(t.call("shared").is_none());
+        assert_eq!(t.used_bytes(), 0);
+        // A real request with 60 KB fields: kept, cut short.
+        let m = msg(
+            &format!("{big} sip:a@b SIP/2.0"),
+            &format!("c-{big}"),
+            &format!("Reason: {big}\r\nP-Asserted-Identity: {big}\r\n"),
+        );
+        t.record(Direction::In, "UDP", p, &m);
+        assert!(t.used_bytes() < 2_000, "{}", t.used_bytes());
+        let key = t.calls().next().unwrap_or_default().to_owned();
+        assert_eq!(key.len(), MAX_FIELD);
+        let e = &t.call(&key).unwrap_or_default()[0];
+        assert!(e.label.len() <= MAX_FIELD && e.notes.iter().all(|n| n.len() < MAX_FIELD + 32));
+        // Many calls: the budget holds, the newest calls stay.
+        for i in 0..MAX_CALLS {
+            for _ in 0..20 {
+                t.record(
+                    Direction::In,
+                    "UDP",
+                    p,
+                    &msg("INVITE sip:a@b SIP/2.0", &format!("call-{i}"), ""),
+                );
+            }
+        }
+        assert!(t.used_bytes() <= 1 << 20, "{}", t.used_bytes());
+        assert!(t.call(&format!("call-{}", MAX_CALLS - 1)).is_some());
+        assert!(t.call("call-0").is_none(), "the oldest went first");
     }
 }
