@@ -27,6 +27,7 @@ struct Sim {
     /// Every datagram the proxy sent: (destination, bytes).
     sent: Vec<(SocketAddr, Vec<u8>)>,
     received_bytes: usize,
+    records: Vec<sip_core::proxy::CallRecord>,
 }
 
 impl Sim {
@@ -70,6 +71,7 @@ impl Sim {
             now,
             sent: Vec::new(),
             received_bytes: 0,
+            records: Vec::new(),
         }
     }
 
@@ -83,8 +85,14 @@ impl Sim {
 
     fn drain(&mut self) {
         while let Some(o) = self.proxy.poll_output() {
-            if let Output::Transmit(t) = o {
-                self.sent.push((t.target.addr, t.payload.to_vec()));
+            match o {
+                Output::Transmit(t) => self.sent.push((t.target.addr, t.payload.to_vec())),
+                Output::Event(e) => {
+                    if let sip_core::proxy::Event::CallEnded(r) = *e {
+                        self.records.push(*r);
+                    }
+                }
+                _ => {}
             }
         }
     }
@@ -409,4 +417,93 @@ Contact: <sip:alice@{DESK}>
     );
     sim.recv(DESK, &register(101, &auth));
     assert_eq!(answers(&sim.take(), DESK), [(200, "OK".to_owned())]);
+}
+
+/// R30: one 40 KB INVITE writes a short record, and a flood of unanswered calls from one
+/// unauthenticated source writes a bounded number of records (the rest are counted).
+#[test]
+fn unauthenticated_calls_write_bounded_records() {
+    let mut sim = Sim::new();
+    let huge = "x".repeat(20_000);
+    sim.recv(
+        ATTACKER,
+        &format!(
+            "INVITE sip:alice@localhost SIP/2.0
+Via: SIP/2.0/UDP {ATTACKER};branch=z9hG4bKbig
+Max-Forwards: 70
+From: <sip:{huge}@example.net>;tag=big
+To: <sip:alice@localhost>
+Call-ID: big-{}
+CSeq: 1 INVITE
+Contact: <sip:m@{ATTACKER}>
+Content-Length: 0
+
+",
+            &huge[..20_000]
+        ),
+    );
+    // The desk refuses: the call ends unanswered.
+    let sent = sim.take();
+    let inv = sent
+        .iter()
+        .find_map(|(a, b)| match parse(b) {
+            Ok(Message::Request(r)) if *a == addr(DESK) => Some(r),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("not forked: {:?}", answers(&sent, ATTACKER)));
+    let busy = sip_core::message::Response::to_request(&inv, 486, "Busy Here", Some("d"));
+    sim.proxy
+        .handle_receive(sim.now, Transport::Udp, addr(DESK), None, &busy.to_bytes());
+    sim.drain();
+    assert_eq!(sim.records.len(), 1);
+    let r = &sim.records[0];
+    for f in [&r.call_id, &r.caller, &r.called, &r.release_cause] {
+        assert!(f.len() <= sip_core::proxy::MAX_RECORD_FIELD, "{}", f.len());
+    }
+    assert!(r.branches.iter().all(|b| b.contact.len() <= 256));
+
+    // 100 calls to bob (nothing registered) from one source, in one go.
+    sim.records.clear();
+    for i in 0..100 {
+        sim.recv(
+            ATTACKER,
+            &format!(
+                "INVITE sip:bob@localhost SIP/2.0
+Via: SIP/2.0/UDP {ATTACKER};branch=z9hG4bKflood{i}
+Max-Forwards: 70
+From: <sip:m@example.net>;tag=f{i}
+To: <sip:bob@localhost>
+Call-ID: flood-{i}
+CSeq: 1 INVITE
+Content-Length: 0
+
+"
+            ),
+        );
+    }
+    // The big call above took one of the source's tokens.
+    let burst = sip_core::proxy::UNVERIFIED_RECORDS_BURST as usize - 1;
+    assert_eq!(sim.records.len(), burst);
+    assert_eq!(sim.proxy.stats(sim.now).cdrs_shed, (100 - burst) as u64);
+    // The source earns records back over time (one a second).
+    sim.now += Duration::from_secs(5);
+    sim.records.clear();
+    for i in 100..110 {
+        sim.recv(
+            ATTACKER,
+            &format!(
+                "INVITE sip:bob@localhost SIP/2.0
+Via: SIP/2.0/UDP {ATTACKER};branch=z9hG4bKflood{i}
+Max-Forwards: 70
+From: <sip:m@example.net>;tag=f{i}
+To: <sip:bob@localhost>
+Call-ID: flood-{i}
+CSeq: 1 INVITE
+Content-Length: 0
+
+"
+            ),
+        );
+    }
+    assert_eq!(sim.records.len(), 5);
 }

@@ -305,6 +305,14 @@ pub fn render(
     );
     family(
         o,
+        "trustring_cdrs_shed_total",
+        "counter",
+        "Records of unanswered calls from unauthenticated callers not written: their source \
+         exceeded its rate.",
+    );
+    sample(o, "trustring_cdrs_shed_total", &[], stats.cdrs_shed);
+    family(
+        o,
         "trustring_auth_failures_total",
         "counter",
         "Failed digest authentications (REGISTER and callers): wrong credentials, or \
@@ -530,6 +538,7 @@ mod tests {
             ("trustring_transactions", "gauge"),
             ("trustring_forks", "gauge"),
             ("trustring_sip_parse_errors_total", "counter"),
+            ("trustring_cdrs_shed_total", "counter"),
             ("trustring_auth_failures_total", "counter"),
             ("trustring_trust_failures_total", "counter"),
             ("trustring_store_latency_milliseconds", "histogram"),

@@ -122,12 +122,12 @@ impl Default for Traces {
 
 /// What one entry costs, roughly: the struct, its strings, and a share of the maps.
 fn cost(e: &TraceEntry) -> usize {
-    std::mem::size_of::<TraceEntry>()
+    size_of::<TraceEntry>()
         + e.label.len()
         + e.cseq.len()
         + e.notes
             .iter()
-            .map(|n| n.len() + std::mem::size_of::<String>())
+            .map(|n| n.len() + size_of::<String>())
             .sum::<usize>()
 }
 
@@ -276,7 +276,7 @@ impl Traces {
             if self.order.len() >= MAX_CALLS {
                 self.evict_oldest();
             }
-            let key_cost = 2 * call_id.len() + std::mem::size_of::<(String, Vec<TraceEntry>)>();
+            let key_cost = 2 * call_id.len() + size_of::<(String, Vec<TraceEntry>)>();
             self.order.push_back(call_id.to_owned());
             self.by_call
                 .insert(call_id.to_owned(), (vec![entry], size + key_cost));

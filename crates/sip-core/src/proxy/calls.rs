@@ -6,12 +6,28 @@
 //! response; an answered one with the first BYE through the proxy. Either way one
 //! [`super::Event::CallEnded`] carries the record out; the driver stamps wall-clock times,
 //! adds the billing entity and stores it. Times are `Instant`s: the core has no clock.
+//!
+//! Records are permanent writes that anyone can cause, so they are bounded (R30): every
+//! text field is cut to [`MAX_RECORD_FIELD`] bytes, and the records of unanswered calls
+//! from callers who did not authenticate are rate-limited per source address
+//! ([`UNVERIFIED_RECORDS_PER_MINUTE`], burst [`UNVERIFIED_RECORDS_BURST`]); the ones shed are
+//! counted (`cdrs_shed`). Answered calls and our subscribers' calls are always recorded.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::time::Instant;
 
 use super::{Event, Output, Proxy};
 use crate::message::{HeaderName, Request};
+
+/// Longest text field of a record (bytes, cut at a character boundary).
+pub const MAX_RECORD_FIELD: usize = 256;
+/// Records per minute of unanswered calls from one unauthenticated source, sustained.
+pub const UNVERIFIED_RECORDS_PER_MINUTE: u32 = 60;
+/// … and in a burst.
+pub const UNVERIFIED_RECORDS_BURST: u32 = 20;
+/// Sources whose record rate is remembered.
+const MAX_RATED_SOURCES: usize = 4096;
 
 /// Most calls tracked at once. Past this the oldest answered call is closed as `lost` (its
 /// BYE never came through us), so a flood of calls cannot grow memory without bound.
@@ -156,11 +172,65 @@ pub(super) struct Tracked {
     fork: u64,
     caller_tag: String,
     record: CallRecord,
+    /// Where the INVITE came from, when the caller did not authenticate (its records are
+    /// rate-limited); `None` for our subscribers.
+    unverified_source: Option<IpAddr>,
 }
 
 #[derive(Default)]
 pub(super) struct Calls {
     by_id: HashMap<String, Tracked>,
+    /// Per source address: (tokens, when last refilled) for unverified callers' records.
+    buckets: HashMap<IpAddr, (f64, Instant)>,
+}
+
+impl Calls {
+    /// Takes one record token for `source` at `now`; `false` when it has none left.
+    fn take_token(&mut self, source: IpAddr, now: Instant) -> bool {
+        if !self.buckets.contains_key(&source) && self.buckets.len() >= MAX_RATED_SOURCES {
+            // Forget the fullest bucket (it is where a new one would start anyway).
+            let forget = self
+                .buckets
+                .iter()
+                .max_by(|a, b| a.1.0.total_cmp(&b.1.0))
+                .map(|(ip, _)| *ip);
+            if let Some(ip) = forget {
+                self.buckets.remove(&ip);
+            }
+        }
+        let (tokens, at) = self
+            .buckets
+            .entry(source)
+            .or_insert((f64::from(UNVERIFIED_RECORDS_BURST), now));
+        let rate = f64::from(UNVERIFIED_RECORDS_PER_MINUTE) / 60.0;
+        *tokens = (*tokens + now.saturating_duration_since(*at).as_secs_f64() * rate)
+            .min(f64::from(UNVERIFIED_RECORDS_BURST));
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// `s` cut to [`MAX_RECORD_FIELD`] bytes.
+fn cap(s: &mut String) {
+    if s.len() > MAX_RECORD_FIELD {
+        let mut end = MAX_RECORD_FIELD;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+}
+
+/// The address a request came from, as the top Via records it (`received`, else sent-by).
+fn source_of(req: &Request) -> Option<IpAddr> {
+    let via = req.top_via()?;
+    let host = via.param("received").flatten().unwrap_or(&via.host);
+    host.trim_matches(['[', ']']).parse().ok()
 }
 
 impl Proxy {
@@ -197,6 +267,10 @@ impl Proxy {
             .from()
             .and_then(|n| n.tag().map(str::to_owned))
             .unwrap_or_default();
+        // Authenticated subscribers' requests carry the identity we asserted (R25).
+        let unverified_source = (!req.headers.contains(&HeaderName::PAssertedIdentity))
+            .then(|| source_of(req))
+            .flatten();
         if self.calls.by_id.len() >= MAX_TRACKED_CALLS {
             self.shed_oldest_call(now);
         }
@@ -206,6 +280,7 @@ impl Proxy {
                 fork,
                 caller_tag,
                 record,
+                unverified_source,
             },
         );
     }
@@ -301,6 +376,13 @@ impl Proxy {
                 });
             }
         }
+        if let Some(source) = t.unverified_source
+            && !self.calls.take_token(source, now)
+        {
+            self.stats.cdrs_shed += 1;
+            self.stats.call_ended(&t.record);
+            return;
+        }
         self.emit_call(t.record);
     }
 
@@ -341,6 +423,13 @@ impl Proxy {
         if req.method != crate::message::Method::Invite {
             return;
         }
+        if !req.headers.contains(&HeaderName::PAssertedIdentity)
+            && let Some(source) = source_of(req)
+            && !self.calls.take_token(source, now)
+        {
+            self.stats.cdrs_shed += 1;
+            return;
+        }
         self.emit_call(CallRecord {
             call_id: req.call_id().to_owned(),
             caller: req.from().map(|n| n.uri.to_string()).unwrap_or_default(),
@@ -373,8 +462,22 @@ impl Proxy {
         }
     }
 
-    fn emit_call(&mut self, record: CallRecord) {
+    fn emit_call(&mut self, mut record: CallRecord) {
         self.stats.call_ended(&record);
+        for f in [
+            &mut record.call_id,
+            &mut record.caller,
+            &mut record.called,
+            &mut record.release_cause,
+        ] {
+            cap(f);
+        }
+        for b in &mut record.branches {
+            cap(&mut b.contact);
+            if let Some(d) = &mut b.device {
+                cap(d);
+            }
+        }
         self.out
             .push_back(Output::Event(Box::new(Event::CallEnded(Box::new(record)))));
     }

@@ -34,7 +34,10 @@ use bytes::Bytes;
 use crate::auth::{AlgorithmChoice, AuthFailureLimiter, Authenticator, DigestConfig, DigestPolicy};
 use crate::message::{HeaderName, Message, Request, Response, parse, reason_phrase};
 use crate::transaction::{ClientTx, ServerTx, Timers, TxAction};
-pub use calls::{BranchOutcome, BranchRecord, CallRecord, LegType, MAX_TRACKED_CALLS, Released};
+pub use calls::{
+    BranchOutcome, BranchRecord, CallRecord, LegType, MAX_RECORD_FIELD, MAX_TRACKED_CALLS,
+    Released, UNVERIFIED_RECORDS_BURST, UNVERIFIED_RECORDS_PER_MINUTE,
+};
 use directory::Directory;
 pub use directory::{
     Binding, DEVICE_USER_PREFIX, DeviceEntry, MAX_BINDINGS_PER_USER, Reach, SubscriberEntry, Target,
@@ -372,6 +375,7 @@ impl Proxy {
             auth_failures: self.stats.auth_failures,
             trust_failures: self.stats.trust_failures.clone(),
             calls: self.stats.calls,
+            cdrs_shed: self.stats.cdrs_shed,
             registrations: self.directory.live_count(now),
             active_calls: self.active_calls(),
             server_transactions,

@@ -106,6 +106,9 @@ pub struct ProxyStats {
     pub client_transactions: usize,
     /// Live response contexts (forks), lingering ones included.
     pub forks: usize,
+    /// Records of unanswered calls from unauthenticated callers not written because their
+    /// source exceeded its rate (R30: unauthenticated permanent writes are bounded).
+    pub cdrs_shed: u64,
 }
 
 impl ProxyStats {
@@ -122,6 +125,7 @@ pub(super) struct Counters {
     pub(super) auth_failures: u64,
     pub(super) trust_failures: BTreeMap<String, u64>,
     pub(super) calls: [u64; CallOutcome::ALL.len()],
+    pub(super) cdrs_shed: u64,
 }
 
 impl Counters {
