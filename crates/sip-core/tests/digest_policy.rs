@@ -156,7 +156,7 @@ fn answer(resp: &Response, alg: Algorithm, method: &str, uri: &str) -> String {
 #[test]
 fn auto_learns_a_sha256_client_at_its_first_refresh() {
     let mut sim = Sim::new(DigestPolicy::Auto);
-    let ua = "Linphone/5.2";
+    let ua = "SomePhone/5.2";
     let ch = sim.register("reg-1", ua, None);
     assert_eq!(ch.status, 401);
     assert_eq!(offered(&ch), ["MD5"], "an unknown client gets MD5 alone");
@@ -229,4 +229,38 @@ fn fixed_policies_offer_the_same_to_everyone() {
     let ch = sim.register("r", "ua", None);
     let sha = answer(&ch, Algorithm::Sha256, "REGISTER", "sip:localhost");
     assert_eq!(sim.register("r", "ua", Some(sha)).status, 200);
+}
+
+/// A nonce from before a restart (or never ours) gets a fresh challenge with stale=true, so
+/// clients retry without asking their user; a CRLF keep-alive over UDP is no error.
+#[test]
+fn unknown_nonces_are_stale_and_keepalives_are_not_errors() {
+    let mut sim = Sim::new(DigestPolicy::Auto);
+    let old = "Digest username=\"alice\", realm=\"localhost\", nonce=\"0000000000000000000000000000000000000000000000000000000000000000\", uri=\"sip:localhost\", response=\"00000000000000000000000000000000\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\"";
+    let ch = sim.register("reg-s", "ua", Some(old.to_owned()));
+    assert_eq!(ch.status, 401);
+    let www = ch.headers.get(&HeaderName::WwwAuthenticate).unwrap();
+    assert!(www.contains("stale=true"), "{www}");
+    assert_eq!(sim.proxy.stats(sim.now).auth_failures, 0);
+    sim.proxy.handle_receive(
+        sim.now,
+        Transport::Udp,
+        CLIENT.parse().unwrap(),
+        None,
+        b"\r\n\r\n",
+    );
+    assert!(sim.proxy.poll_output().is_none());
+    assert_eq!(sim.proxy.stats(sim.now).parse_errors, 0);
+}
+
+/// Products known to answer RFC 8760 challenge lists get SHA-256 from the first challenge.
+#[test]
+fn listed_products_are_offered_sha256_at_once() {
+    let mut sim = Sim::new(DigestPolicy::Auto);
+    let ua = "Linphonec/5.1.65 (belle-sip/5.1.64)";
+    let ch = sim.register("reg-l", ua, None);
+    assert_eq!(offered(&ch), ["SHA-256", "MD5"]);
+    let creds = answer(&ch, Algorithm::Sha256, "REGISTER", "sip:localhost");
+    assert_eq!(sim.register("reg-l", ua, Some(creds)).status, 200);
+    assert_eq!(offered(&sim.register("reg-l", ua, None)), ["SHA-256"]);
 }

@@ -27,7 +27,9 @@ use sha2::{Digest, Sha256};
 pub use authenticator::{Authenticator, DigestConfig, MAX_TRACKED_NONCES, Verified};
 pub use credentials::{Credentials, MAX_CREDENTIALS_LEN, MAX_PARAMS};
 pub use limiter::{AuthFailureLimiter, LimiterConfig};
-pub use policy::{AlgorithmChoice, DigestPolicy, MAX_LEARNED_CLIENTS, Support};
+pub use policy::{
+    AlgorithmChoice, DEFAULT_SHA256_AGENTS, DigestPolicy, MAX_LEARNED_CLIENTS, Support,
+};
 
 /// A digest algorithm.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -11,23 +11,30 @@
 //!
 //! # `auto` (the default): learn per client, never break one
 //! A client is the pair (subscriber, `User-Agent`): one software release on one account.
-//! - A client we know nothing about gets MD5 alone: every client handles that.
+//! - A client whose `User-Agent` names a product known to handle RFC 8760 challenge lists
+//!   ([`DEFAULT_SHA256_AGENTS`], `serve --digest-sha256-agents`) is offered SHA-256 and MD5
+//!   from its first challenge. This matters: linphone (belle-sip) keeps the algorithm of its
+//!   first successful answer for good, so only a first challenge that offers SHA-256 gets it
+//!   to use SHA-256.
+//! - Any other client we know nothing about gets MD5 alone: every client handles that.
 //! - Once such a client has a live registration, its next challenged refresh (same
 //!   REGISTER Call-ID as a live binding, so its binding still holds while we ask) is a
-//!   **probe**: SHA-256 and MD5, SHA-256 first.
-//! - A client that answers the probe with SHA-256 is remembered as SHA-256-capable and from
-//!   then on gets SHA-256 **alone** (a man in the middle cannot strip it back to MD5; the
-//!   nonce is bound to the set offered, see [`super::Authenticator::challenges_offering`]).
+//!   **probe**: SHA-256 and MD5, SHA-256 first. (Clients that reuse their nonce on refresh
+//!   are challenged only when it expires, after at most `nonce_ttl`.)
+//! - A client that answers SHA-256 (to a probe or a first challenge) is remembered as
+//!   SHA-256-capable and from then on gets SHA-256 **alone** (a man in the middle cannot strip
+//!   it back to MD5; the nonce is bound to the set offered, see
+//!   [`super::Authenticator::challenges_offering`]).
 //! - A client that answers the probe with MD5, or comes back without answering it (libre
 //!   gives up and retries after its back-off, 15–60 s, while its binding is still valid),
 //!   is remembered as MD5-only and is not probed again.
 //!
-//! Trade-off, stated: a client's first registration and its calls until its first
-//! refresh use MD5; a libre-style client loses one refresh attempt (not its binding) to the
-//! probe. The memory is in-process and bounded ([`MAX_LEARNED_CLIENTS`]); after a restart
-//! every client starts at MD5 again, which is always safe. MD5 digest's practical weakness is
-//! offline guessing of weak passwords from a captured exchange, which SHA-256 digest shares:
-//! strong passwords and TLS matter more than the digest algorithm.
+//! Trade-off, stated: a client that is neither listed nor probed yet uses MD5; a libre-style
+//! client loses one refresh attempt (not its binding) to the probe. The memory is in-process
+//! and bounded ([`MAX_LEARNED_CLIENTS`]); after a restart every client starts over, which is
+//! always safe. MD5 digest's practical weakness is offline guessing of weak passwords from a
+//! captured exchange, which SHA-256 digest shares: strong passwords and TLS matter more than
+//! the digest algorithm.
 //!
 //! The operator can instead fix the offer: `both` (RFC 8760 as written), `sha256` (SHA-256
 //! only: the strongest, for fleets of RFC 8760 clients), `md5` (MD5 only).
@@ -35,6 +42,11 @@
 use std::collections::{HashMap, VecDeque};
 
 use super::Algorithm;
+
+/// Products (case-insensitive substrings of `User-Agent`) offered SHA-256 + MD5 from their
+/// first challenge under `auto`: checked here with Debian's linphone 5.1 (belle-sip), which
+/// answers the first algorithm it supports.
+pub const DEFAULT_SHA256_AGENTS: &str = "linphone,belle-sip";
 
 /// Most clients whose digest support is remembered; past that the oldest are forgotten (and
 /// get MD5 again until their next refresh probes them).
@@ -108,15 +120,28 @@ pub enum Support {
 #[derive(Debug, Default)]
 pub struct AlgorithmChoice {
     policy: DigestPolicy,
+    /// Lower-case `User-Agent` substrings offered both algorithms at once.
+    capable: Vec<String>,
     known: HashMap<(String, String), Support>,
     order: VecDeque<(String, String)>,
 }
 
 impl AlgorithmChoice {
-    /// A choice under `policy`, knowing nothing yet.
+    /// A choice under `policy`, knowing nothing yet, with the [`DEFAULT_SHA256_AGENTS`].
     pub fn new(policy: DigestPolicy) -> Self {
+        Self::with_agents(policy, DEFAULT_SHA256_AGENTS)
+    }
+
+    /// A choice under `policy` that offers SHA-256 at once to the products of `agents`
+    /// (comma-separated, case-insensitive substrings of `User-Agent`; empty: none).
+    pub fn with_agents(policy: DigestPolicy, agents: &str) -> Self {
         Self {
             policy,
+            capable: agents
+                .split(',')
+                .map(|a| a.trim().to_ascii_lowercase())
+                .filter(|a| !a.is_empty())
+                .collect(),
             ..Self::default()
         }
     }
@@ -144,6 +169,7 @@ impl AlgorithmChoice {
             DigestPolicy::Auto => {}
         }
         let key = (user.to_owned(), user_agent.to_owned());
+        let capable = self.is_capable(user_agent);
         match self.known.get_mut(&key) {
             Some(Support::Sha256) => SHA256,
             Some(Support::Md5Only) => MD5,
@@ -152,7 +178,7 @@ impl AlgorithmChoice {
                 *s = Support::Md5Only;
                 MD5
             }
-            None if refresh => {
+            None if refresh || capable => {
                 self.remember(key, Support::Probing);
                 BOTH
             }
@@ -172,6 +198,11 @@ impl AlgorithmChoice {
             (Algorithm::Md5, Some(s @ Support::Probing)) => *s = Support::Md5Only,
             (Algorithm::Md5, _) => {}
         }
+    }
+
+    fn is_capable(&self, user_agent: &str) -> bool {
+        let ua = user_agent.to_ascii_lowercase();
+        self.capable.iter().any(|a| ua.contains(a.as_str()))
     }
 
     fn remember(&mut self, key: (String, String), support: Support) {
@@ -209,17 +240,17 @@ mod tests {
     #[test]
     fn auto_probes_on_refresh_and_learns_sha256() {
         let mut c = AlgorithmChoice::new(DigestPolicy::Auto);
-        assert_eq!(c.offer("alice", "linphone/5", false), MD5);
-        c.verified("alice", "linphone/5", Algorithm::Md5);
+        assert_eq!(c.offer("alice", "SomePhone/5", false), MD5);
+        c.verified("alice", "SomePhone/5", Algorithm::Md5);
         assert_eq!(
-            c.support("alice", "linphone/5"),
+            c.support("alice", "SomePhone/5"),
             None,
             "MD5 unasked is no news"
         );
-        assert_eq!(c.offer("alice", "linphone/5", true), BOTH);
-        c.verified("alice", "linphone/5", Algorithm::Sha256);
-        assert_eq!(c.offer("alice", "linphone/5", true), SHA256);
-        assert_eq!(c.offer("alice", "linphone/5", false), SHA256);
+        assert_eq!(c.offer("alice", "SomePhone/5", true), BOTH);
+        c.verified("alice", "SomePhone/5", Algorithm::Sha256);
+        assert_eq!(c.offer("alice", "SomePhone/5", true), SHA256);
+        assert_eq!(c.offer("alice", "SomePhone/5", false), SHA256);
         // Another client of the same user is its own.
         assert_eq!(c.offer("alice", "baresip 1.0.0", false), MD5);
     }
@@ -236,6 +267,19 @@ mod tests {
         assert_eq!(c.offer("bob", "old", true), BOTH);
         c.verified("bob", "old", Algorithm::Md5);
         assert_eq!(c.offer("bob", "old", true), MD5);
+    }
+
+    #[test]
+    fn listed_products_get_sha256_from_the_first_challenge() {
+        let mut c = AlgorithmChoice::new(DigestPolicy::Auto);
+        assert_eq!(c.offer("alice", "Linphonec/5.1.65 (belle-sip/5.1.64)", false), BOTH);
+        c.verified("alice", "Linphonec/5.1.65 (belle-sip/5.1.64)", Algorithm::Sha256);
+        assert_eq!(c.offer("alice", "Linphonec/5.1.65 (belle-sip/5.1.64)", false), SHA256);
+        assert_eq!(c.offer("alice", "baresip v1.0.0", false), MD5);
+        let mut none = AlgorithmChoice::with_agents(DigestPolicy::Auto, "");
+        assert_eq!(none.offer("alice", "Linphonec/5.1.65", false), MD5);
+        let mut mine = AlgorithmChoice::with_agents(DigestPolicy::Auto, " Zoiper , x");
+        assert_eq!(mine.offer("bob", "zoiper 5", false), BOTH);
     }
 
     #[test]

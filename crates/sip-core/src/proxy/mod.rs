@@ -164,6 +164,9 @@ pub struct ProxyConfig {
     pub trunk: Option<Trunk>,
     /// Which digest algorithms are offered to whom (R2; default learned per client).
     pub digest: DigestPolicy,
+    /// Under `auto`, the products (comma-separated `User-Agent` substrings) offered SHA-256
+    /// from their first challenge ([`crate::auth::DEFAULT_SHA256_AGENTS`]).
+    pub digest_sha256_agents: String,
     /// NAT handling: private ranges, keep-alive pings (R31).
     pub nat: NatConfig,
     /// Key of the tags in our Record-Route entries (the `relay` module): in-dialog requests
@@ -187,6 +190,7 @@ impl ProxyConfig {
             secret,
             trunk: None,
             digest: DigestPolicy::Auto,
+            digest_sha256_agents: crate::auth::DEFAULT_SHA256_AGENTS.to_owned(),
             nat: NatConfig::default(),
             route_key: route_key_from(&secret),
         }
@@ -280,7 +284,7 @@ impl Proxy {
             route_tags: relay::RouteTags::new(&cfg.route_key),
             ids: IdGen::new(&cfg.secret),
             auth,
-            algorithms: AlgorithmChoice::new(cfg.digest),
+            algorithms: AlgorithmChoice::with_agents(cfg.digest, &cfg.digest_sha256_agents),
             limiter: AuthFailureLimiter::new(crate::auth::LimiterConfig::default()),
             cfg,
             directory: Directory::default(),
@@ -445,6 +449,11 @@ impl Proxy {
             addr: source,
             conn,
         };
+        if data.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+            // A CRLF keep-alive some clients send over UDP too (RFC 5626 §3.5.1 is for
+            // streams; over UDP it is harmless noise): not a message, not an error.
+            return;
+        }
         if transport == Transport::Udp && is_stun(data) {
             // RFC 5626 §4.4.2: an outbound client's keep-alive on the SIP port.
             if let Some(resp) = stun_response(data, source) {

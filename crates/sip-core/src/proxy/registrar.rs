@@ -64,7 +64,10 @@ impl Proxy {
                 self.limiter.record_success(now, peer.addr.ip(), &user);
                 v
             }
-            Err(AuthError::Stale) => {
+            // A nonce we cannot open (issued before a restart, or for another address)
+            // gets a fresh one with stale=true: the client retries without asking its user
+            // (RFC 7616 §3.3), and it is not counted as a failure.
+            Err(AuthError::Stale | AuthError::UnknownNonce) => {
                 self.challenge(id, req, true, now);
                 return;
             }
