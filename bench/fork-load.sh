@@ -27,7 +27,7 @@
 #   --children C [CHILDREN=2]                   Kamailio UDP workers
 #   HTTP_PORT=5078 (trustring admin API)  TRUSTRING_ARGS="..." extra `trustring serve` options (word-split)
 #   TRUSTRING_LOG (trustring's log filter; default warn)    DOMAIN=localhost  CALLEE=alice
-#   AUTH_USER / AUTH_PASS  credentials of the two UAS registrations (trustring: alice / s3cret)
+#   AUTH_USER / AUTH_PASS  credentials of the two UAS registrations (trustring: alice / s3cret-passw0rd)
 #   HOLD_MS=100 (UAC pause between ACK and BYE)   ANSWER_DELAY_MS=50 (pc: 180 -> 200 delay)
 #   KAM_OPTS="-b 2097152" extra kamailio options   SHM=1024 PKG=16 (Kamailio MB)
 #   LIMIT=10000 (sipp -l)  BUFF=2097152 (sipp -buff_size)
@@ -68,7 +68,7 @@ while [ $# -gt 0 ]; do
 done
 DOMAIN=${DOMAIN:-localhost}; CALLEE=${CALLEE:-alice}
 if [ "$SERVER" = trustring ]; then
-  AUTH_USER=${AUTH_USER:-$CALLEE}; AUTH_PASS=${AUTH_PASS:-s3cret}
+  AUTH_USER=${AUTH_USER:-$CALLEE}; AUTH_PASS=${AUTH_PASS:-s3cret-passw0rd}
 else
   AUTH_USER=${AUTH_USER:-}; AUTH_PASS=${AUTH_PASS:-}
 fi

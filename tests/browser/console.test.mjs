@@ -172,6 +172,45 @@ test('web console: login, live forked call, ladder, CDRs', { timeout: 150_000 },
     await record.waitFor();
     log('CDR listed with totals; filter works');
 
+    // 7b. Paging: the console asks for one page (newest first) and follows the cursor with
+    // "Older records". Here the server answers as if the call's record were followed by an
+    // older page holding one more record.
+    const asked = [];
+    let shown = null;
+    const isCdrs = (url) => url.pathname === '/api/v1/cdrs';
+    await page.route(isCdrs, async (route) => {
+      const url = new URL(route.request().url());
+      asked.push(url.searchParams);
+      const response = await route.fetch();
+      const body = await response.json();
+      if (!url.searchParams.has('after')) {
+        shown = body.records[0];
+        body.next = shown.id;
+      } else {
+        assert.equal(url.searchParams.get('after'), String(shown.id));
+        assert.equal(body.totals, null, 'totals come with the first page only');
+        body.records = [{ ...shown, id: shown.id - 1, call_id: 'older-page-call' }];
+        body.next = null;
+      }
+      await route.fulfill({ response, json: body });
+    });
+    await page.click('#cdr-apply');
+    await page.locator('#cdr-older:not([hidden])').waitFor();
+    await page.click('#cdr-older');
+    await page.locator('tr.cdr[data-call-id="older-page-call"]').waitFor();
+    assert.equal(await page.locator('tr.cdr').count(), 2, 'the older page is appended');
+    assert.equal(await page.locator('tr.cdr').nth(1).getAttribute('data-call-id'), 'older-page-call');
+    await page.locator('#cdr-older[hidden]').waitFor({ state: 'attached' });
+    assert.equal(await page.locator('tr.total[data-entity="acme"]').count(), 1, 'totals kept');
+    const first = asked.find((p) => !p.has('after'));
+    assert.equal(first.get('order'), 'desc');
+    assert.ok(Number(first.get('limit')) >= 1 && Number(first.get('limit')) <= 1000, String(first));
+    await page.unroute(isCdrs);
+    await page.click('#cdr-apply');
+    await page.locator('#cdr-older[hidden]').waitFor({ state: 'attached' });
+    assert.equal(await page.locator('tr.cdr').count(), 1);
+    log('CDR paging: one page, then the older one by its cursor');
+
     // 8. Registrations per subscriber: alice has her two devices.
     await page.click('nav.tabs button[data-tab="registrations"]');
     await page.locator('.sub[data-user="alice"][data-count="2"]').waitFor();
@@ -193,6 +232,14 @@ test('web console: login, live forked call, ladder, CDRs', { timeout: 150_000 },
       await page.locator('tr.device[data-status="revoked"]').waitFor();
     }
     log('pools and phones shown');
+
+    // 9b. An enrolment code for alice: the URI to hand over (code + key fingerprint) and its QR.
+    await page.fill('#enrol-user', 'alice');
+    await page.click('#enrol-submit');
+    await page.locator('#enrol-result:not([hidden]) svg.qr').waitFor();
+    const uri = await page.locator('#enrol-uri').textContent();
+    assert.match(uri, /^trustring-enrol:\/\/[^?]+\?code=[0-9A-Z-]+&fp=sha256:[0-9a-f]{64}$/);
+    log('enrolment URI and QR code shown');
 
     // 10. Log out: the token is gone, and the page shows nothing any more.
     await page.click('#logout');

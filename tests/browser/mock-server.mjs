@@ -109,7 +109,7 @@ export function startMock({ port = 0, token = 'mock-token' } = {}) {
         { contact: `sip:alice@${desk}`, device: null, leg_type: 'voip', rang_at_ms: setup, outcome: 'answered', status: 200, billing_entity: 'acme', billable_ms: end - answer },
         { contact: `sip:alice@${mobile}`, device: 'd-7f3a9c', leg_type: 'voip', rang_at_ms: setup, outcome: 'cancelled-elsewhere', status: 487, billing_entity: 'acme', billable_ms: 0 },
       ],
-      prev_hash: '0'.repeat(64), hash: 'ab'.repeat(32),
+      prev_hash: '0'.repeat(64), hash: 'ab'.repeat(32), sig: 'cd'.repeat(64),
     });
     return id;
   }
@@ -156,6 +156,18 @@ export function startMock({ port = 0, token = 'mock-token' } = {}) {
       const r = state.registrations[decodeURIComponent(m[1])];
       return r ? json(res, 200, r) : error(res, 404, 'not_found', 'no such subscriber');
     }
+    if ((m = path.match(/^\/api\/v1\/subscribers\/([^/]+)\/enrolments$/)) && req.method === 'POST') {
+      const user = decodeURIComponent(m[1]);
+      if (!state.subscribers.some((s) => s.user === user)) return error(res, 404, 'not_found', `subscriber ${user} not found`);
+      const code = 'MOCK0-CODE0-MOCK0-CODE0';
+      // Not a real QR code: a 21x21 pattern with the three finder squares is enough to draw.
+      const finder = (x, y) => (x < 7 && y < 7) || (x > 13 && y < 7) || (x < 7 && y > 13);
+      const qr = Array.from({ length: 21 }, (_, y) => Array.from({ length: 21 }, (_, x) => (finder(x, y) || (x + y) % 3 === 0 ? '1' : '0')).join(''));
+      return json(res, 201, {
+        code, user, expires_at_ms: Date.now() + 86400000,
+        uri: `trustring-enrol://127.0.0.1:8443?code=${code}&fp=sha256:${'ab'.repeat(32)}`, qr,
+      });
+    }
     if (path === '/api/v1/pools/numbers') return json(res, 200, state.pool);
     if (path === '/api/v1/devices') return json(res, 200, state.devices);
     if ((m = path.match(/^\/api\/v1\/devices\/([^/]+)\/(revoke|service)$/))) {
@@ -170,12 +182,23 @@ export function startMock({ port = 0, token = 'mock-token' } = {}) {
       } else d.service_on = !!body.on;
       return json(res, 200, d);
     }
-    if (path === '/api/v1/security-events') return json(res, 200, state.events);
+    if (path === '/api/v1/security-events') {
+      // The API's paging: `after` (cursor), `limit`, `order`; `next` is the next cursor.
+      const desc = url.searchParams.get('order') === 'desc';
+      const limit = Math.min(Math.max(Number(url.searchParams.get('limit') || 100), 1), 1000);
+      const after = url.searchParams.get('after');
+      const sorted = [...state.events].sort((a, b) => (desc ? b.id - a.id : a.id - b.id));
+      const rest = after === null ? sorted : sorted.filter((e) => (desc ? e.id < after : e.id > after));
+      const events = rest.slice(0, limit);
+      return json(res, 200, { events, next: rest.length > limit ? events[events.length - 1].id : null });
+    }
     if (path === '/api/v1/cdrs') {
+      // The API's paging: `after` (cursor), `limit`, `order`; `next` is the next cursor; the
+      // totals (of the whole period) come with the first page only.
       const entity = url.searchParams.get('entity');
-      const records = state.cdrs.filter((c) => !entity || c.legs.some((l) => l.billing_entity === entity));
+      const matching = state.cdrs.filter((c) => !entity || c.legs.some((l) => l.billing_entity === entity));
       const byEntity = new Map();
-      for (const c of records) {
+      for (const c of matching) {
         for (const l of c.legs) {
           if (!l.billable_ms) continue;
           const t = byEntity.get(l.billing_entity) || { entity: l.billing_entity, calls: 0, billable_secs: 0, amount: 0 };
@@ -185,7 +208,18 @@ export function startMock({ port = 0, token = 'mock-token' } = {}) {
           byEntity.set(l.billing_entity, t);
         }
       }
-      return json(res, 200, { records, totals: [...byEntity.values()], rates: { voip_per_min: 0.02, pstn_per_min: 0.1 } });
+      const desc = url.searchParams.get('order') === 'desc';
+      const limit = Math.min(Math.max(Number(url.searchParams.get('limit') || 100), 1), 1000);
+      const after = url.searchParams.get('after');
+      const sorted = [...matching].sort((a, b) => (desc ? b.id - a.id : a.id - b.id));
+      const rest = after === null ? sorted : sorted.filter((c) => (desc ? c.id < after : c.id > after));
+      const records = rest.slice(0, limit);
+      return json(res, 200, {
+        records,
+        next: rest.length > limit ? records[records.length - 1].id : null,
+        totals: after === null ? [...byEntity.values()] : null,
+        rates: { voip_per_min: 0.02, pstn_per_min: 0.1 },
+      });
     }
     if (path === '/api/v1/calls/stream') {
       res.writeHead(200, { 'Content-Type': 'text/event-stream', 'Cache-Control': 'no-cache' });

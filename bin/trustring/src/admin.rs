@@ -1,19 +1,28 @@
 //! `trustring admin …`: the operator's command line over the admin HTTP API (like kamctl over
 //! Kamailio's RPC). The token comes from `TRUSTRING_ADMIN_TOKEN` or `DATA/admin-token`;
 //! output is a readable table, or the API's JSON with `--json`.
+//!
+//! Over `https://` the server's key is pinned: `--tls-fingerprint`, else the fingerprint of
+//! `DATA/tls/cert.pem` (the operator's CLI usually runs beside the server). `enrol` prints the
+//! enrolment URI to hand to the user, and its QR code.
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
+use tls::Fingerprint;
 
 /// Where the API is and how to reach it.
 #[derive(Debug, clap::Args)]
 pub(crate) struct AdminArgs {
-    /// The admin API, e.g. http://127.0.0.1:8080.
+    /// The admin API, e.g. http://127.0.0.1:8080 (loopback) or https://HOST:PORT.
     #[arg(long, default_value = "http://127.0.0.1:8080", env = "TRUSTRING_API")]
     server: String,
+    /// With an https:// server: its TLS key fingerprint, sha256:HEX (default: that of
+    /// DATA/tls/cert.pem).
+    #[arg(long, env = "TRUSTRING_API_FINGERPRINT")]
+    tls_fingerprint: Option<String>,
     /// Data directory holding `admin-token` (used when TRUSTRING_ADMIN_TOKEN is not set).
     #[arg(long, default_value = "./trustring-data", env = "TRUSTRING_DATA")]
     data: PathBuf,
@@ -35,22 +44,31 @@ enum AdminCommand {
     /// EULA versions.
     #[command(subcommand)]
     Eulas(EulaCmd),
-    /// Issue a one-time enrolment code for a subscriber's phone.
+    /// Issue a one-time enrolment code for a subscriber's phone: prints the enrolment URI to
+    /// give the user (it carries the code and the server's key fingerprint) and its QR code.
     Enrol {
         /// The subscriber.
         user: String,
         /// Lifetime of the code in seconds (server default if absent).
         #[arg(long)]
         ttl_secs: Option<u64>,
+        /// Do not draw the QR code.
+        #[arg(long)]
+        no_qr: bool,
     },
+    /// The server's domain, TLS key fingerprint and endpoints.
+    Server,
     /// Enrolled phones.
     #[command(subcommand)]
     Devices(DeviceCmd),
     /// Security events (refused proofs, lockouts, refused enrolments).
     Events {
-        /// Only events after this id.
-        #[arg(long, default_value_t = 0)]
-        since: i64,
+        /// Only events after this id (the cursor a previous page printed).
+        #[arg(long, visible_alias = "since", default_value_t = 0)]
+        after: i64,
+        /// Events per page (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
     },
     /// Call detail records and billing totals.
     Cdrs {
@@ -167,17 +185,27 @@ pub(crate) struct Client {
 }
 
 impl Client {
-    /// A client of the API at `base` with the admin `token`.
-    pub(crate) fn new(base: &str, token: &str) -> Self {
-        Self {
-            base: base.trim_end_matches('/').to_owned(),
-            token: token.to_owned(),
-            agent: ureq::Agent::config_builder()
+    /// A client of the API at `base` with the admin `token`: plain HTTP for `http://`, HTTPS
+    /// with the server key `pin` for `https://` (required then).
+    pub(crate) fn new(base: &str, token: &str, pin: Option<Fingerprint>) -> anyhow::Result<Self> {
+        let base = base.trim().trim_end_matches('/').to_owned();
+        let agent = if base.to_ascii_lowercase().starts_with("https://") {
+            let pin = pin.with_context(|| {
+                format!("{base}: HTTPS needs the server's key fingerprint (--tls-fingerprint)")
+            })?;
+            crate::pinned::agent(pin)?
+        } else {
+            ureq::Agent::config_builder()
                 .timeout_global(Some(Duration::from_secs(15)))
                 .http_status_as_error(false)
                 .build()
-                .into(),
-        }
+                .into()
+        };
+        Ok(Self {
+            base,
+            token: token.to_owned(),
+            agent,
+        })
     }
 
     /// One API call; a non-2xx answer is an error carrying the API's message.
@@ -207,7 +235,10 @@ impl Client {
                     .send(bytes.as_slice())
             }
         }
-        .with_context(|| format!("reaching {}", self.base))?;
+        .map_err(|e| match crate::pinned::refusal(&e) {
+            Some(refusal) => anyhow::anyhow!("{}: {refusal}", self.base),
+            None => anyhow::Error::new(e).context(format!("reaching {}", self.base)),
+        })?;
         let status = resp.status().as_u16();
         let text = resp.body_mut().read_to_string()?;
         if !(200..300).contains(&status) {
@@ -246,6 +277,32 @@ fn token(a: &AdminArgs) -> anyhow::Result<String> {
     Ok(t.trim().to_owned())
 }
 
+/// The server key to pin for an `https://` API: the flag, else `DATA/tls/cert.pem`'s.
+fn pin(a: &AdminArgs) -> anyhow::Result<Option<Fingerprint>> {
+    if !a.server.trim().to_ascii_lowercase().starts_with("https://") {
+        return Ok(None);
+    }
+    if let Some(fp) = &a.tls_fingerprint {
+        return Ok(Some(fp.parse()?));
+    }
+    let cert = a.data.join("tls").join(tls::CERT_FILE);
+    let first = {
+        use tls::pki_types::pem::PemObject as _;
+        tls::pki_types::CertificateDer::pem_file_iter(&cert)
+            .ok()
+            .and_then(|mut certs| certs.next())
+            .and_then(Result::ok)
+    }
+    .with_context(|| {
+        format!(
+            "no --tls-fingerprint and no certificate at {} (use --data, or give the \
+             fingerprint `trustring serve` logged)",
+            cert.display()
+        )
+    })?;
+    Ok(Some(tls::spki_fingerprint(&first)?))
+}
+
 /// Minimal percent-encoding for a query value.
 fn q(s: &str) -> String {
     s.bytes()
@@ -259,7 +316,7 @@ fn q(s: &str) -> String {
 }
 
 pub(crate) fn run(a: AdminArgs) -> anyhow::Result<()> {
-    let client = Client::new(&a.server, &token(&a)?);
+    let client = Client::new(&a.server, &token(&a)?, pin(&a)?)?;
     let (value, table) = match &a.command {
         AdminCommand::Subscribers(c) => match c {
             SubscriberCmd::List => {
@@ -340,19 +397,23 @@ pub(crate) fn run(a: AdminArgs) -> anyhow::Result<()> {
                 (v, format!("published EULA {version} (now current)\n"))
             }
         },
-        AdminCommand::Enrol { user, ttl_secs } => {
+        AdminCommand::Enrol {
+            user,
+            ttl_secs,
+            no_qr,
+        } => {
             let body = ttl_secs.map(|t| json!({ "ttl_secs": t }));
             let v = client.call(
                 "POST",
                 &format!("/api/v1/subscribers/{}/enrolments", q(user)),
                 body.or(Some(json!({}))),
             )?;
-            let t = format!(
-                "enrolment code for {user}: {}\n(valid once, until {} ms; give it to the phone: \
-                 trustring device enroll --code …)\n",
-                v["code"].as_str().unwrap_or("?"),
-                v["expires_at_ms"]
-            );
+            let t = enrolment_text(user, &v, !*no_qr);
+            (v, t)
+        }
+        AdminCommand::Server => {
+            let v = client.call("GET", "/api/v1/server", None)?;
+            let t = kv(&v);
             (v, t)
         }
         AdminCommand::Devices(c) => match c {
@@ -402,13 +463,19 @@ pub(crate) fn run(a: AdminArgs) -> anyhow::Result<()> {
                 (v, format!("number {number} for {id}\n"))
             }
         },
-        AdminCommand::Events { since } => {
+        AdminCommand::Events { after, limit } => {
             let v = client.call(
                 "GET",
-                &format!("/api/v1/security-events?since={since}"),
+                &format!("/api/v1/security-events?after={after}&limit={limit}"),
                 None,
             )?;
-            let t = rows(&v, &["id", "at_ms", "kind", "user", "device_id", "detail"]);
+            let mut t = rows(
+                &v["events"],
+                &["id", "at_ms", "kind", "user", "device_id", "detail"],
+            );
+            if let Some(next) = v["next"].as_i64() {
+                t.push_str(&format!("more: --after {next}\n"));
+            }
             (v, t)
         }
         AdminCommand::Cdrs { from, to, entity } => {
@@ -450,6 +517,33 @@ pub(crate) fn run(a: AdminArgs) -> anyhow::Result<()> {
         print!("{table}");
     }
     Ok(())
+}
+
+/// What `admin enrol` prints: the code, the URI to hand over and its QR code.
+fn enrolment_text(user: &str, v: &Value, qr: bool) -> String {
+    let mut t = format!(
+        "enrolment code for {user}: {} (valid once, until {} ms)\n",
+        v["code"].as_str().unwrap_or("?"),
+        v["expires_at_ms"]
+    );
+    let Some(uri) = v["uri"].as_str() else {
+        t.push_str("(this server has no enrolment endpoint: no enrolment URI)\n");
+        return t;
+    };
+    t.push_str(&format!(
+        "enrolment URI (give it to the user; on the phone: trustring device enroll --zone ZONE \
+         'URI'):\n{uri}\n"
+    ));
+    if qr
+        && let Some(code) = uri
+            .parse::<api::EnrolUri>()
+            .ok()
+            .and_then(|u| u.qr_terminal())
+    {
+        t.push_str(&code);
+        t.push('\n');
+    }
+    t
 }
 
 fn cell(v: &Value) -> String {

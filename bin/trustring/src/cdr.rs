@@ -1,5 +1,5 @@
 //! Call detail records (SPEC R18, R19): turning the proxy's call records into stored CDRs,
-//! and `trustring cdr verify|export`.
+//! and `trustring cdr verify|export|public-key|head` (`docs/cdr.md`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -8,22 +8,45 @@ use anyhow::{Context, bail};
 use api::parse_time;
 use sip_core::proxy::{CallRecord, LegType};
 use store::billing::{Rates, totals};
-use store::{Cdr, CdrLeg, Store};
+use store::signing::{HEAD_FILE, KEY_FILE};
+use store::{Cdr, CdrLeg, CdrPublicKey, CdrSigner, SignedHead, Store};
 
 /// `trustring cdr` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum CdrCommand {
-    /// Walk the hash chain; exit 1 naming the first record that was changed or removed.
-    Verify(DataArgs),
+    /// Check every record (hash chain, stored columns, billing-entity rows, signatures) and
+    /// the signed heads; exit 1 naming the first record that was changed, added or removed.
+    Verify(VerifyArgs),
     /// Print the records of a period and the totals per billing entity.
     Export(ExportArgs),
+    /// Print the public key that signs the records (hex), to keep outside the data directory
+    /// for `cdr verify --public-key`.
+    PublicKey(DataArgs),
+    /// Print the signed head (the newest record's id and hash, signed), to keep elsewhere for
+    /// `cdr verify --head`: a later truncation back before it is then detected.
+    Head(DataArgs),
 }
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DataArgs {
-    /// Data directory.
+    /// Data directory (the server's, or the gateway's for its leg records).
     #[arg(long, default_value = "./trustring-data", env = "TRUSTRING_DATA")]
     data: PathBuf,
+}
+
+#[derive(Debug, clap::Args)]
+pub(crate) struct VerifyArgs {
+    #[command(flatten)]
+    data: DataArgs,
+    /// The signing public key: 64 hex digits, or a file holding them (what `cdr public-key`
+    /// printed, kept outside the data directory). Default: the key in the data directory
+    /// itself, which proves nothing against someone who could rewrite that directory.
+    #[arg(long, value_name = "FILE|HEX")]
+    public_key: Option<String>,
+    /// A signed head kept elsewhere (what `cdr head` printed), checked like DATA/cdr-head;
+    /// repeatable.
+    #[arg(long, value_name = "FILE")]
+    head: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -106,6 +129,7 @@ pub(crate) fn from_call(
         legs,
         prev_hash: String::new(),
         hash: String::new(),
+        sig: None,
     }
 }
 
@@ -121,9 +145,37 @@ pub(crate) fn instant_to_unix_ms() -> impl Fn(Instant) -> i64 {
 
 pub(crate) fn run(cmd: CdrCommand) -> anyhow::Result<()> {
     match cmd {
-        CdrCommand::Verify(a) => verify(&a.data),
+        CdrCommand::Verify(a) => verify(&a),
         CdrCommand::Export(a) => export(a),
+        CdrCommand::PublicKey(a) => {
+            let signer = CdrSigner::load(&a.data)?.with_context(|| {
+                format!(
+                    "no signing key at {} (the server or gateway makes it on its first start)",
+                    a.data.join(KEY_FILE).display()
+                )
+            })?;
+            println!("{}", signer.public_key());
+            Ok(())
+        }
+        CdrCommand::Head(a) => {
+            let path = a.data.join(HEAD_FILE);
+            let head = SignedHead::read(&path)?
+                .with_context(|| format!("no signed head at {}", path.display()))?;
+            println!("{}", serde_json::to_string(&head)?);
+            Ok(())
+        }
     }
+}
+
+/// `--public-key`: 64 hex digits, or a file holding them.
+fn public_key_arg(arg: &str) -> anyhow::Result<CdrPublicKey> {
+    let text = if arg.len() == 64 && arg.bytes().all(|b| b.is_ascii_hexdigit()) {
+        arg.to_owned()
+    } else {
+        std::fs::read_to_string(arg).with_context(|| format!("--public-key: reading {arg}"))?
+    };
+    text.parse()
+        .with_context(|| format!("--public-key {arg}: expected 64 hex digits"))
 }
 
 fn open(data: &Path) -> anyhow::Result<store::SqliteStore> {
@@ -134,19 +186,100 @@ fn open(data: &Path) -> anyhow::Result<store::SqliteStore> {
     store::SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))
 }
 
-fn verify(data: &Path) -> anyhow::Result<()> {
+fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
+    let data = &a.data.data;
     let store = open(data)?;
-    let r = store.verify_cdrs().context("reading the CDRs")?;
-    match r.first_bad {
-        None => {
-            println!("{} CDR(s): hash chain intact", r.records);
-            Ok(())
-        }
-        Some((id, why)) => {
-            println!("CDR {id}: {why}");
-            bail!("CDR hash chain broken at record {id}")
+    let (key, key_note) = match &a.public_key {
+        Some(arg) => (Some(public_key_arg(arg)?), "the key given".to_owned()),
+        None => match CdrSigner::load(data)? {
+            Some(s) => (
+                Some(s.public_key()),
+                format!(
+                    "the key in {} (pass --public-key, kept elsewhere, for evidence against \
+                     someone who could rewrite that directory)",
+                    data.join(KEY_FILE).display()
+                ),
+            ),
+            None => (None, String::new()),
+        },
+    };
+    let mut heads = Vec::new();
+    let head_path = data.join(HEAD_FILE);
+    let mut head_missing = false;
+    match SignedHead::read(&head_path)? {
+        Some(h) => heads.push((head_path.display().to_string(), h)),
+        // Once there is a key, the head is always there (written with the key, then with
+        // every record).
+        None => head_missing = key.is_some(),
+    }
+    for path in &a.head {
+        let h = SignedHead::read(path)?
+            .with_context(|| format!("--head: no such file {}", path.display()))?;
+        heads.push((path.display().to_string(), h));
+    }
+    let r = store
+        .verify_cdrs_with(key.as_ref(), &heads)
+        .context("reading the CDRs")?;
+    if let Some((id, why)) = &r.first_bad {
+        println!("CDR {id}: {why}");
+    }
+    if head_missing {
+        println!(
+            "{}: missing. It is rewritten with every record, so it was removed; without it \
+             (or a head kept elsewhere, --head) removed newest records cannot be told",
+            head_path.display()
+        );
+    }
+    if let Some((id, _)) = r.first_bad {
+        bail!("CDR hash chain broken at record {id}");
+    }
+    if head_missing {
+        bail!("CDR signed head missing");
+    }
+    println!(
+        "{} CDR(s): hash chain intact; stored columns and billing-entity rows match",
+        r.records
+    );
+    match &key {
+        Some(k) => println!(
+            "signatures: {} record(s) signed, every signature valid, by {k} ({key_note})",
+            r.signed
+        ),
+        None => println!(
+            "signatures NOT checked: no --public-key, and no {}",
+            data.join(KEY_FILE).display()
+        ),
+    }
+    if let Some((first, last)) = r.unsigned {
+        if key.is_some() {
+            println!(
+                "unsigned legacy records {first}..{last} (written before signing began; \
+                 covered by the signed head that anchored them)"
+            );
+        } else {
+            println!(
+                "unsigned records {first}..{last} (legacy, written before signing began, or \
+                 stripped: only a signed head vouches for them)"
+            );
         }
     }
+    let newest = r.last.as_ref().map_or(0, |l| l.0);
+    for (from, id) in &r.heads {
+        let after = if *id < newest {
+            format!("records {}..{newest} came after it", id + 1)
+        } else {
+            "it names the newest record".to_owned()
+        };
+        println!(
+            "signed head {from}: record {id}, matches{}; {after}",
+            if key.is_some() {
+                ""
+            } else {
+                " (its signature NOT checked)"
+            }
+        );
+    }
+    Ok(())
 }
 
 fn export(a: ExportArgs) -> anyhow::Result<()> {
@@ -167,7 +300,10 @@ fn export(a: ExportArgs) -> anyhow::Result<()> {
     let t = totals(&cdrs, rates);
     match a.format {
         Format::Json => {
-            let out = serde_json::json!({ "records": cdrs, "totals": t, "rates": rates });
+            // The signed head, to keep with the billing run as an anchor (`cdr verify --head`).
+            let head = SignedHead::read(&a.data.data.join(HEAD_FILE))?;
+            let out =
+                serde_json::json!({ "records": cdrs, "totals": t, "rates": rates, "head": head });
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Csv => {

@@ -1,16 +1,22 @@
 //! `trustring device …`: the phone's side (SPEC R6–R10, R14).
 //!
 //! - `init` creates the trusted zone (software file or PKCS#11 token) and its key pair;
-//! - `enroll` sends the zone's public key and the EULA acceptance with a one-time code and
-//!   installs the sealed package the server returns: the identifier and the license key go
-//!   straight into the zone;
-//! - `status`, `service on|off` talk to the server with the device token;
+//! - `enroll` takes the enrolment URI the operator handed out
+//!   (`trustring-enrol://HOST:PORT?code=…&fp=sha256:…`), talks HTTPS to that endpoint with the
+//!   server's key pinned to the fingerprint (any other key, or plain HTTP, is refused before
+//!   anything is sent or written), sends the zone's public key and the EULA acceptance with
+//!   the one-time code and installs the sealed package the server returns: the identifier and
+//!   the license key go straight into the zone, and so do the SIP password and the device
+//!   token (sealed like the license key, never in a plaintext file);
+//! - `status`, `service on|off`, `number` talk to the server (same pinned HTTPS) with the
+//!   device token read from the zone;
 //! - `run` keeps the phone reachable (a SIP UA registered with the device's credentials) and
 //!   answers each call's trust challenge through the zone.
 //!
 //! The zone directory holds `zone.json` (which backend), the zone's own files, and
-//! `device.json` (normal-world settings: server, device id, SIP credentials, device token).
-//! Nothing here ever prints the identifier or the license key: the zone never gives them out.
+//! `device.json` (normal-world settings, none of them secret: the enrolment endpoint and its
+//! pinned key fingerprint, device id, SIP user name and domain). Nothing here ever prints the
+//! identifier, the license key, the SIP password or the device token.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -18,16 +24,20 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
+use tls::Fingerprint;
 use zone::pkcs11::Pkcs11Zone;
 use zone::software::SoftwareZone;
-use zone::{CallBinding, Challenge, SealedPackage, ServerPublicKey, TrustedZone};
+use zone::{CallBinding, Challenge, DeviceSecrets, SealedPackage, ServerPublicKey, TrustedZone};
+
+use crate::pinned;
 
 /// `trustring device` subcommands.
 #[derive(Debug, clap::Subcommand)]
 pub(crate) enum DeviceCommand {
     /// Create the phone's trusted zone and its key pair.
     Init(InitArgs),
-    /// Enrol with a one-time code: accept the EULA, receive the sealed identifier and key.
+    /// Enrol with the enrolment URI the operator gave (trustring-enrol://HOST:PORT?code=…&fp=…):
+    /// accept the EULA, receive the sealed identifier and key.
     Enroll(EnrollArgs),
     /// Show the zone's and the server's view of this phone.
     Status(ZoneArgs),
@@ -81,12 +91,26 @@ pub(crate) struct InitArgs {
 pub(crate) struct EnrollArgs {
     #[command(flatten)]
     zone: ZoneArgs,
-    /// The server's admin/enrolment HTTP address, e.g. http://127.0.0.1:8080.
-    #[arg(long)]
-    server: String,
-    /// The one-time enrolment code the operator issued.
+    /// The enrolment URI the operator issued (`trustring admin enrol`, the console):
+    /// trustring-enrol://HOST:PORT?code=CODE&fp=sha256:HEX. The server must present the key
+    /// with that fingerprint.
+    #[arg(
+        value_name = "URI",
+        env = "TRUSTRING_ENROL_URI",
+        hide_env_values = true,
+        required_unless_present = "server"
+    )]
+    uri: Option<String>,
+    /// Instead of the URI: the enrolment endpoint, https://HOST:PORT (plain http:// is
+    /// refused), with --fingerprint and --code.
+    #[arg(long, conflicts_with = "uri", requires_all = ["fingerprint", "code"])]
+    server: Option<String>,
+    /// With --server: the server's TLS key fingerprint to pin, sha256:HEX.
+    #[arg(long, requires = "server")]
+    fingerprint: Option<String>,
+    /// With --server: the one-time enrolment code the operator issued.
     #[arg(long, env = "TRUSTRING_ENROL_CODE", hide_env_values = true)]
-    code: String,
+    code: Option<String>,
     /// Accept the server's current EULA (its text is printed first).
     #[arg(long)]
     accept_eula: bool,
@@ -122,10 +146,24 @@ pub(crate) struct RunArgs {
     /// The SIP server (registrar/proxy) address: the phone registers over SIP.
     #[arg(long, required_unless_present = "attach", conflicts_with = "attach")]
     sip_server: Option<SocketAddr>,
-    /// Attach to the IP->PSTN gateway's line address instead (TR-ISUP): the phone is
-    /// reached through the PSTN at its number, and proves trust in the IAM's challenge.
-    #[arg(long, value_name = "ADDR")]
+    /// Attach to the IP->PSTN gateway's line port instead (TR-ISUP over TLS): the phone is
+    /// reached through the PSTN at its number; its zone proves its key to get the number,
+    /// and trust in each IAM's challenge. The attach URI the gateway prints
+    /// (trustring-line://HOST:PORT?fp=sha256:HEX), or HOST:PORT with --gateway-fp.
+    #[arg(long, value_name = "URI|ADDR")]
     attach: Option<String>,
+    /// With `--attach HOST:PORT`: the gateway's line TLS key fingerprint to pin.
+    #[arg(
+        long,
+        requires = "attach",
+        value_name = "sha256:HEX",
+        env = "TRUSTRING_GATEWAY_FP"
+    )]
+    gateway_fp: Option<String>,
+    /// With `--attach`: DANGER, plain TCP without TLS (only to a gateway run with
+    /// --danger-plain-lines).
+    #[arg(long, requires = "attach", conflicts_with = "gateway_fp")]
+    danger_plain_lines: bool,
     /// With `--attach`: the phone's number (default: the one the server has for it).
     #[arg(long, requires = "attach")]
     number: Option<pstn::msg::Number>,
@@ -163,18 +201,46 @@ struct ZoneInfo {
     token_label: Option<String>,
 }
 
-/// `DIR/device.json`: what enrolment gave the normal world (no identifier, no key).
+/// `DIR/device.json`: what enrolment gave the normal world that is not secret (no
+/// identifier, no key, no password, no token: those are in the zone).
 #[derive(Serialize, Deserialize)]
 struct DeviceConfig {
+    /// The enrolment endpoint, `https://HOST:PORT` (the phone's own routes live there too).
     server: String,
+    /// The server's TLS key fingerprint, pinned at enrolment (`None`: enrolled before it
+    /// existed, over plain HTTP; re-enrol).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    fingerprint: Option<String>,
     device_id: String,
     user: String,
     aor: String,
     domain: String,
     sip_username: String,
-    sip_password: String,
-    token: String,
     server_key: String,
+    /// Only in files written before the secrets moved into the zone: moved there (and
+    /// removed from here) the next time the zone is opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sip_password: Option<String>,
+    /// As `sip_password`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token: Option<String>,
+}
+
+impl DeviceConfig {
+    /// A pinned HTTPS agent for the server, and its base URL.
+    fn agent(&self) -> anyhow::Result<(ureq::Agent, String)> {
+        let base = pinned::https_base(&self.server).context(
+            "this phone was enrolled over plain HTTP, before the server's key was pinned: \
+             enrol it again with an enrolment URI",
+        )?;
+        let pin: Fingerprint = self
+            .fingerprint
+            .as_deref()
+            .context("device.json has no pinned server key: enrol again with an enrolment URI")?
+            .parse()
+            .context("the pinned server key in device.json")?;
+        Ok((pinned::agent(pin)?, base))
+    }
 }
 
 pub(crate) fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
@@ -184,9 +250,9 @@ pub(crate) fn run(cmd: DeviceCommand) -> anyhow::Result<()> {
         DeviceCommand::Status(a) => status(a),
         DeviceCommand::Service(a) => service(a),
         DeviceCommand::Number(a) => {
-            let cfg = device_config(&a.zone.zone)?;
+            let (_, cfg, secrets) = enrolled(&a.zone)?;
             let number = (a.number != "none").then_some(a.number);
-            set_number(&cfg, number.as_deref())
+            set_number(&cfg, &secrets, number.as_deref())
         }
         DeviceCommand::Run(a) => {
             let rt = tokio::runtime::Builder::new_multi_thread()
@@ -238,6 +304,28 @@ fn device_config(zone: &Path) -> anyhow::Result<DeviceConfig> {
     )
 }
 
+/// The zone, the normal-world settings and the credentials sealed in the zone, of an
+/// enrolled phone. Credentials still in a `device.json` written before they moved into the
+/// zone are moved now.
+fn enrolled(
+    args: &ZoneArgs,
+) -> anyhow::Result<(Box<dyn TrustedZone + Send>, DeviceConfig, DeviceSecrets)> {
+    let mut zone = open_zone(args)?;
+    let mut cfg = device_config(&args.zone)?;
+    if let (Some(password), Some(token)) = (cfg.sip_password.take(), cfg.token.take()) {
+        zone.store_secrets(Some(&DeviceSecrets::new(&password, &token)))
+            .context("moving the SIP password and device token into the zone")?;
+        write_private(
+            &args.zone.join("device.json"),
+            &serde_json::to_vec_pretty(&cfg)?,
+        )?;
+    }
+    let secrets = zone
+        .secrets()?
+        .context("the zone holds no SIP password or device token: enrol this phone again")?;
+    Ok((zone, cfg, secrets))
+}
+
 fn init(a: InitArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&a.zone.zone)
         .with_context(|| format!("creating {}", a.zone.zone.display()))?;
@@ -284,12 +372,12 @@ fn level_text(l: zone::SecurityLevel) -> &'static str {
     }
 }
 
-fn http() -> ureq::Agent {
-    ureq::Agent::config_builder()
-        .timeout_global(Some(Duration::from_secs(15)))
-        .http_status_as_error(false)
-        .build()
-        .into()
+/// A failed request to `base`: the TLS refusal in plain words when it was one.
+fn unreachable(err: ureq::Error, base: &str) -> anyhow::Error {
+    match pinned::refusal(&err) {
+        Some(refusal) => anyhow::anyhow!("{base}: {refusal}"),
+        None => anyhow::Error::new(err).context(format!("reaching {base}")),
+    }
 }
 
 /// The API's error message from a failed response.
@@ -333,17 +421,52 @@ struct Sip {
     domain: String,
 }
 
+/// Where to enrol: the endpoint (`https://HOST:PORT`), the key to pin and the code.
+fn enrol_target(a: &EnrollArgs) -> anyhow::Result<(String, Fingerprint, String)> {
+    match (&a.uri, &a.server) {
+        (Some(uri), None) => {
+            let lower = uri.trim().to_ascii_lowercase();
+            if lower.starts_with("http://") || lower.starts_with("https://") {
+                pinned::https_base(uri)?;
+                bail!(
+                    "{uri}: give the enrolment URI (trustring-enrol://HOST:PORT?code=…&fp=…), or \
+                     --server https://HOST:PORT with --fingerprint and --code"
+                );
+            }
+            let uri: api::EnrolUri = uri.parse()?;
+            Ok((uri.base_url(), uri.fingerprint, uri.code))
+        }
+        (None, Some(server)) => {
+            let base = pinned::https_base(server)?;
+            let pin = a
+                .fingerprint
+                .as_deref()
+                .context("--server needs --fingerprint sha256:HEX (the server's key)")?
+                .parse()?;
+            let code = a.code.clone().context("--server needs --code")?;
+            Ok((base, pin, code))
+        }
+        _ => bail!(
+            "give the enrolment URI, or --server https://HOST:PORT with --fingerprint and --code"
+        ),
+    }
+}
+
 fn enroll(a: EnrollArgs) -> anyhow::Result<()> {
+    let (server, pin, code) = enrol_target(&a)?;
     let mut zone = open_zone(&a.zone)?;
     if zone.status()?.enrolled {
         bail!("this zone is already enrolled");
     }
-    let server = a.server.trim_end_matches('/').to_owned();
-    let agent = http();
+    // Nothing is written to the zone before the server proved it holds the pinned key and
+    // delivered a package.
+    let untouched = "enrolment stopped; nothing was written to the zone";
+    let agent = pinned::agent(pin)?;
     let mut r = agent
         .get(format!("{server}/api/v1/enrol/eula"))
         .call()
-        .with_context(|| format!("reaching {server}"))?;
+        .map_err(|e| unreachable(e, &server))
+        .context(untouched)?;
     let body = r.body_mut().read_to_string()?;
     if r.status().as_u16() != 200 {
         return Err(api_error(r.status().as_u16(), &body));
@@ -357,7 +480,7 @@ fn enroll(a: EnrollArgs) -> anyhow::Result<()> {
         bail!("the EULA must be accepted: run again with --accept-eula");
     }
     let request = serde_json::json!({
-        "code": a.code,
+        "code": code,
         "zone_public_key": zone.public_key()?.to_string(),
         "eula_version": eula.version,
         "accept_eula": true,
@@ -366,25 +489,34 @@ fn enroll(a: EnrollArgs) -> anyhow::Result<()> {
         .post(format!("{server}/api/v1/enrol"))
         .header("content-type", "application/json")
         .send(serde_json::to_vec(&request)?.as_slice())
-        .with_context(|| format!("reaching {server}"))?;
+        .map_err(|e| unreachable(e, &server))
+        .context(untouched)?;
     let body = r.body_mut().read_to_string()?;
     if r.status().as_u16() != 201 {
-        return Err(api_error(r.status().as_u16(), &body));
+        return Err(api_error(r.status().as_u16(), &body).context(untouched));
     }
     let e: EnrolResponse = serde_json::from_str(&body).context("enrolment response")?;
     let server_key: ServerPublicKey = e.server_key.parse().context("server key")?;
-    zone.install(&e.package, &server_key)
-        .context("installing the sealed package into the zone")?;
+    // The credentials first, then the package: a failed install takes them out again, so
+    // the zone is either enrolled with its credentials or as it was.
+    let secrets = DeviceSecrets::new(&e.sip.password, &e.token);
+    zone.store_secrets(Some(&secrets))
+        .context("sealing the SIP password and device token into the zone")?;
+    if let Err(err) = zone.install(&e.package, &server_key) {
+        let _ = zone.store_secrets(None);
+        return Err(err).context("installing the sealed package into the zone");
+    }
     let cfg = DeviceConfig {
         server,
+        fingerprint: Some(pin.to_string()),
         device_id: e.device_id.clone(),
         user: e.user,
         aor: e.aor.clone(),
         domain: e.sip.domain,
         sip_username: e.sip.username,
-        sip_password: e.sip.password,
-        token: e.token,
         server_key: e.server_key,
+        sip_password: None,
+        token: None,
     };
     write_private(
         &a.zone.zone.join("device.json"),
@@ -397,19 +529,28 @@ fn enroll(a: EnrollArgs) -> anyhow::Result<()> {
         level_text(e.security_level)
     );
     if let Some(n) = a.number.as_deref() {
-        set_number(&cfg, Some(n))?;
+        set_number(&cfg, &secrets, Some(n))?;
     }
     Ok(())
 }
 
 /// `PUT {server}/api/v1/device/{what}` with the device token; the error body on failure.
-fn put_own(cfg: &DeviceConfig, what: &str, body: &serde_json::Value) -> anyhow::Result<()> {
-    let mut r = http()
-        .put(format!("{}/api/v1/device/{what}", cfg.server))
-        .header("authorization", &format!("Bearer {}", cfg.token))
+fn put_own(
+    cfg: &DeviceConfig,
+    secrets: &DeviceSecrets,
+    what: &str,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let (agent, base) = cfg.agent()?;
+    let mut r = agent
+        .put(format!("{base}/api/v1/device/{what}"))
+        .header(
+            "authorization",
+            &format!("Bearer {}", secrets.token.as_str()),
+        )
         .header("content-type", "application/json")
         .send(serde_json::to_vec(body)?.as_slice())
-        .with_context(|| format!("reaching {}", cfg.server))?;
+        .map_err(|e| unreachable(e, &base))?;
     let text = r.body_mut().read_to_string()?;
     if r.status().as_u16() != 200 {
         return Err(api_error(r.status().as_u16(), &text));
@@ -417,8 +558,17 @@ fn put_own(cfg: &DeviceConfig, what: &str, body: &serde_json::Value) -> anyhow::
     Ok(())
 }
 
-fn set_number(cfg: &DeviceConfig, number: Option<&str>) -> anyhow::Result<()> {
-    put_own(cfg, "number", &serde_json::json!({ "number": number }))?;
+fn set_number(
+    cfg: &DeviceConfig,
+    secrets: &DeviceSecrets,
+    number: Option<&str>,
+) -> anyhow::Result<()> {
+    put_own(
+        cfg,
+        secrets,
+        "number",
+        &serde_json::json!({ "number": number }),
+    )?;
     match number {
         Some(n) => println!("number {n} set for {}", cfg.aor),
         None => println!("number cleared for {}", cfg.aor),
@@ -435,12 +585,16 @@ struct ServerView {
     number: Option<String>,
 }
 
-fn server_view(cfg: &DeviceConfig) -> anyhow::Result<ServerView> {
-    let mut r = http()
-        .get(format!("{}/api/v1/device", cfg.server))
-        .header("authorization", &format!("Bearer {}", cfg.token))
+fn server_view(cfg: &DeviceConfig, secrets: &DeviceSecrets) -> anyhow::Result<ServerView> {
+    let (agent, base) = cfg.agent()?;
+    let mut r = agent
+        .get(format!("{base}/api/v1/device"))
+        .header(
+            "authorization",
+            &format!("Bearer {}", secrets.token.as_str()),
+        )
         .call()
-        .with_context(|| format!("reaching {}", cfg.server))?;
+        .map_err(|e| unreachable(e, &base))?;
     let body = r.body_mut().read_to_string()?;
     if r.status().as_u16() != 200 {
         return Err(api_error(r.status().as_u16(), &body));
@@ -449,10 +603,13 @@ fn server_view(cfg: &DeviceConfig) -> anyhow::Result<ServerView> {
 }
 
 fn status(a: ZoneArgs) -> anyhow::Result<()> {
-    let mut zone = open_zone(&a)?;
-    let cfg = device_config(&a.zone).ok();
+    let (mut zone, cfg) = match enrolled(&a) {
+        Ok((zone, cfg, secrets)) => (zone, Some((cfg, secrets))),
+        Err(_) => (open_zone(&a)?, None),
+    };
     // Learn a revocation from the server and record it in the zone (R9).
-    let server = cfg.as_ref().map(server_view);
+    let server = cfg.as_ref().map(|(cfg, secrets)| server_view(cfg, secrets));
+    let cfg = cfg.map(|(cfg, _)| cfg);
     if let Some(Ok(v)) = &server
         && v.status == "revoked"
     {
@@ -500,9 +657,8 @@ fn on_off(b: bool) -> &'static str {
 
 fn service(a: ServiceArgs) -> anyhow::Result<()> {
     let on = a.state == "on";
-    let mut zone = open_zone(&a.zone)?;
-    let cfg = device_config(&a.zone.zone)?;
-    put_own(&cfg, "service", &serde_json::json!({ "on": on }))?;
+    let (mut zone, cfg, secrets) = enrolled(&a.zone)?;
+    put_own(&cfg, &secrets, "service", &serde_json::json!({ "on": on }))?;
     zone.set_service(on)?;
     println!("single-number service {} for {}", on_off(on), cfg.aor);
     Ok(())
@@ -546,24 +702,13 @@ pub(crate) fn load_phone(
     pin: &str,
     sip_server: SocketAddr,
 ) -> anyhow::Result<(phone::PhoneConfig, ZoneProver, String)> {
-    let zone = open_zone(&ZoneArgs {
-        zone: zone_dir.to_owned(),
-        pin: pin.to_owned(),
-    })?;
-    let st = zone.status()?;
-    if let Some(reason) = st.revoked {
-        bail!("this phone is revoked ({reason}): it cannot take calls");
-    }
-    if !st.enrolled {
-        bail!("this zone is not enrolled: run `trustring device enroll` first");
-    }
-    let cfg = device_config(zone_dir)?;
+    let (zone, cfg, secrets) = loaded_phone(zone_dir, pin)?;
     let mut pc = phone::PhoneConfig::new(
         sip_server,
         cfg.domain.clone(),
         cfg.user.clone(),
         cfg.sip_username.clone(),
-        cfg.sip_password.clone(),
+        secrets.sip_password.to_string(),
         cfg.device_id.clone(),
     );
     if sip_server.ip().is_loopback() {
@@ -576,15 +721,35 @@ pub(crate) fn load_phone(
     ))
 }
 
+/// An enrolled zone that may take calls (not revoked), its settings and credentials.
+fn loaded_phone(
+    zone_dir: &Path,
+    pin: &str,
+) -> anyhow::Result<(Box<dyn TrustedZone + Send>, DeviceConfig, DeviceSecrets)> {
+    let args = ZoneArgs {
+        zone: zone_dir.to_owned(),
+        pin: pin.to_owned(),
+    };
+    let loaded = enrolled(&args)?;
+    let st = loaded.0.status()?;
+    if let Some(reason) = st.revoked {
+        bail!("this phone is revoked ({reason}): it cannot take calls");
+    }
+    if !st.enrolled {
+        bail!("this zone is not enrolled: run `trustring device enroll` first");
+    }
+    Ok(loaded)
+}
+
 /// `device run --attach`: the phone as a line of the gateway.
 async fn run_attached(a: RunArgs, attach: String) -> anyhow::Result<()> {
-    let any = SocketAddr::from(([127, 0, 0, 1], 0));
-    let (_, prover, who) = load_phone(&a.zone.zone, &a.zone.pin, any)?;
-    let cfg = device_config(&a.zone.zone)?;
+    let (zone, cfg, secrets) = loaded_phone(&a.zone.zone, &a.zone.pin)?;
+    let prover = ZoneProver(zone);
+    let who = format!("{} ({})", cfg.device_id, cfg.aor);
     let number = match a.number {
         Some(n) => n,
         None => {
-            let view = server_view(&cfg)?;
+            let view = server_view(&cfg, &secrets)?;
             let n = view.number.with_context(|| {
                 format!("the server has no number for {who}: pass --number or run `trustring device number`")
             })?;
@@ -595,6 +760,8 @@ async fn run_attached(a: RunArgs, attach: String) -> anyhow::Result<()> {
     println!("phone {who} attaching to {attach} as {number}");
     let args = crate::line::LineArgs {
         attach,
+        gateway_fp: a.gateway_fp,
+        danger_plain_lines: a.danger_plain_lines,
         number,
         answer_after_ms: a.answer_after_ms,
         busy: a.busy,

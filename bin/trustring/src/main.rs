@@ -11,6 +11,7 @@ mod demo;
 mod device;
 mod gateway;
 mod line;
+mod pinned;
 mod serve;
 mod token;
 mod trust;
@@ -89,9 +90,68 @@ struct ServeArgs {
     /// with its port when listening on all interfaces).
     #[arg(long, env = "TRUSTRING_ADVERTISE")]
     advertise: Option<SocketAddr>,
-    /// Admin HTTP API listen address.
+    /// SIP over TLS listen address (RFC 3261 §26, RFC 5630: TLS 1.2/1.3 with the server's
+    /// certificate, see --tls-cert), or `off`. Contacts registered over TLS are reached over
+    /// their connection; the server opens no TLS connections itself.
+    #[arg(long, default_value = "0.0.0.0:5061", env = "TRUSTRING_SIP_TLS")]
+    sip_tls: serve::SipTlsListen,
+    /// Most SIP TCP and TLS connections accepted and open at once (one more is closed at
+    /// once).
+    #[arg(long, default_value_t = 4096, env = "TRUSTRING_SIP_MAX_CONNECTIONS")]
+    sip_max_connections: usize,
+    /// Most SIP TCP and TLS connections open at once from one IP address.
+    #[arg(
+        long,
+        default_value_t = 64,
+        env = "TRUSTRING_SIP_MAX_CONNECTIONS_PER_IP"
+    )]
+    sip_max_connections_per_ip: usize,
+    /// Seconds an accepted SIP TCP/TLS connection has to finish its TLS handshake and send a
+    /// whole SIP message before it is closed.
+    #[arg(long, default_value_t = 10, env = "TRUSTRING_SIP_FIRST_MESSAGE_SECS")]
+    sip_first_message_secs: u64,
+    /// Seconds without a byte after which a SIP TCP/TLS connection that carries no
+    /// registration is closed (one a client registered over stays 65 minutes).
+    #[arg(long, default_value_t = 300, env = "TRUSTRING_SIP_IDLE_SECS")]
+    sip_idle_secs: u64,
+    /// Admin HTTP API listen address: `ADDR` (plain HTTP on a loopback address, HTTPS with
+    /// the server's TLS identity on any other), `https://ADDR` (HTTPS anywhere) or
+    /// `http://ADDR` (plain HTTP: refused unless the address is loopback).
     #[arg(long, default_value = "127.0.0.1:8080", env = "TRUSTRING_HTTP")]
-    http: SocketAddr,
+    http: serve::HttpListen,
+    /// Public enrolment endpoint (HTTPS only): the phones' enrolment and own routes, nothing
+    /// else. Its address goes into the enrolment URIs the operator hands out.
+    #[arg(long, default_value = "0.0.0.0:8443", env = "TRUSTRING_ENROL")]
+    enrol: SocketAddr,
+    /// The host phones reach the enrolment endpoint at, written into enrolment URIs and the
+    /// self-signed certificate (default: the `--enrol` address, or the advertised SIP address
+    /// when listening on all interfaces).
+    #[arg(long, env = "TRUSTRING_ENROL_HOST")]
+    enrol_host: Option<String>,
+    /// Seconds an HTTP connection (admin API and enrolment endpoint) has to send a whole
+    /// request head, from its opening or its previous response, and a request its whole body
+    /// after its head; then it is closed.
+    #[arg(long, default_value_t = 10, env = "TRUSTRING_HTTP_READ_TIMEOUT_SECS")]
+    http_read_timeout_secs: u64,
+    /// Most HTTP connections open at once on each of the admin and enrolment listeners (one
+    /// more is closed at once).
+    #[arg(long, default_value_t = 1024, env = "TRUSTRING_HTTP_MAX_CONNECTIONS")]
+    http_max_connections: usize,
+    /// Most HTTP connections open at once from one IP address (an IPv6 /64) on each of the
+    /// admin and enrolment listeners.
+    #[arg(
+        long,
+        default_value_t = 64,
+        env = "TRUSTRING_HTTP_MAX_CONNECTIONS_PER_IP"
+    )]
+    http_max_connections_per_ip: usize,
+    /// TLS certificate chain (PEM) for every TLS listener; with `--tls-key`. Without both, a
+    /// self-signed certificate is made on first start under `DATA/tls/` and kept.
+    #[arg(long, env = "TRUSTRING_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `--tls-cert`.
+    #[arg(long, env = "TRUSTRING_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Data directory (SQLite database, admin token).
     #[arg(long, default_value = "./trustring-data", env = "TRUSTRING_DATA")]
     data: PathBuf,
@@ -114,6 +174,10 @@ struct ServeArgs {
     /// `trustring demo`, need them); saves about a tenth of the SIP loop's CPU under load.
     #[arg(long, env = "TRUSTRING_NO_CALL_TRACE")]
     no_call_trace: bool,
+    /// Most memory the per-call message traces may hold, in MiB (oldest calls are forgotten
+    /// first; whatever peers send, the traces stay within this).
+    #[arg(long, default_value_t = 64, env = "TRUSTRING_TRACE_BUDGET_MIB")]
+    trace_budget_mib: usize,
     /// The IP->PSTN gateway's SIP address (`trustring gateway`): phones with a number and no
     /// SIP registration of their own ring through it (R15). Its INVITEs carry a `Trunk-Auth`
     /// MAC keyed with `DATA/trunk-secret` (or `TRUSTRING_TRUNK_SECRET`); give the gateway
@@ -126,6 +190,15 @@ struct ServeArgs {
     /// baresip 1.x that refuse any non-MD5 challenge), `sha256` (SHA-256 only), `md5`.
     #[arg(long, default_value = "auto", env = "TRUSTRING_DIGEST")]
     digest: sip_core::auth::DigestPolicy,
+    /// With `--digest auto`: products (comma-separated, case-insensitive substrings of
+    /// User-Agent) known to answer RFC 8760 challenge lists, offered SHA-256 and MD5 from
+    /// their first challenge (linphone keeps the algorithm of its first answer for good).
+    #[arg(
+        long,
+        default_value = sip_core::auth::DEFAULT_SHA256_AGENTS,
+        env = "TRUSTRING_DIGEST_SHA256_AGENTS"
+    )]
+    digest_sha256_agents: String,
     /// Address ranges (comma-separated CIDR) a Contact cannot be reached at when its
     /// REGISTER came from another address: such a device is behind NAT and is reached at the
     /// REGISTER's source instead (R31). Default RFC 1918, RFC 6598, IPv6 ULA and link-local.
@@ -139,6 +212,28 @@ struct ServeArgs {
     /// given to RFC 5626 clients); a binding that misses 3 in a row is dropped. 0: no pings.
     #[arg(long, default_value_t = 25, env = "TRUSTRING_NAT_KEEPALIVE_SECS")]
     nat_keepalive_secs: u64,
+}
+
+impl ServeArgs {
+    /// The SIP stream transports' limits from the flags (queues: the defaults).
+    fn sip_limits(&self) -> sip_net::StreamLimits {
+        sip_net::StreamLimits {
+            max_connections: self.sip_max_connections.max(1),
+            max_connections_per_ip: self.sip_max_connections_per_ip.max(1),
+            first_message: std::time::Duration::from_secs(self.sip_first_message_secs.max(1)),
+            idle_unbound: std::time::Duration::from_secs(self.sip_idle_secs.max(1)),
+            ..sip_net::StreamLimits::default()
+        }
+    }
+
+    /// The HTTP listeners' limits from the flags.
+    fn http_limits(&self) -> api::serve::HttpLimits {
+        api::serve::HttpLimits {
+            read_timeout: std::time::Duration::from_secs(self.http_read_timeout_secs.max(1)),
+            max_connections: self.http_max_connections.max(1),
+            max_connections_per_ip: self.http_max_connections_per_ip.max(1),
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {

@@ -36,8 +36,8 @@ const CANCEL_REASON: &str = r#"SIP;cause=200;text="Call completed elsewhere""#;
 fn server(extra: &[&str]) -> Server {
     common::baresip::require();
     let s = Server::start_args(extra);
-    s.add_subscriber("alice", "s3cret");
-    s.add_subscriber("bob", "b0b");
+    s.add_subscriber("alice", "s3cret-passw0rd");
+    s.add_subscriber("bob", "b0b-passw0rd");
     s
 }
 
@@ -103,15 +103,15 @@ fn two_alices_ring_one_answers_the_other_is_cancelled_audio_flows_and_a_cdr_is_w
     // 1. Two alices (UDP and TCP) and bob register with digest auth (the default --digest).
     let desk = Baresip::start(
         "alice-udp",
-        Account::new("alice", "s3cret", Transport::Udp, s.sip).tone(400),
+        Account::new("alice", "s3cret-passw0rd", Transport::Udp, s.sip).tone(400),
     );
     let mobile = Baresip::start(
         "alice-tcp",
-        Account::new("alice", "s3cret", Transport::Tcp, s.sip).tone(400),
+        Account::new("alice", "s3cret-passw0rd", Transport::Tcp, s.sip).tone(400),
     );
     let bob = Baresip::start(
         "bob",
-        Account::new("bob", "b0b", Transport::Udp, s.sip).tone(1000),
+        Account::new("bob", "b0b-passw0rd", Transport::Udp, s.sip).tone(1000),
     );
     let (desk_at, mobile_at) = (desk.sip.to_string(), mobile.sip.to_string());
     desk.wait_registered(&s, "alice", |r| {
@@ -276,7 +276,7 @@ fn alice_behind_nat(s: &Server) -> (NatBox, Baresip) {
     let nat = NatBox::start(s.sip, PRIVATE);
     let alice = Baresip::start(
         "alice-nat",
-        Account::new("alice", "s3cret", Transport::Udp, nat.inside()),
+        Account::new("alice", "s3cret-passw0rd", Transport::Udp, nat.inside()),
     );
     let nat = nat.device(alice.sip);
     let outside = nat.outside.to_string();
@@ -305,7 +305,7 @@ fn a_phone_behind_nat_rings_and_answers_through_the_nat() {
     let (nat, alice) = alice_behind_nat(&s);
     let bob = Baresip::start(
         "bob",
-        Account::new("bob", "b0b", Transport::Udp, s.sip).tone(1000),
+        Account::new("bob", "b0b-passw0rd", Transport::Udp, s.sip).tone(1000),
     );
     bob.wait_registered(&s, "bob", |r| contact_at(r, &bob.sip.to_string()));
 
@@ -367,7 +367,10 @@ fn without_the_private_range_the_phone_behind_nat_does_not_ring() {
     let s = server(&[]);
     let _log = ServerLogOnPanic(s.log.clone());
     let (nat, alice) = alice_behind_nat(&s);
-    let bob = Baresip::start("bob", Account::new("bob", "b0b", Transport::Udp, s.sip));
+    let bob = Baresip::start(
+        "bob",
+        Account::new("bob", "b0b-passw0rd", Transport::Udp, s.sip),
+    );
     bob.wait_registered(&s, "bob", |r| contact_at(r, &bob.sip.to_string()));
 
     bob.command("dial", Some("sip:alice@localhost"));
@@ -414,4 +417,167 @@ fn without_the_private_range_the_phone_behind_nat_does_not_ring() {
         let _ = bob.try_command("hangup", None);
     }
     bob.wait_event("CALL_CLOSED", STEP);
+}
+
+/// SIP over TLS (RFC 3261 §26, issue 11 item 1) with a real client: alice on TLS (baresip
+/// trusting the server's self-signed certificate) and alice on UDP register; bob's call
+/// rings both, the TLS alice answers (the INVITE, the ACK and bob's BYE reach her over her
+/// TLS connection, from our TLS address, double record-routed), the UDP alice gets CANCEL.
+/// When her process goes, her connection closes and the server forgets her registration.
+/// (baresip 1.0.0 does not verify the server's certificate, so this shows interop, not that
+/// the client would notice a man in the middle; the pinned clients of `trustring-tls` do.)
+#[test]
+fn a_tls_alice_and_a_udp_alice_ring_the_tls_one_answers_over_tls() {
+    let _g = serial();
+    let s = server(&[]);
+    let _log = ServerLogOnPanic(s.log.clone());
+    let cert = s.data.join("tls").join(tls::CERT_FILE);
+    let tls_at = s.sip_tls.to_string();
+    let secure = Baresip::start(
+        "alice-tls",
+        Account::new("alice", "s3cret-passw0rd", Transport::Tls, s.sip_tls)
+            .cafile(&cert)
+            .tone(400),
+    );
+    let desk = Baresip::start(
+        "alice-udp",
+        Account::new("alice", "s3cret-passw0rd", Transport::Udp, s.sip).tone(400),
+    );
+    let bob = Baresip::start(
+        "bob",
+        Account::new("bob", "b0b-passw0rd", Transport::Udp, s.sip).tone(1000),
+    );
+    let reg = secure.wait_registered(&s, "alice", |r| r["transport"] == "TLS");
+    assert!(
+        reg["contact"]
+            .as_str()
+            .is_some_and(|c| c.contains("transport=tls")),
+        "{reg}"
+    );
+    let desk_at = desk.sip.to_string();
+    desk.wait_registered(&s, "alice", |r| {
+        r["transport"] == "UDP" && contact_at(r, &desk_at)
+    });
+    bob.wait_registered(&s, "bob", |r| contact_at(r, &bob.sip.to_string()));
+    let registers = secure.traced("REGISTER ");
+    assert!(
+        !registers.is_empty() && registers.iter().all(|m| m.transport == "TLS"),
+        "the TLS alice registered over something else: {registers:#?}"
+    );
+
+    bob.command("dial", Some("sip:alice@localhost"));
+    let incoming = [&secure, &desk].map(|a| a.wait_event("CALL_INCOMING", STEP));
+    bob.wait_event("CALL_RINGING", STEP);
+    let call_id = incoming[0]["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        incoming[1]["id"],
+        call_id.as_str(),
+        "one call, two branches"
+    );
+    let invite = secure
+        .traced("INVITE ")
+        .into_iter()
+        .next()
+        .expect("an INVITE at the TLS alice");
+    assert_eq!(invite.transport, "TLS", "{invite}");
+    assert_eq!(invite.src, tls_at, "{invite}");
+    assert!(
+        invite.header("Via")[0].starts_with(&format!("SIP/2.0/TLS {tls_at}")),
+        "{invite}"
+    );
+    let rr = invite.header("Record-Route");
+    assert!(
+        rr.len() == 2
+            && rr[0].starts_with(&format!("<sip:{tls_at};transport=tls;lr"))
+            && rr[1].starts_with(&format!("<sip:{};lr", s.sip)),
+        "double record-routing (TLS on top, bob's UDP below): {rr:?}"
+    );
+
+    std::thread::sleep(Duration::from_millis(300));
+    secure.command("accept", None);
+    secure.wait_event("CALL_ESTABLISHED", STEP);
+    bob.wait_event("CALL_ESTABLISHED", STEP);
+    desk.wait_event("CALL_CLOSED", STEP);
+    assert!(
+        desk.event("CALL_ESTABLISHED").is_none(),
+        "the desk answered too"
+    );
+    let cancels = desk.traced("CANCEL ");
+    assert!(
+        !cancels.is_empty()
+            && cancels
+                .iter()
+                .all(|c| c.header("Reason") == [CANCEL_REASON]),
+        "the UDP alice's CANCEL: {cancels:#?}"
+    );
+
+    secure.wait_event("CALL_RTPESTAB", STEP);
+    std::thread::sleep(TALK);
+    bob.command("hangup", None);
+    secure.wait_event("CALL_CLOSED", STEP);
+    bob.wait_event("CALL_CLOSED", STEP);
+    let byes = secure.traced("BYE ");
+    assert!(!byes.is_empty(), "no BYE at the TLS alice");
+    assert_eq!(byes[0].transport, "TLS", "{}", byes[0]);
+    assert!(
+        byes[0].header("Via")[0].starts_with(&format!("SIP/2.0/TLS {tls_at}")),
+        "{}",
+        byes[0]
+    );
+    for m in secure.sip_trace() {
+        assert_eq!(
+            m.transport, "TLS",
+            "the TLS alice saw a message in clear:\n{m}"
+        );
+    }
+    assert_tone(
+        &secure.recording(Duration::from_millis(1500)),
+        1000.0,
+        "alice (TLS) hearing bob",
+    );
+    let trace = call_trace(&s, &call_id);
+    assert!(
+        trace
+            .iter()
+            .any(|m| m["dir"] == "out" && m["label"] == "INVITE" && m["transport"] == "TLS"),
+        "the server's trace shows no INVITE over TLS:\n{}",
+        show(&trace)
+    );
+    let cdr = wait_until(
+        STEP,
+        || format!("no CDR for {call_id}"),
+        || {
+            let (_, body) = s.api("GET", "/api/v1/cdrs", None);
+            json(&body)["records"]
+                .as_array()?
+                .iter()
+                .find(|r| r["call_id"] == call_id.as_str())
+                .cloned()
+        },
+    );
+    let legs = cdr["legs"].as_array().unwrap();
+    let answered = &legs[cdr["answered_by"].as_u64().expect("answered_by") as usize];
+    assert!(
+        answered["contact"]
+            .as_str()
+            .is_some_and(|c| c.contains("transport=tls")),
+        "{cdr}"
+    );
+
+    // Her process goes: the connection closes, and so does her registration.
+    drop(secure);
+    wait_until(
+        STEP,
+        || {
+            format!(
+                "the TLS registration outlived its connection: {}",
+                s.registrations("alice")
+            )
+        },
+        || {
+            let regs = json(&s.registrations("alice"));
+            let list = regs.as_array()?;
+            (list.len() == 1 && list[0]["transport"] == "UDP").then_some(())
+        },
+    );
 }

@@ -14,8 +14,8 @@ const WAIT: Duration = Duration::from_secs(45);
 /// alice (the callee) and bob (a subscriber who calls).
 fn server() -> Server {
     let s = Server::start();
-    s.add_subscriber("alice", "s3cret");
-    s.add_subscriber("bob", "b0bpass");
+    s.add_subscriber("alice", "s3cret-passw0rd");
+    s.add_subscriber("bob", "b0b-passw0rd");
     s
 }
 
@@ -26,7 +26,7 @@ fn silent_device(s: &Server) -> UdpSocket {
     register(
         s,
         "alice",
-        "s3cret",
+        "s3cret-passw0rd",
         sock.local_addr().unwrap().port(),
         false,
     );
@@ -73,7 +73,7 @@ fn subscribers_call_is_challenged_then_carries_asserted_identity() {
         .arg("-au")
         .arg("bob")
         .arg("-ap")
-        .arg("b0bpass")
+        .arg("b0b-passw0rd")
         .arg("-auth_uri")
         .arg("alice@localhost")
         .run_ok();
@@ -97,7 +97,7 @@ fn subscriber_call_over_tcp() {
         .arg("-au")
         .arg("bob")
         .arg("-ap")
-        .arg("b0bpass")
+        .arg("b0b-passw0rd")
         .arg("-auth_uri")
         .arg("alice@localhost")
         .run_ok();
@@ -139,17 +139,17 @@ fn wrong_password_and_someone_elses_credentials_are_refused() {
     assert!(count_status(&msgs, 407) >= 2, "{msgs}");
     // bob's good credentials on a From of alice: 403.
     let msgs = run_refused(
-        auth_call("alice", "bob", "b0bpass")
+        auth_call("alice", "bob", "b0b-passw0rd")
             .arg("-auth_uri")
             .arg("alice@localhost"),
     );
     assert!(count_status(&msgs, 403) >= 1, "{msgs}");
     // A digest uri naming another resource (SIPp's default, the proxy's sip:IP:PORT): 400.
-    let msgs = run_refused(auth_call("bob", "bob", "b0bpass"));
+    let msgs = run_refused(auth_call("bob", "bob", "b0b-passw0rd"));
     assert!(count_status(&msgs, 400) >= 1, "{msgs}");
     assert_no_invite(&sock, Duration::from_millis(500));
     let log = s.log_text();
-    assert!(!log.contains("b0bpass"), "no password in the log");
+    assert!(!log.contains("b0b-passw0rd"), "no password in the log");
 }
 
 #[test]

@@ -12,7 +12,7 @@ const WAIT: Duration = Duration::from_secs(45);
 
 fn server_with_alice() -> Server {
     let s = Server::start();
-    s.add_subscriber("alice", "s3cret");
+    s.add_subscriber("alice", "s3cret-passw0rd");
     s
 }
 

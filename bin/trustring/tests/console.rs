@@ -126,7 +126,7 @@ fn console_follows_a_forked_call_live_and_shows_its_ladder_and_cdr() {
     let _g = serial();
     let t0 = Instant::now();
     let s = Server::start();
-    s.add_subscriber("alice", "s3cret");
+    s.add_subscriber("alice", "s3cret-passw0rd");
     // The desk answers 1.5 s after ringing, so the page has time to show both branches ringing.
     let mut desk = device(&s, "uas-answer.xml", 1500, false);
     let mut mobile = device(&s, "uas-ring-cancel.xml", 0, false);

@@ -93,6 +93,11 @@ fn demo_runs_a_forked_call_through_the_gateway_end_to_end() {
         text.contains("gateway leg record 1: ") && text.contains("    same Call-ID: "),
         "{text}"
     );
+    // The line attached over TLS, its zone having proved the phone's key (R27, R29).
+    assert!(
+        text.contains("over TLS (exchange key pinned); zone key proved"),
+        "{text}"
+    );
     assert!(text.contains("demo OK"), "{text}");
 
     // Nothing left running: the server's and the gateway's ports are free again.

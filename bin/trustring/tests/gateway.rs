@@ -1,16 +1,26 @@
-//! The phone's PSTN leg end to end (issue #4; SPEC R11–R19): real `trustring serve
-//! --gateway`, a real `trustring gateway`, the enrolled phone attached to it with `trustring
-//! device run --attach` (software zone), plain lines (`trustring line`), SIPp callers and
-//! desktops, all on 127.0.0.1.
+//! The phone's PSTN leg end to end (issue #4; SPEC R11–R19, R27, R29): real `trustring serve
+//! --gateway`, a real `trustring gateway`, the enrolled phone attached to it over TLS with
+//! `trustring device run --attach URI` (software zone; the gateway has the server check the
+//! zone's proof of the phone's key before it gives the line the number), plain lines
+//! (`trustring line`, numbers listed with `--plain-line`), SIPp callers and desktops, an SRTP
+//! caller written with `media::srtp` (`gateway/srtp_caller.rs`), and raw TR-ISUP clients
+//! playing squatters and a line that stops reading, all on 127.0.0.1.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
+#[path = "gateway/srtp_caller.rs"]
+mod srtp_caller;
 
-use std::io::Write;
-use std::net::SocketAddr;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
+
+use media::g711::Law;
+use media::srtp::{Crypto, SrtpContext, SrtpError, Suite};
+use pstn::msg::{Cic, FRAME_LEN, Iam, Message, Number};
+use srtp_caller::{SrtpCaller, fresh_crypto};
 
 use common::phone::{PIN, Phone, enrol};
 use common::proc::Proc;
@@ -19,6 +29,8 @@ use common::{Server, caller, device, free_port, serial, sipp};
 const WAIT: Duration = Duration::from_secs(45);
 const NUMBER: &str = "+15551230001";
 const OTHER: &str = "+15559990000";
+/// A second plain PSTN line.
+const THIRD: &str = "+15559990001";
 /// A 1 kHz tone at amplitude 8000 is this 8-sample cycle (G.711 of 0, ±5657, ±8000).
 const TONE_PCMU: [u8; 8] = [0xff, 0xa9, 0xa0, 0xa9, 0xff, 0x29, 0x20, 0x29];
 const TONE_PCMA: [u8; 8] = [0xd5, 0x83, 0x8a, 0x83, 0xd5, 0x03, 0x0a, 0x03];
@@ -32,6 +44,8 @@ struct Rig {
     gw_http: SocketAddr,
     gw_data: PathBuf,
     lines: SocketAddr,
+    /// The line port's TLS key fingerprint (`None`: plain lines).
+    lines_fp: Option<String>,
     phone: Phone,
     dir: tempfile::TempDir,
 }
@@ -43,8 +57,8 @@ fn trustring() -> Command {
 fn rig(gateway_flags: &[&str]) -> Rig {
     let gw_sip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let s = Server::start_args(&["--gateway", &gw_sip.to_string()]);
-    s.add_subscriber("alice", "s3cret");
-    s.add_subscriber("bob", "bobpw");
+    s.add_subscriber("alice", "s3cret-passw0rd");
+    s.add_subscriber("bob", "b0b-passw0rd");
     let (c, b) = s.api(
         "POST",
         "/api/v1/pools/numbers",
@@ -72,10 +86,23 @@ fn rig(gateway_flags: &[&str]) -> Rig {
         .arg(s.data.join("trunk-secret"))
         .arg("--data")
         .arg(&gw_data)
+        // The server's trust authority, for the lines' attach proofs (R29).
+        .args(["--server-api", &format!("http://{}", s.http)])
+        .args(["--plain-line", OTHER, "--plain-line", THIRD])
         .args(gateway_flags)
         .env("TRUSTRING_LOG", "info");
     let gw = Proc::spawn(cmd, dir.path().join("gw.out"), false);
     gw.wait_for("gateway ready");
+    let lines_fp = gw.text().lines().find_map(|l| {
+        l.strip_prefix("gateway line TLS fingerprint: ")
+            .map(|f| f.trim().to_owned())
+    });
+    assert_eq!(
+        lines_fp.is_none(),
+        gateway_flags.contains(&"--danger-plain-lines"),
+        "{}",
+        gw.text()
+    );
     Rig {
         s,
         gw,
@@ -83,29 +110,48 @@ fn rig(gateway_flags: &[&str]) -> Rig {
         gw_http,
         gw_data,
         lines,
+        lines_fp,
         phone,
         dir,
     }
 }
 
 impl Rig {
-    /// `trustring device run --attach` for the enrolled phone.
+    /// The attach URI the gateway printed (or, with plain lines, the address and the
+    /// explicit flag).
+    fn attach_args(&self) -> Vec<String> {
+        match &self.lines_fp {
+            Some(fp) => vec![
+                "--attach".into(),
+                format!("trustring-line://{}?fp={fp}", self.lines),
+            ],
+            None => vec![
+                "--attach".into(),
+                self.lines.to_string(),
+                "--danger-plain-lines".into(),
+            ],
+        }
+    }
+
+    /// `trustring device run --attach URI` for the enrolled phone.
     fn attach_phone(&self, flags: &[&str], stdin: bool) -> Proc {
         let mut cmd = trustring();
         cmd.args(["device", "run", "--zone"])
             .arg(&self.phone.zone)
-            .args(["--attach", &self.lines.to_string()])
+            .args(self.attach_args())
             .args(flags)
             .env("TRUSTRING_ZONE_PIN", PIN);
         let p = Proc::spawn(cmd, self.dir.path().join("phone.out"), stdin);
         p.wait_for(&format!("attached as {NUMBER}"));
+        assert!(p.text().contains("zone key proved"), "{}", p.text());
         p
     }
 
     /// A plain PSTN line with `number`.
     fn line(&self, number: &str, flags: &[&str]) -> Proc {
         let mut cmd = trustring();
-        cmd.args(["line", "--attach", &self.lines.to_string()])
+        cmd.arg("line")
+            .args(self.attach_args())
             .args(["--number", number])
             .args(flags);
         let p = Proc::spawn(cmd, self.dir.path().join(format!("line{number}.out")), true);
@@ -113,16 +159,38 @@ impl Rig {
         p
     }
 
+    /// A raw TR-ISUP connection to the line port (TLS with the gateway's key pinned, or
+    /// plain with plain lines).
+    fn raw(&self) -> RawLine {
+        let tcp = TcpStream::connect(self.lines).unwrap();
+        tcp.set_nodelay(true).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let stream: Box<dyn ReadWrite> = match &self.lines_fp {
+            Some(fp) => {
+                let config = tls::pinned_client_config(fp.parse().unwrap()).unwrap();
+                let name = tls::pki_types::ServerName::try_from("localhost").unwrap();
+                let conn = tls::rustls::ClientConnection::new(config, name).unwrap();
+                Box::new(tls::rustls::StreamOwned::new(conn, tcp))
+            }
+            None => Box::new(tcp),
+        };
+        RawLine {
+            stream,
+            dec: pstn::Decoder::new(),
+        }
+    }
+
     /// The gateway's `/metrics`: value of the sample line starting with `series `.
     fn metric(&self, series: &str) -> f64 {
-        let mut s = std::net::TcpStream::connect(self.gw_http).unwrap();
+        let mut s = TcpStream::connect(self.gw_http).unwrap();
         write!(
             s,
             "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
         )
         .unwrap();
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        s.read_to_string(&mut text).unwrap();
         assert!(text.starts_with("HTTP/1.1 200"), "{text}");
         text.lines()
             .find_map(|l| l.strip_prefix(&format!("{series} ")))
@@ -140,6 +208,121 @@ impl Rig {
     fn gateway_records(&self, n: usize) -> serde_json::Value {
         wait_cdrs(&self.gw_data, n)
     }
+}
+
+trait ReadWrite: Read + Write + Send {}
+impl<T: Read + Write + Send> ReadWrite for T {}
+
+/// A TR-ISUP peer written by hand: what a squatter (or a line that stops reading) sends.
+struct RawLine {
+    stream: Box<dyn ReadWrite>,
+    dec: pstn::Decoder,
+}
+
+impl RawLine {
+    fn send(&mut self, m: &Message) {
+        let bytes = pstn::codec::encode_to_vec(m).unwrap();
+        self.stream.write_all(&bytes).unwrap();
+        self.stream.flush().unwrap();
+    }
+
+    /// The next message within `limit` (`None`: the gateway closed the connection, or
+    /// nothing came).
+    fn recv(&mut self, limit: Duration) -> Option<Message> {
+        let t0 = Instant::now();
+        let mut buf = [0u8; 4096];
+        loop {
+            if let Some(m) = self.dec.pop() {
+                return Some(m.unwrap());
+            }
+            if t0.elapsed() > limit {
+                return None;
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return None,
+                Ok(n) => self.dec.push(&buf[..n]).unwrap(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// The next message that is not a bearer frame.
+    fn recv_signal(&mut self, limit: Duration) -> Option<Message> {
+        let t0 = Instant::now();
+        while t0.elapsed() < limit {
+            match self.recv(limit.saturating_sub(t0.elapsed())) {
+                Some(Message::Frm { .. }) => {}
+                other => return other,
+            }
+        }
+        None
+    }
+
+    /// Whether the gateway closes the connection within `limit` (every message read on
+    /// the way is returned).
+    fn closed_within(&mut self, limit: Duration) -> (bool, Vec<Message>) {
+        let t0 = Instant::now();
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        while t0.elapsed() < limit {
+            while let Some(m) = self.dec.pop() {
+                seen.push(m.unwrap());
+            }
+            match self.stream.read(&mut buf) {
+                Ok(0) => return (true, seen),
+                Ok(n) => self.dec.push(&buf[..n]).unwrap(),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                // A reset, or TLS ended without close_notify: closed all the same.
+                Err(_) => return (true, seen),
+            }
+        }
+        (false, seen)
+    }
+
+    /// ATT with `number`; the gateway's first answer.
+    fn attach(&mut self, number: &str) -> Message {
+        self.send(&Message::Att {
+            number: Number::new(number).unwrap(),
+            device: None,
+        });
+        self.recv(Duration::from_secs(10))
+            .expect("an answer to ATT")
+    }
+}
+
+fn num(s: &str) -> Number {
+    Number::new(s).unwrap()
+}
+
+/// A line's IAM for `called` on its first circuit.
+fn dial(called: &str) -> Message {
+    Message::Iam(Iam {
+        cic: Cic(1),
+        called: num(called),
+        calling: None,
+        challenge: None,
+        call_ref: None,
+        branch: None,
+    })
+}
+
+/// The gateway's resident memory, kB (`VmRSS` of /proc/PID/status).
+fn rss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
 }
 
 fn cdr_export(data: &Path) -> serde_json::Value {
@@ -198,7 +381,7 @@ fn bob(s: &Server, scenario: &str) -> common::SippBuilder {
         .arg("-au")
         .arg("bob")
         .arg("-ap")
-        .arg("bobpw")
+        .arg("b0b-passw0rd")
         .arg("-auth_uri")
         .arg("alice@localhost")
 }
@@ -303,7 +486,19 @@ fn audio_call(law: &str, codecs: &str, pt: u8) {
     for data in [&r.s.data, &r.gw_data] {
         let (ok, out) = verify(data);
         assert!(ok, "{out}");
+        // Signed, each with its own key (threat 18).
+        assert!(out.contains("1 record(s) signed"), "{out}");
     }
+    let public_key = |data: &Path| {
+        let out = trustring()
+            .args(["cdr", "public-key", "--data"])
+            .arg(data)
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_ne!(public_key(&r.s.data), public_key(&r.gw_data));
     // Threat 9 on the gateway's records too: an edited record is named.
     let log = r.gw.stop();
     assert!(
@@ -507,4 +702,728 @@ fn per_number_caps_refuse_pstn_legs_beyond_them() {
         r.metric("trustring_gateway_refused_invites_total{reason=\"spend-cap\"}"),
         1.0
     );
+}
+
+/// `trustring line` (no trusted zone) claiming the phone's number: (success, output).
+fn plain_line_claims(r: &Rig, number: &str) -> (bool, String) {
+    let out = trustring()
+        .arg("line")
+        .args(r.attach_args())
+        .args(["--number", number])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// The `ctr` of a `Trust-Challenge` value.
+fn counter_of(challenge: &str) -> &str {
+    challenge
+        .split(';')
+        .find_map(|p| p.trim().strip_prefix("ctr="))
+        .unwrap()
+}
+
+/// A squatter's whole attempt with a wrong proof: ATT, the gateway's ATC, a well-formed
+/// proof that is not the zone's; the gateway answers ATR and closes.
+fn squat_with_a_wrong_proof(r: &Rig) {
+    let mut sq = r.raw();
+    let Message::Atc {
+        challenge,
+        call_ref,
+        branch,
+    } = sq.attach(NUMBER)
+    else {
+        panic!("the phone's number is challenged");
+    };
+    assert_eq!(branch, pstn::msg::ATTACH_BRANCH);
+    assert!(call_ref.starts_with("attach-"), "{call_ref}");
+    let ctr = counter_of(&challenge);
+    sq.send(&Message::Atp {
+        proof: format!("v=1;ctr={ctr};proof={}", "A".repeat(43)),
+    });
+    let (closed, seen) = sq.closed_within(Duration::from_secs(10));
+    assert!(closed, "a refused line is closed: {seen:?}");
+    assert_eq!(
+        seen,
+        [Message::Atr {
+            cause: pstn::Cause::CALL_REJECTED
+        }]
+    );
+}
+
+/// SECURITY threat 13 / R29: squatting the phone's number is refused (no proof, a wrong
+/// proof, dialling before or instead of attaching), leaves no IAM at the squatter, no call
+/// and no record, and never locks the phone out: the real phone then attaches over TLS and
+/// answers a call with its zone's proof, audio included.
+#[test]
+fn line_squatting_is_refused_and_never_locks_the_phone_out() {
+    let _g = serial();
+    let mut r = rig(&[]);
+    let mut other = r.line(OTHER, &[]);
+
+    // A plain line (no trusted zone) claiming the phone's number.
+    let (ok, text) = plain_line_claims(&r, NUMBER);
+    assert!(
+        !ok && text.contains("proof of the phone's zone key"),
+        "{text}"
+    );
+    // Wrong proofs, more of them than the lockout threshold (5 bad proofs).
+    for _ in 0..6 {
+        squat_with_a_wrong_proof(&r);
+    }
+    // No proof: ATT, then a call to another line (with the phone's caller ID, billed to
+    // its number, were it switched).
+    let mut sq = r.raw();
+    assert!(matches!(sq.attach(NUMBER), Message::Atc { .. }));
+    sq.send(&dial(OTHER));
+    let (closed, seen) = sq.closed_within(Duration::from_secs(10));
+    assert!(closed, "{seen:?}");
+    assert_eq!(
+        seen,
+        [Message::Atr {
+            cause: pstn::Cause::CALL_REJECTED
+        }]
+    );
+    // Dialling without attaching at all.
+    let mut sq = r.raw();
+    sq.send(&dial(OTHER));
+    let (closed, seen) = sq.closed_within(Duration::from_secs(10));
+    assert!(closed, "{seen:?}");
+    assert_eq!(
+        seen,
+        [Message::Atr {
+            cause: pstn::Cause::CALL_REJECTED
+        }]
+    );
+    // A number that is neither a phone's nor a listed plain line.
+    let mut sq = r.raw();
+    assert_eq!(
+        sq.attach("+15557770000"),
+        Message::Atr {
+            cause: pstn::Cause::UNALLOCATED_NUMBER
+        }
+    );
+    assert!(sq.closed_within(Duration::from_secs(10)).0);
+
+    // Nothing reached anyone: no IAM left the gateway, no call was switched or recorded.
+    let refused = |reason: &str| {
+        r.metric(&format!(
+            "trustring_gateway_refused_attaches_total{{reason=\"{reason}\"}}"
+        ))
+    };
+    assert_eq!(refused("wrong-proof"), 6.0);
+    assert_eq!(refused("no-proof"), 2.0, "the plain line and the dial");
+    assert_eq!(refused("not-attached"), 1.0);
+    assert_eq!(refused("unassigned"), 1.0);
+    assert_eq!(
+        r.metric("trustring_gateway_isup_messages_total{type=\"IAM\",direction=\"out\"}"),
+        0.0
+    );
+    assert_eq!(r.metric("trustring_gateway_lines"), 1.0, "only OTHER");
+    assert!(!other.text().contains("incoming call"), "{}", other.text());
+    let gw = cdr_export(&r.gw_data);
+    assert_eq!(gw["records"].as_array().map(Vec::len), Some(0), "{gw:#}");
+
+    // The real phone is not kept out: it attaches over TLS with its zone's proof.
+    let wav = r.dir.path().join("heard.wav");
+    let mut phone = r.attach_phone(
+        &[
+            "--answer-after-ms",
+            "400",
+            "--record",
+            wav.to_str().unwrap(),
+        ],
+        false,
+    );
+    assert!(phone.text().contains("over TLS"), "{}", phone.text());
+    // A squatter now cannot take the number from it either.
+    squat_with_a_wrong_proof(&r);
+    assert_eq!(r.metric("trustring_gateway_lines"), 2.0);
+
+    // And it is not locked out: it answers a call with its proof, and the audio crosses.
+    let mut desk = device(&r.s, "uas-ring-cancel.xml", 0, false);
+    let tone = tone_file(r.dir.path(), false, 2);
+    bob(&r.s, "gw-uac-call-audio.xml")
+        .key("sdp_codecs", "0 8")
+        .key("rtp_pt", "0")
+        .key("rtp_stream", &format!("{},-1,0", tone.display()))
+        .key("hold_ms", "2500")
+        .run_ok();
+    desk.expect_ok(WAIT);
+    phone.wait_for("cause 16");
+    let out = phone.stop();
+    assert!(out.contains("trust challenge"), "{out}");
+    assert_tone(&wav);
+    let cdrs = r.server_cdrs(1);
+    let pstn_leg = leg(&cdrs["records"][0], "pstn");
+    assert_eq!(pstn_leg["outcome"], "answered", "{cdrs:#}");
+    let (c, events) = r.s.api("GET", "/api/v1/security-events", None);
+    assert_eq!(c, 200);
+    assert!(
+        !events.contains("locked-out") && !events.contains("wrong-proof"),
+        "attach failures never count toward the phone's lockout: {events}"
+    );
+    // One record at the gateway: the real call, on the phone's device.
+    let gw = r.gateway_records(1);
+    let device_id = r.phone.device_json()["device_id"].clone();
+    assert_eq!(gw["records"][0]["legs"][0]["device"], device_id, "{gw:#}");
+    let log = r.gw.stop();
+    assert!(log.contains("line attach refused"), "{log}");
+    other.stop();
+}
+
+/// R29: a revocation takes effect at once on an attached line: its next call is not
+/// switched, the line is detached, and it cannot attach again.
+#[test]
+fn a_revoked_phone_is_detached_at_once() {
+    let _g = serial();
+    let r = rig(&[]);
+    let mut other = r.line(OTHER, &[]);
+    let mut phone = r.attach_phone(&[], true);
+    let id = r.phone.device_json()["device_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (c, b) = r.s.api(
+        "POST",
+        &format!("/api/v1/devices/{id}/revoke"),
+        Some(r#"{"reason":"lost"}"#),
+    );
+    assert_eq!(c, 200, "{b}");
+    phone.say(&format!("dial {OTHER}"));
+    phone.wait_for("detached");
+    let out = phone.stop();
+    assert!(out.contains("the exchange detached the line"), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(!other.text().contains("incoming call"), "{}", other.text());
+    assert_eq!(
+        r.metric("trustring_gateway_refused_attaches_total{reason=\"no-longer-holder\"}"),
+        1.0
+    );
+    let gw = cdr_export(&r.gw_data);
+    assert_eq!(gw["records"].as_array().map(Vec::len), Some(0), "{gw:#}");
+    // Attaching again with the number is refused: no phone holds it any more.
+    let out = trustring()
+        .args(["device", "run", "--zone"])
+        .arg(&r.phone.zone)
+        .args(r.attach_args())
+        .args(["--number", NUMBER])
+        .env("TRUSTRING_ZONE_PIN", PIN)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && text.contains("refused the attach"),
+        "{text}"
+    );
+    other.stop();
+}
+
+/// SECURITY threat 15 / issue 12: a line that stops reading while another sends it 30,000
+/// bearer frames leaves the gateway's memory bounded: its frames are dropped and it is
+/// closed, never queued without bound.
+#[test]
+fn a_line_that_stops_reading_leaves_the_gateway_memory_bounded() {
+    let _g = serial();
+    let r = rig(&["--danger-plain-lines"]);
+    let pid = r.gw.pid().unwrap();
+    let frm = |cic: Cic, seq: u16| Message::Frm {
+        cic,
+        seq,
+        payload: [0x55; FRAME_LEN],
+    };
+    // The slow line (THIRD) and the sender (OTHER), both plain PSTN lines.
+    let mut slow = r.raw();
+    assert!(matches!(slow.attach(THIRD), Message::Ata { .. }));
+    let mut sender = r.raw();
+    assert!(matches!(sender.attach(OTHER), Message::Ata { .. }));
+    sender.send(&dial(THIRD));
+    let Some(Message::Iam(iam)) = slow.recv_signal(Duration::from_secs(10)) else {
+        panic!("the call reaches the slow line");
+    };
+    slow.send(&Message::Acm {
+        cic: iam.cic,
+        proof: None,
+    });
+    slow.send(&Message::Anm {
+        cic: iam.cic,
+        proof: None,
+    });
+    let t0 = Instant::now();
+    loop {
+        match sender.recv_signal(Duration::from_secs(10)) {
+            Some(Message::Anm { .. }) => break,
+            Some(_) if t0.elapsed() < Duration::from_secs(10) => {}
+            other => panic!("no answer: {other:?}"),
+        }
+    }
+    // Warm up: frames cross while the slow line still reads (in bursts of 50; a burst
+    // longer than the line's queue would be dropped, as voice is not buffered).
+    let mut got = 0;
+    for burst in 0..10u16 {
+        for seq in 0..50 {
+            sender.send(&frm(Cic(1), burst * 50 + seq));
+        }
+        let t0 = Instant::now();
+        while got < (usize::from(burst) + 1) * 50 && t0.elapsed() < Duration::from_secs(5) {
+            if let Some(Message::Frm { .. }) = slow.recv(Duration::from_secs(1)) {
+                got += 1;
+            }
+        }
+    }
+    assert_eq!(got, 500, "frames cross while the line reads");
+    std::thread::sleep(Duration::from_millis(500));
+    let before = rss_kb(pid);
+
+    // The line stops reading; 30,000 frames come for it as fast as the sender can write.
+    for seq in 0..30_000u32 {
+        sender.send(&frm(Cic(1), seq as u16));
+    }
+    let dropped = || r.metric("trustring_gateway_dropped_frames_total{queue=\"line\"}");
+    let closed = || r.metric("trustring_gateway_slow_lines_closed_total");
+    // The gateway has read everything once its metrics say the last frames were handled:
+    // each frame was either queued for the slow line (at most its queue) or dropped.
+    let t0 = Instant::now();
+    let mut last = -1.0;
+    while t0.elapsed() < Duration::from_secs(20) {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = r.metric("trustring_gateway_isup_messages_total{type=\"FRM\",direction=\"in\"}");
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    let after = rss_kb(pid);
+    let (dropped, closed) = (dropped(), closed());
+    eprintln!(
+        "gateway VmRSS before {before} kB, after {after} kB (growth {} kB); frames in {last}, dropped {dropped}, slow lines closed {closed}",
+        after.saturating_sub(before)
+    );
+    assert_eq!(last, 30_500.0, "every frame reached the gateway");
+    assert!(
+        after.saturating_sub(before) < 10 * 1024,
+        "RSS grew from {before} kB to {after} kB"
+    );
+    // The loopback socket takes a megabyte or so; the rest is dropped, never queued.
+    assert!(
+        dropped > 10_000.0 || closed >= 1.0,
+        "the slow line's frames are dropped (or the line closed): dropped {dropped}, closed {closed}"
+    );
+    let _ = slow;
+}
+
+// ---- SRTP on the gateway's SIP side (issue 11 item 5) ---------------------------------------
+
+fn pcmu_samples(codes: &[u8]) -> Vec<i16> {
+    let mut out = Vec::with_capacity(codes.len());
+    media::g711::decode_frame(Law::Pcmu, codes, &mut out);
+    out
+}
+
+/// The base64 of an SDES key as it appears in SDP (`inline:…`).
+fn inline_key(c: &Crypto) -> String {
+    c.to_value().split("inline:").nth(1).unwrap().to_owned()
+}
+
+/// No SDES key appears in any log: the server's, the gateway's, the phone's.
+fn assert_no_key_logged(r: &Rig, phone_out: &str, keys: &[&Crypto]) {
+    let logs = [
+        ("server", r.s.log_text()),
+        ("gateway", r.gw.text()),
+        ("phone", phone_out.to_owned()),
+    ];
+    for k in keys {
+        let b64 = inline_key(k);
+        for (who, text) in &logs {
+            assert!(!text.contains(&b64), "an SRTP key is in the {who}'s log");
+        }
+    }
+    assert!(
+        r.gw.text().contains("SRTP negotiated (SDES)"),
+        "the gateway logs the negotiation (without the key): {}",
+        r.gw.text()
+    );
+}
+
+fn refused_packets(r: &Rig, reason: &str) -> f64 {
+    r.metric(&format!(
+        "trustring_gateway_rtp_refused_packets_total{{reason=\"{reason}\"}}"
+    ))
+}
+
+/// R27 / issue 11 item 5: a caller offering SRTP (RTP/SAVP, SDES) calls the phone through the
+/// gateway. The gateway answers RTP/SAVP with the first line it supports (same tag, its own
+/// key), the phone hears the caller's 1 kHz tone, and no clear RTP crosses the wire: every
+/// packet the caller gets from the gateway is SRTP (it opens only with the gateway's key; with
+/// another it fails authentication), and its bytes on the wire are not G.711 of the phone's
+/// tone, which they carry. A stranger on another port (clear RTP, or SRTP under its own key)
+/// and forged packets from the caller's own address are dropped and counted; no key is logged.
+#[test]
+fn srtp_caller_is_heard_through_the_gateway_and_no_clear_rtp_is_on_the_wire() {
+    let _g = serial();
+    let r = rig(&[]);
+    let wav = r.dir.path().join("heard.wav");
+    let mut phone = r.attach_phone(
+        &[
+            "--answer-after-ms",
+            "300",
+            "--record",
+            wav.to_str().unwrap(),
+            "--play-tone",
+            "1000",
+        ],
+        false,
+    );
+    let mut caller = SrtpCaller::new(r.s.sip);
+    let offered = vec![
+        fresh_crypto(1, Suite::AesCm128HmacSha1_80),
+        fresh_crypto(2, Suite::AesCm128HmacSha1_32),
+    ];
+    assert_eq!(caller.invite(offered.clone()), 200);
+    let gw_key = caller.gateway_crypto.clone().expect("SRTP answered");
+    assert_eq!(
+        (gw_key.tag, gw_key.suite),
+        (1, Suite::AesCm128HmacSha1_80),
+        "the first line offered, with the gateway's own key"
+    );
+    let gw_media = caller.gateway_media.unwrap();
+
+    caller.pump(Duration::from_millis(1000), true);
+    // A stranger on another port of this host: clear RTP (a 400 Hz tone that would spoil the
+    // phone's recording) and SRTP under a key of its own. Before, RTP latched to whoever
+    // sent first; now only the address the caller's SDP announced is heard.
+    let stranger = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let noise = media::tone::sine(400.0, 0.5, 160, 8000);
+    let mut codes = Vec::new();
+    media::g711::encode_frame(Law::Pcmu, &noise, &mut codes);
+    let mut stranger_srtp = SrtpContext::from_crypto(&fresh_crypto(1, Suite::AesCm128HmacSha1_80));
+    for seq in 0..20u16 {
+        let mut p = Vec::new();
+        media::rtp::write(0, false, seq, u32::from(seq) * 160, 0xbad, &codes, &mut p);
+        stranger.send_to(&p, gw_media).unwrap();
+        stranger
+            .send_to(&stranger_srtp.protect(&p).unwrap(), gw_media)
+            .unwrap();
+    }
+    // Forgeries from the caller's own address: tampered after protection.
+    for _ in 0..5 {
+        caller.send_tampered();
+    }
+    caller.pump(Duration::from_millis(1500), true);
+    assert_eq!(caller.bye(), 200);
+    phone.wait_for("cause 16");
+    let phone_out = phone.stop();
+    assert!(phone_out.contains("trust challenge"), "{phone_out}");
+    // The phone heard the caller's tone, unspoilt by the stranger.
+    assert_tone(&wav);
+
+    // What reached the caller: SRTP only, from the address the gateway announced.
+    let got = &caller.received;
+    assert!(
+        got.len() >= 50,
+        "the phone's tone came back: {} packets",
+        got.len()
+    );
+    let mut opener = SrtpContext::from_crypto(&gw_key);
+    let mut wrong_keys: Vec<SrtpContext> = offered.iter().map(SrtpContext::from_crypto).collect();
+    let (mut clear_voice, mut wire_voice) = (Vec::new(), Vec::new());
+    for p in got {
+        assert_eq!(
+            p.from, gw_media,
+            "media only from the address in the gateway's SDP"
+        );
+        let header = media::rtp::parse(&p.bytes).expect("an RTP header (clear under SRTP)");
+        assert_eq!(header.payload_type, 0);
+        let tag = gw_key.suite.tag_len();
+        assert_eq!(
+            header.payload.len(),
+            FRAME_LEN + tag,
+            "160 bytes of voice and the tag"
+        );
+        wire_voice.extend_from_slice(&header.payload[..FRAME_LEN]);
+        for wrong in &mut wrong_keys {
+            assert_eq!(
+                wrong.unprotect(&p.bytes),
+                Err(SrtpError::Auth),
+                "another key fails authentication"
+            );
+        }
+        let clear = opener
+            .unprotect(&p.bytes)
+            .expect("every packet is SRTP under the gateway's key");
+        clear_voice.extend_from_slice(media::rtp::parse(&clear).unwrap().payload);
+    }
+    // Opened, it is the phone's 1 kHz tone; as it travelled, it is not G.711 of any tone.
+    let heard = pcmu_samples(&clear_voice);
+    let on_wire = pcmu_samples(&wire_voice);
+    let mid = |v: &[i16]| v[v.len() / 4..v.len() * 3 / 4].to_vec();
+    let (heard, on_wire) = (mid(&heard), mid(&on_wire));
+    let opened = media::tone::tone_purity(&heard, 1000.0, 8000);
+    let raw = media::tone::tone_purity(&on_wire, 1000.0, 8000);
+    eprintln!(
+        "caller got {} SRTP packets; opened: {} Hz purity {opened:.3}; as on the wire: {} Hz purity {raw:.3}",
+        got.len(),
+        media::tone::dominant_frequency(&heard, 8000),
+        media::tone::dominant_frequency(&on_wire, 8000),
+    );
+    assert!(
+        opened > 0.9,
+        "the opened payload is the phone's tone: {opened}"
+    );
+    assert!(
+        raw < 0.05,
+        "the bytes on the wire do not carry the tone in clear: {raw}"
+    );
+    let cycle = &clear_voice[..8];
+    assert!(
+        !wire_voice.windows(8).any(|w| w == cycle),
+        "no G.711 tone cycle on the wire"
+    );
+
+    // Counted: the stranger's 40 packets by source, the 5 forgeries by authentication.
+    assert_eq!(r.metric("trustring_gateway_srtp_calls_total"), 1.0);
+    assert_eq!(refused_packets(&r, "source"), 40.0);
+    assert_eq!(refused_packets(&r, "auth"), 5.0);
+    assert_eq!(refused_packets(&r, "replay"), 0.0);
+    assert!(r.metric("trustring_gateway_rtp_packets_total{direction=\"in\"}") >= 100.0);
+    let gw = r.gateway_records(1);
+    assert_eq!(gw["records"][0]["legs"][0]["outcome"], "answered", "{gw:#}");
+    let mut keys: Vec<&Crypto> = offered.iter().collect();
+    keys.push(&gw_key);
+    assert_no_key_logged(&r, &phone_out, &keys);
+}
+
+/// Polls the caller (no audio) until the gateway's `n`th re-INVITE is answered.
+fn until_reinvites_answered(caller: &mut SrtpCaller, n: usize) {
+    let t0 = Instant::now();
+    while caller.reinvites_answered.len() < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "no re-INVITE {n} from the gateway"
+        );
+        caller.pump(Duration::from_millis(20), false);
+    }
+}
+
+/// Re-INVITEs keep SRTP working: the caller holds and resumes with a new key (a re-offer may
+/// carry new keys, RFC 4568 §7.1.4), then the phone holds and resumes (the gateway's own
+/// re-INVITEs, SAVP with its unchanged key) and the caller answers with yet another key. The
+/// gateway follows each change: every packet of the caller is accepted (none fails
+/// authentication) and the phone hears the tone throughout.
+#[test]
+fn srtp_survives_hold_and_resume_with_new_keys_from_either_side() {
+    let _g = serial();
+    let r = rig(&[]);
+    let wav = r.dir.path().join("heard.wav");
+    let mut phone = r.attach_phone(
+        &[
+            "--answer-after-ms",
+            "300",
+            "--record",
+            wav.to_str().unwrap(),
+            "--play-tone",
+            "1000",
+        ],
+        true,
+    );
+    let mut caller = SrtpCaller::new(r.s.sip);
+    let k1 = fresh_crypto(5, Suite::AesCm128HmacSha1_32);
+    assert_eq!(caller.invite(vec![k1.clone()]), 200);
+    let g1 = caller.gateway_crypto.clone().unwrap();
+    assert_eq!((g1.tag, g1.suite), (5, Suite::AesCm128HmacSha1_32));
+    caller.pump(Duration::from_millis(800), true);
+
+    // The caller holds (same key), then resumes with a new one.
+    assert_eq!(caller.reinvite(vec![k1.clone()], "sendonly"), 200);
+    assert_eq!(
+        caller.gateway_crypto.as_ref(),
+        Some(&g1),
+        "the gateway keeps its key"
+    );
+    phone.wait_for("on hold");
+    caller.pump(Duration::from_millis(300), false);
+    let k2 = fresh_crypto(5, Suite::AesCm128HmacSha1_32);
+    assert_eq!(caller.reinvite(vec![k2.clone()], "sendrecv"), 200);
+    assert_eq!(
+        caller.tx_crypto.as_ref(),
+        Some(&k2),
+        "the caller sends under its new key"
+    );
+    assert_eq!(caller.gateway_crypto.as_ref(), Some(&g1));
+    phone.wait_for("resumed");
+    caller.pump(Duration::from_millis(800), true);
+
+    // The phone holds and resumes: the gateway re-INVITEs the caller, which answers with a
+    // third key.
+    let k3 = fresh_crypto(5, Suite::AesCm128HmacSha1_32);
+    caller.next_answer_key = Some(k3.key.clone());
+    phone.say("hold");
+    until_reinvites_answered(&mut caller, 1);
+    assert_eq!(
+        caller.gateway_crypto.as_ref(),
+        Some(&g1),
+        "SAVP with the same key"
+    );
+    caller.pump(Duration::from_millis(300), false);
+    phone.say("resume");
+    until_reinvites_answered(&mut caller, 2);
+    assert_eq!(caller.tx_crypto.as_ref().map(|c| &c.key), Some(&k3.key));
+    // The ACK of our answer has left before the gateway applies it: give it a moment.
+    caller.pump(Duration::from_millis(150), false);
+    caller.pump(Duration::from_millis(800), true);
+    assert_eq!(caller.bye(), 200);
+    phone.wait_for("cause 16");
+    let phone_out = phone.stop();
+
+    assert_eq!(
+        refused_packets(&r, "auth"),
+        0.0,
+        "every key change was followed"
+    );
+    assert_eq!(refused_packets(&r, "replay"), 0.0);
+    assert_eq!(refused_packets(&r, "source"), 0.0);
+    let sent = f64::from(caller.sent);
+    let accepted = r.metric("trustring_gateway_rtp_packets_total{direction=\"in\"}");
+    eprintln!("caller sent {sent} SRTP packets, the gateway accepted {accepted}");
+    assert_eq!(accepted, sent, "none lost to a stale key");
+    assert_tone(&wav);
+    let w = media::wav::read(std::fs::File::open(&wav).unwrap()).unwrap();
+    assert!(
+        w.samples.len() >= 8 * 2000,
+        "the phone heard most of the 2.4 s of tone: {} ms",
+        w.samples.len() / 8
+    );
+    // The gateway's packets all open under its one key.
+    let mut opener = SrtpContext::from_crypto(&g1);
+    assert!(!caller.received.is_empty());
+    for p in &caller.received {
+        opener
+            .unprotect(&p.bytes)
+            .expect("SRTP under the gateway's key");
+    }
+    assert_no_key_logged(&r, &phone_out, &[&k1, &k2, &k3, &g1]);
+}
+
+/// An SRTP offer with no key the gateway can use (only suites it does not speak, or an MKI)
+/// gets 488, never a fall back to clear RTP; a caller offering only RTP/AVP gets plain RTP as
+/// before.
+#[test]
+fn srtp_without_a_usable_key_gets_488_and_plain_rtp_stays_plain() {
+    let _g = serial();
+    let r = rig(&[]);
+    let mut phone = r.attach_phone(&["--answer-after-ms", "200"], false);
+    let mut caller = SrtpCaller::new(r.s.sip);
+    caller.raw_crypto = vec![
+        "1 AEAD_AES_256_GCM inline:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+            .into(),
+        "2 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4".into(),
+    ];
+    assert_eq!(caller.invite(Vec::new()), 488);
+    let gw = r.gateway_records(1);
+    let rec = &gw["records"][0];
+    assert_eq!(rec["final_status"], 488, "{gw:#}");
+    assert!(
+        rec["release_cause"]
+            .as_str()
+            .unwrap()
+            .contains("no usable SRTP key"),
+        "{rec:#}"
+    );
+
+    let mut plain = SrtpCaller::new(r.s.sip);
+    assert_eq!(plain.invite(Vec::new()), 200, "RTP/AVP answered RTP/AVP");
+    assert!(plain.gateway_crypto.is_none());
+    plain.pump(Duration::from_millis(600), true);
+    assert_eq!(plain.bye(), 200);
+    phone.wait_for("cause 16");
+    let out = phone.stop();
+    assert_eq!(out.matches("incoming call").count(), 1, "{out}");
+    assert_eq!(r.metric("trustring_gateway_srtp_calls_total"), 0.0);
+    assert!(r.metric("trustring_gateway_rtp_packets_total{direction=\"in\"}") >= 20.0);
+    assert_eq!(refused_packets(&r, "source"), 0.0);
+}
+
+/// A real SDES client (issue 11's test list): baresip (libre's SRTP) registers as bob over SIP
+/// over TLS, so its keys never cross a clear hop to the server, and calls alice with
+/// `mediaenc=srtp-mand` (it offers only RTP/SAVP and refuses a clear answer). The phone
+/// answers through the gateway; each side hears the other's 1 kHz tone, decrypted from SRTP;
+/// the gateway counted the call as SRTP and refused none of baresip's packets, and did not
+/// warn about a clear caller hop.
+#[test]
+fn baresip_over_tls_with_srtp_calls_the_phone_through_the_gateway() {
+    use common::baresip::{Account, Baresip, Transport};
+    let _g = serial();
+    common::baresip::require();
+    let r = rig(&[]);
+    let wav = r.dir.path().join("heard.wav");
+    let mut phone = r.attach_phone(
+        &[
+            "--answer-after-ms",
+            "300",
+            "--record",
+            wav.to_str().unwrap(),
+            "--play-tone",
+            "1000",
+        ],
+        false,
+    );
+    let cert = r.s.data.join("tls").join(tls::CERT_FILE);
+    let bob = Baresip::start(
+        "bob-srtp",
+        Account::new("bob", "b0b-passw0rd", Transport::Tls, r.s.sip_tls)
+            .cafile(&cert)
+            .tone(1000)
+            .mediaenc("srtp-mand"),
+    );
+    bob.wait_registered(&r.s, "bob", |reg| reg["transport"] == "TLS");
+    bob.command("dial", Some("sip:alice@localhost"));
+    bob.wait_event("CALL_ESTABLISHED", WAIT);
+    std::thread::sleep(Duration::from_millis(2500));
+    bob.command("hangup", None);
+    bob.wait_event("CALL_CLOSED", WAIT);
+    phone.wait_for("cause 16");
+    let phone_out = phone.stop();
+    assert!(phone_out.contains("trust challenge"), "{phone_out}");
+    // The phone heard baresip's tone, and baresip the phone's.
+    assert_tone(&wav);
+    let heard = bob.recording(Duration::from_millis(1500));
+    let n = heard.samples.len();
+    let mid = &heard.samples[n / 4..n * 3 / 4];
+    let (f, purity) = (
+        media::tone::dominant_frequency(mid, heard.rate),
+        media::tone::tone_purity(mid, 1000.0, heard.rate),
+    );
+    eprintln!("baresip heard {f} Hz, purity {purity:.3}");
+    assert!(
+        (f - 1000.0).abs() <= 20.0 && purity > 0.9,
+        "{f} Hz {purity}"
+    );
+    let invites = bob.traced("INVITE ");
+    assert!(
+        !invites.is_empty() && invites.iter().all(|m| m.transport == "TLS"),
+        "the offer with the keys went over TLS: {invites:#?}"
+    );
+    assert_eq!(r.metric("trustring_gateway_srtp_calls_total"), 1.0);
+    assert_eq!(refused_packets(&r, "auth"), 0.0);
+    assert_eq!(refused_packets(&r, "source"), 0.0);
+    assert!(r.metric("trustring_gateway_rtp_packets_total{direction=\"in\"}") >= 100.0);
+    let log = r.gw.text();
+    let negotiated = log
+        .lines()
+        .find(|l| l.contains("SRTP negotiated (SDES)"))
+        .unwrap_or_else(|| panic!("{log}"));
+    assert!(
+        negotiated.contains("caller_hop") && negotiated.contains("\"TLS\""),
+        "the caller's own hop was TLS: {negotiated}"
+    );
+    assert!(!log.contains("whose own hop is not TLS"), "{log}");
 }

@@ -97,7 +97,7 @@ fn scrape_until(
 fn a_forked_answered_call_shows_in_the_metrics() {
     let _g = serial();
     let s = Server::start();
-    s.add_subscriber("alice", "s3cret");
+    s.add_subscriber("alice", "s3cret-passw0rd");
 
     // The admin token is required.
     for token in [None, Some("wrong")] {

@@ -13,8 +13,8 @@ use sip_core::message::{HeaderName, Message, parse};
 
 fn server() -> Server {
     let s = Server::start();
-    s.add_subscriber("alice", "s3cret");
-    s.add_subscriber("bob", "b0bpass");
+    s.add_subscriber("alice", "s3cret-passw0rd");
+    s.add_subscriber("bob", "b0b-passw0rd");
     s
 }
 
@@ -43,7 +43,7 @@ fn reg(
 fn md5_registration_wrong_password_hijack_and_replay() {
     let _g = serial();
     let s = server();
-    register(&s, "alice", "s3cret", 5999, false);
+    register(&s, "alice", "s3cret-passw0rd", 5999, false);
     let regs = s.registrations("alice");
     assert!(regs.contains("sip:alice@127.0.0.1:5999"), "{regs}");
     // `source` is where the REGISTER came from (SIPp's own port), not the Contact.
@@ -54,7 +54,15 @@ fn md5_registration_wrong_password_hijack_and_replay() {
         "{regs}"
     );
     reg(&s, "register-wrongpass.xml", "alice", "alice", "nope", 5998).run_ok();
-    reg(&s, "register-hijack.xml", "alice", "bob", "b0bpass", 5997).run_ok();
+    reg(
+        &s,
+        "register-hijack.xml",
+        "alice",
+        "bob",
+        "b0b-passw0rd",
+        5997,
+    )
+    .run_ok();
     let regs = s.registrations("alice");
     assert!(
         !regs.contains("5998") && !regs.contains("5997"),
@@ -91,9 +99,17 @@ fn unknown_and_known_users_get_the_same_challenge() {
 fn unregister_one_and_all() {
     let _g = serial();
     let s = server();
-    register(&s, "alice", "s3cret", 5981, false);
-    register(&s, "alice", "s3cret", 5982, false);
-    reg(&s, "unregister.xml", "alice", "alice", "s3cret", 5981).run_ok();
+    register(&s, "alice", "s3cret-passw0rd", 5981, false);
+    register(&s, "alice", "s3cret-passw0rd", 5982, false);
+    reg(
+        &s,
+        "unregister.xml",
+        "alice",
+        "alice",
+        "s3cret-passw0rd",
+        5981,
+    )
+    .run_ok();
     let regs = s.registrations("alice");
     assert!(!regs.contains("5981") && regs.contains("5982"), "{regs}");
     sipp("unregister-all.xml")
@@ -102,7 +118,7 @@ fn unregister_one_and_all() {
         .arg("-au")
         .arg("alice")
         .arg("-ap")
-        .arg("s3cret")
+        .arg("s3cret-passw0rd")
         .key("domain", "localhost")
         .target(&s.target())
         .run_ok();
@@ -116,9 +132,9 @@ fn registrations_survive_a_restart() {
     let data = dir.path().join("data");
     let port = common::free_port();
     let mut s = Server::start_in(&data, port);
-    s.add_subscriber("alice", "s3cret");
-    register(&s, "alice", "s3cret", 5971, false);
-    register(&s, "alice", "s3cret", 5972, true);
+    s.add_subscriber("alice", "s3cret-passw0rd");
+    register(&s, "alice", "s3cret-passw0rd", 5971, false);
+    register(&s, "alice", "s3cret-passw0rd", 5972, true);
     s.stop();
     let s = Server::start_in(&data, port);
     let regs = s.registrations("alice");
@@ -185,7 +201,7 @@ Contact: <sip:alice@127.0.0.1:5961>\r\n{auth}Expires: 600\r\nContent-Length: 0\r
         };
         let (nonce, opaque) = (param("nonce"), param("opaque"));
         let uri = "sip:localhost";
-        let ha1 = ha1(alg, "alice", "localhost", "s3cret");
+        let ha1 = ha1(alg, "alice", "localhost", "s3cret-passw0rd");
         let input = ResponseInput {
             nonce: &nonce,
             nc: "00000001",

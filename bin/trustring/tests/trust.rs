@@ -1,15 +1,22 @@
 //! Trusted provisioning end to end (issue #3; SPEC R3–R10, R14): the real `trustring serve`,
 //! real `trustring device` phones (software zone and a SoftHSM2 PKCS#11 zone), SIPp callers
-//! and desktops on 127.0.0.1.
+//! and desktops on 127.0.0.1. Enrolment runs over HTTPS with the server's key pinned by the
+//! enrolment URI (issue #11, R27, R28); the man in the middle tests (SECURITY.md threat 12)
+//! put a TLS relay or a plain-HTTP server between the phone and the enrolment endpoint.
 #![allow(missing_docs, clippy::unwrap_used)]
 
 mod common;
 
-use std::io::Read;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::phone::{PIN, Phone, enrol};
+use common::phone::{
+    PIN, Phone, Relay, dev_output, enrol, enrol_observed, enrol_uri, fingerprint, identity,
+};
 use common::proc::Proc;
 use common::{Server, caller, device, serial, sipp};
 
@@ -21,16 +28,26 @@ fn identifiers() -> Vec<String> {
     (0..10).map(|i| format!("+1555010000{i}")).collect()
 }
 
-/// A server with alice (desktop password s3cret), the pool and an EULA.
+/// A server with alice (desktop password s3cret-passw0rd), the pool and an EULA.
 fn server() -> Server {
-    let s = Server::start();
-    s.add_subscriber("alice", "s3cret");
+    let s = server_without_pool();
+    load_pool(&s);
+    s
+}
+
+fn load_pool(s: &Server) {
     let (c, b) = s.api(
         "POST",
         "/api/v1/pools/numbers",
         Some(&format!(r#"{{"range":"{POOL}"}}"#)),
     );
     assert_eq!(c, 200, "{b}");
+}
+
+/// A server with alice and an EULA, but an empty number pool.
+fn server_without_pool() -> Server {
+    let s = Server::start();
+    s.add_subscriber("alice", "s3cret-passw0rd");
     let (c, b) = s.api(
         "POST",
         "/api/v1/eulas",
@@ -66,7 +83,9 @@ fn events(s: &Server) -> String {
 fn phone_answer_wins(backend: &str) {
     let _g = serial();
     let s = server();
-    let mut p = enrol(&s, backend);
+    // Through a relay holding the server's own key, so the test learns the SIP password and
+    // device token the phone was given (and checks below that the phone kept them sealed).
+    let mut p = enrol_observed(&s, backend);
     let mut run = run_phone(&p, &s, 400);
     let mut desk = device(&s, "uas-ring-cancel.xml", 0, false);
     caller(&s, "uac-call.xml").arg("-d").arg("500").run_ok();
@@ -182,8 +201,9 @@ fn pkcs11_zone_phone_answers_with_proof_and_desktop_is_cancelled() {
 fn phone_without_proof_never_connects() {
     let _g = serial();
     let s = server();
-    let p = enrol(&s, "software");
+    let p = enrol_observed(&s, "software");
     let cfg = p.device_json();
+    let (password, _token) = p.secrets.clone().unwrap();
     // A forged phone: SIPp with the device's credentials, answering at once with no proof.
     let mut forged = sipp("uas-answer.xml").arg("-d").arg("0").spawn();
     std::thread::sleep(Duration::from_millis(150));
@@ -193,7 +213,7 @@ fn phone_without_proof_never_connects() {
         .arg("-au")
         .arg(cfg["sip_username"].as_str().unwrap())
         .arg("-ap")
-        .arg(cfg["sip_password"].as_str().unwrap())
+        .arg(&password)
         .key("domain", "localhost")
         .key("contact_port", &forged.port.to_string())
         .key("expires", "3600")
@@ -251,7 +271,13 @@ fn revoked_phone_does_not_ring() {
     let mut p = enrol(&s, "software");
     let mut run = run_phone(&p, &s, 60_000);
     let id = p.device_json()["device_id"].as_str().unwrap().to_owned();
-    let regs = s.registrations("alice");
+    // The binding is listed once the store writer has it (it runs beside the SIP loop).
+    let t0 = Instant::now();
+    let mut regs = s.registrations("alice");
+    while !regs.contains(&format!("trustring-device={id}")) && t0.elapsed() < WAIT / 9 {
+        std::thread::sleep(Duration::from_millis(50));
+        regs = s.registrations("alice");
+    }
     assert!(regs.contains(&format!("trustring-device={id}")), "{regs}");
     let (c, b) = s.api(
         "POST",
@@ -331,6 +357,33 @@ fn no_secret_leaks(s: &Server, p: &Phone) {
             "license key (base64) leaked"
         );
     }
+    // Issue #11 item 6: the SIP password and the device token are nowhere in clear: not in
+    // any file of the phone (zone directory, PKCS#11 token files), not in what it printed,
+    // not in the server's log or API answers.
+    let (password, token) = p.secrets.clone().expect("an observed enrolment");
+    let cfg = p.device_json();
+    assert!(
+        cfg.get("sip_password").is_none() && cfg.get("token").is_none(),
+        "{cfg}"
+    );
+    let files = p.files();
+    assert!(
+        files.len() >= 3,
+        "zone.json, device.json, the zone's own files"
+    );
+    for (path, bytes) in &files {
+        for secret in [&password, &token] {
+            assert!(
+                !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                "{} holds a device secret in clear",
+                path.display()
+            );
+        }
+    }
+    assert!(
+        !seen.contains(&password) && !seen.contains(&token),
+        "device secret leaked"
+    );
     for ident in identifiers() {
         assert!(!seen.contains(&ident), "identifier {ident} leaked");
         assert!(!seen.contains(&ident[1..]), "identifier {ident} leaked");
@@ -377,4 +430,216 @@ fn phone_survives_restart_and_master_key_rotation() {
     let out = run.stop();
     assert!(out.contains("answered"), "{out}");
     assert!(!events(&s).contains("-proof"), "{}", events(&s));
+}
+
+/// The bytes of every file in the zone directory (to show nothing was written).
+fn zone_files(p: &Phone) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut files: Vec<_> = std::fs::read_dir(&p.zone)
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect();
+    files.sort();
+    files
+}
+
+/// Threat 12 (issue #11): a man in the middle between the phone and the enrolment endpoint,
+/// a TLS endpoint with its own (equally self-signed, same names) certificate that would relay
+/// to the real server, gets nothing: the phone refuses its key with a clear error before
+/// sending anything, writes nothing to its zone, and the code is still good for the real
+/// phone, which then enrols through the real endpoint.
+#[test]
+fn enrolment_man_in_the_middle_with_its_own_certificate_gets_nothing() {
+    let s = server();
+    let uri = enrol_uri(&s, "alice");
+    let code = uri.parse::<api::EnrolUri>().unwrap().code;
+    let mitm = tempfile::tempdir().unwrap();
+    let own = identity(mitm.path());
+    assert_ne!(own.fingerprint, fingerprint(&s));
+    let relay = Relay::start(own, s.enrol, fingerprint(&s), false);
+
+    let mut p = Phone::init("software");
+    let before = zone_files(&p);
+    let via = uri.replace(&s.enrol.to_string(), &relay.addr.to_string());
+    let (ok, out) = p.try_enrol(&via);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("TLS key is not the pinned one") && out.contains(&fingerprint(&s).to_string()),
+        "a clear error naming the pinned key: {out}"
+    );
+    assert!(out.contains("nothing was written to the zone"), "{out}");
+    assert!(
+        relay.failed_handshakes() >= 1,
+        "the phone aborted the handshake"
+    );
+    assert_eq!(relay.read_from_phone(), "", "the relay read no request");
+    assert!(!relay.read_from_phone().contains(&code));
+    assert_eq!(zone_files(&p), before, "nothing written to the zone");
+    assert!(!p.zone.join("device.json").exists());
+    let st = p.cmd(&["status"]);
+    assert!(st.contains("status: not enrolled"), "{st}");
+
+    // The same phone, the same code, the real endpoint.
+    let (ok, out) = p.try_enrol(&uri);
+    assert!(ok && out.contains("enrolled: device d-"), "{out}");
+    let ev = events(&s);
+    assert!(
+        !ev.contains("enrolment-refused"),
+        "the relay reached nothing: {ev}"
+    );
+}
+
+/// A plain TCP server that answers every request with the enrolment endpoint's EULA, as a
+/// plain-HTTP impostor would; it keeps every byte it received.
+fn plain_http_impostor() -> (std::net::SocketAddr, Arc<Mutex<Vec<u8>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    std::thread::spawn(move || {
+        for tcp in listener.incoming() {
+            let Ok(mut tcp) = tcp else { continue };
+            tcp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+            let mut buf = [0u8; 4096];
+            if let Ok(n) = tcp.read(&mut buf) {
+                seen.lock().unwrap().extend_from_slice(&buf[..n]);
+            }
+            let body = r#"{"version":"2026-1","text":"Be nice.","published_at_ms":1}"#;
+            let _ = write!(
+                tcp,
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    (addr, got)
+}
+
+/// Threat 12: a plain-HTTP enrolment server is refused: an `http://` endpoint before anything
+/// is sent, and a URI pointing at a port that answers plain HTTP (a fake enrolment server, or
+/// the admin API's loopback listener) at the TLS handshake. Nothing is written to the zone,
+/// the code never leaves the phone, and it still enrols the real phone.
+#[test]
+fn plain_http_enrolment_servers_are_refused() {
+    let s = server();
+    let uri = enrol_uri(&s, "alice");
+    let parsed: api::EnrolUri = uri.parse().unwrap();
+    let fp = fingerprint(&s).to_string();
+    let mut p = Phone::init("software");
+    let before = zone_files(&p);
+    let zone = p.zone.to_str().unwrap().to_owned();
+
+    let refused = |args: &[&str]| {
+        let out = dev_output(&[], args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?}: {text}");
+        text
+    };
+    for server in [format!("http://{}", s.enrol), format!("http://{}", s.http)] {
+        let out = refused(&[
+            "enroll",
+            "--zone",
+            &zone,
+            "--server",
+            &server,
+            "--fingerprint",
+            &fp,
+            "--code",
+            &parsed.code,
+            "--accept-eula",
+        ]);
+        assert!(out.contains("plain http:// is refused"), "{out}");
+    }
+    let out = refused(&[
+        "enroll",
+        "--zone",
+        &zone,
+        &format!("http://{}/?code={}&fp={fp}", s.http, parsed.code),
+        "--accept-eula",
+    ]);
+    assert!(out.contains("plain http:// is refused"), "{out}");
+
+    let (impostor, got) = plain_http_impostor();
+    for plain in [impostor, s.http] {
+        let (ok, out) = p.try_enrol(&uri.replace(&s.enrol.to_string(), &plain.to_string()));
+        assert!(!ok, "{out}");
+        assert!(out.contains("does not speak TLS"), "{out}");
+        assert!(out.contains("nothing was written to the zone"), "{out}");
+    }
+    let got = String::from_utf8_lossy(&got.lock().unwrap()).into_owned();
+    assert!(!got.is_empty(), "the impostor was reached");
+    assert!(
+        !got.contains(&parsed.code) && !got.contains("HTTP/1.1"),
+        "it got a TLS hello only"
+    );
+    assert_eq!(zone_files(&p), before, "nothing written to the zone");
+
+    let (ok, out) = p.try_enrol(&uri);
+    assert!(ok && out.contains("enrolled: device d-"), "{out}");
+}
+
+/// Threat 12 / R28: a code is bound to the first zone key that presents it, even when that
+/// enrolment never finished (here the pool was empty): the zone of whoever copied the code
+/// is refused, and the phone enrols once the operator refills the pool. A relay that a phone
+/// was tricked into trusting copies the code on its way, but cannot enrol its own zone with
+/// it either.
+#[test]
+fn a_presented_code_is_bound_to_the_first_zone_key() {
+    let s = server_without_pool();
+    let uri = enrol_uri(&s, "alice");
+    let mut phone = Phone::init("software");
+    let (ok, out) = phone.try_enrol(&uri);
+    assert!(!ok && out.contains("pool_exhausted"), "{out}");
+    assert!(out.contains("nothing was written to the zone"), "{out}");
+
+    let mut thief = Phone::init("software");
+    let (ok, out) = thief.try_enrol(&uri);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("code_bound") && out.contains("another trusted zone"),
+        "{out}"
+    );
+    let ev = events(&s);
+    assert!(ev.contains("another trusted zone"), "recorded: {ev}");
+
+    load_pool(&s);
+    let (ok, out) = thief.try_enrol(&uri);
+    assert!(!ok && out.contains("code_bound"), "still refused: {out}");
+    let (ok, out) = phone.try_enrol(&uri);
+    assert!(ok && out.contains("enrolled: device d-"), "{out}");
+
+    // A phone given a doctored URI that pins the relay's key: the relay reads the code,
+    // passes the request on and answers the phone 502. Its own zone gets nothing with it.
+    let uri2 = enrol_uri(&s, "alice");
+    let code2 = uri2.parse::<api::EnrolUri>().unwrap().code;
+    let mitm = tempfile::tempdir().unwrap();
+    let own = identity(mitm.path());
+    let relays_key = own.fingerprint;
+    let relay = Relay::start(own, s.enrol, fingerprint(&s), true);
+    let doctored = api::EnrolUri {
+        authority: relay.addr.to_string(),
+        code: code2.clone(),
+        fingerprint: relays_key,
+    };
+    let mut tricked = Phone::init("software");
+    let (ok, out) = tricked.try_enrol(&doctored.to_string());
+    assert!(!ok && out.contains("502"), "{out}");
+    assert!(
+        relay.read_from_phone().contains(&code2),
+        "the relay copied the code"
+    );
+    let mut relays_zone = Phone::init("software");
+    let (ok, out) = relays_zone.try_enrol(&uri2);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("code_invalid") || out.contains("code_bound"),
+        "{out}"
+    );
 }

@@ -160,9 +160,11 @@ function logout(reason) {
   calls.clear();
   rows.clear();
   ladderId = null;
-  for (const id of ['calls-body', 'regs-list', 'cdr-body', 'totals-body', 'pool-counts', 'devices-body', 'events-body']) {
+  for (const id of ['calls-body', 'regs-list', 'cdr-body', 'totals-body', 'pool-counts', 'devices-body', 'events-body', 'enrol-qr']) {
     $(id).replaceChildren();
   }
+  $('enrol-uri').textContent = '';
+  $('enrol-result').hidden = true;
   $('ladder-panel').hidden = true;
   $('app').hidden = true;
   $('session').hidden = true;
@@ -655,29 +657,51 @@ async function loadRegistrations() {
 
 // ---------------------------------------------------------------- CDRs and billing
 
-async function loadCdrs() {
+/** Records per page of the CDR view. */
+const CDR_PAGE = 100;
+/** Cursor of the next (older) page of CDRs; null when there is none. */
+let cdrNext = null;
+/** The filters of the page shown (the next page keeps them, whatever the form says now). */
+let cdrFilter = '';
+/** Bumped by every first-page load: an answer to an older load is then dropped. */
+let cdrGen = 0;
+
+/** The newest CDRs of the period (one page, newest first) and the period's totals; `older`
+ *  appends the next page. */
+async function loadCdrs(older = false) {
   if (!session) return;
+  if (older && cdrNext === null) return;
   const q = new URLSearchParams();
-  const from = $('cdr-from').value;
-  const to = $('cdr-to').value;
-  const entity = $('cdr-entity').value.trim();
-  if (from) q.set('from', from);
-  if (to) q.set('to', to);
-  if (entity) q.set('entity', entity);
+  if (older) {
+    q.set('after', cdrNext);
+  } else {
+    cdrGen += 1;
+    const f = new URLSearchParams();
+    const from = $('cdr-from').value;
+    const to = $('cdr-to').value;
+    const entity = $('cdr-entity').value.trim();
+    if (from) f.set('from', from);
+    if (to) f.set('to', to);
+    if (entity) f.set('entity', entity);
+    cdrFilter = f.toString();
+  }
+  const gen = cdrGen;
   let report;
   try {
-    report = await api(`/api/v1/cdrs${q.toString() ? `?${q}` : ''}`);
+    report = await api(`/api/v1/cdrs?order=desc&limit=${CDR_PAGE}${cdrFilter ? `&${cdrFilter}` : ''}${q.toString() ? `&${q}` : ''}`);
   } catch (e) {
-    if (e.status === 401) return;
+    if (e.status === 401 || gen !== cdrGen) return;
     note('cdr-note', e.status === 400 ? `Filter refused: ${e.message}` : describe(e, 'Call detail records are'), e.unavailable ? 'warn' : 'error');
     $('cdr-body').replaceChildren();
     $('totals-body').replaceChildren();
     $('cdr-rates').textContent = '';
+    $('cdr-older').hidden = true;
+    cdrNext = null;
     return;
   }
-  const records = [...(report.records || [])].reverse(); // newest first
-  note('cdr-note', records.length ? '' : 'No record in this period.', 'info');
-  $('cdr-body').replaceChildren(...records.map((r) => h('tr', { class: 'cdr', dataset: { id: r.id, callId: r.call_id } },
+  if (gen !== cdrGen) return; // the view was reloaded meanwhile
+  const records = report.records || []; // newest first
+  const rows = records.map((r) => h('tr', { class: 'cdr', dataset: { id: r.id, callId: r.call_id } },
     h('td', { class: 'num', text: r.id }),
     h('td', { text: dateTime(r.setup_ms) }),
     h('td', {}, h('code', { text: r.caller })),
@@ -689,8 +713,15 @@ async function loadCdrs() {
       class: i === r.answered_by ? 'won' : '',
       title: `${l.leg_type} leg · billed to ${l.billing_entity} · ${l.billable_ms} ms billable${l.device ? ` · device ${l.device}` : ''}${l.rang_at_ms ? ` · rang ${dateTime(l.rang_at_ms)}` : ''}`,
     }, h('code', { text: l.contact }), ` ${l.outcome}${l.status ? ` (${l.status})` : ''}`)))),
-    h('td', {}, h('code', { class: 'hash', title: `${r.hash}\nprevious: ${r.prev_hash}`, text: `${String(r.hash).slice(0, 10)}…` })),
-  )));
+    h('td', {}, h('code', { class: 'hash', title: `${r.hash}\nprevious: ${r.prev_hash}\n${r.sig ? `signed: ${r.sig}` : 'not signed (written before signing began)'}`, text: `${String(r.hash).slice(0, 10)}…` })),
+  ));
+  if (older) $('cdr-body').append(...rows);
+  else $('cdr-body').replaceChildren(...rows);
+  cdrNext = report.next ?? null;
+  const shown = $('cdr-body').children.length;
+  note('cdr-note', shown ? (cdrNext !== null ? `The newest ${shown} records of this period.` : '') : 'No record in this period.', 'info');
+  $('cdr-older').hidden = cdrNext === null;
+  if (older) return; // the totals (of the whole period) came with the first page
   const rates = report.rates || {};
   $('cdr-rates').textContent = `at ${rates.voip_per_min} per minute (VoIP legs), ${rates.pstn_per_min} per minute (PSTN legs)`;
   const totals = report.totals || [];
@@ -777,6 +808,37 @@ function deviceRow(d) {
     h('td', { class: 'revoke-cell' }, reason, ' ', revoke));
 }
 
+/** Issues a one-time enrolment code and shows its URI (code + server key fingerprint) and QR. */
+async function issueEnrolment() {
+  const user = $('enrol-user').value.trim();
+  if (!user) return;
+  $('enrol-submit').disabled = true;
+  $('enrol-result').hidden = true;
+  try {
+    const c = await api(`/api/v1/subscribers/${encodeURIComponent(user)}/enrolments`, { method: 'POST', body: {} });
+    note('enrol-note', c.uri ? '' : `Code for ${c.user}: ${c.code} (this server has no enrolment endpoint, so no URI).`, 'warn');
+    $('enrol-uri').textContent = c.uri || '';
+    $('enrol-expires').textContent = dateTime(c.expires_at_ms);
+    $('enrol-qr').replaceChildren(...(c.qr ? [qrSvg(c.qr)] : []));
+    $('enrol-result').hidden = !c.uri;
+  } catch (e) {
+    if (e.status !== 401) note('enrol-note', `No code for ${user}: ${e.message}`, 'error');
+  }
+  $('enrol-submit').disabled = false;
+}
+
+/** The QR code as SVG from the API's rows of modules ('1' dark), with a 4-module quiet zone. */
+function qrSvg(rows) {
+  const n = rows.length + 8;
+  const dark = [];
+  rows.forEach((row, y) => [...row].forEach((m, x) => {
+    if (m === '1') dark.push(`M${x + 4} ${y + 4}h1v1h-1z`);
+  }));
+  return svg('svg', { class: 'qr', viewBox: `0 0 ${n} ${n}`, width: n * 5, height: n * 5, role: 'img', 'aria-label': 'enrolment URI as a QR code', 'shape-rendering': 'crispEdges' },
+    svg('rect', { width: n, height: n, fill: '#fff' }),
+    svg('path', { d: dark.join(''), fill: '#000' }));
+}
+
 async function deviceAction(id, what, opts) {
   try {
     await api(`/api/v1/devices/${encodeURIComponent(id)}/${what}`, opts);
@@ -787,20 +849,30 @@ async function deviceAction(id, what, opts) {
   await Promise.all([loadDevices(), loadPool(), loadEvents()]);
 }
 
-async function loadEvents() {
+/** Cursor of the next (older) page of security events; null when there is none. */
+let eventsNext = null;
+
+/** The newest security events (one page, newest first); `older` appends the next page. */
+async function loadEvents(older = false) {
   try {
-    const list = await api('/api/v1/security-events?limit=1000');
-    const newest = [...list].reverse().slice(0, 50);
-    note('events-note', list.length ? (list.length > 50 ? `The newest 50 of ${list.length}.` : '') : 'No security event.', 'info');
-    $('events-table').hidden = list.length === 0;
-    $('events-body').replaceChildren(...newest.map((e) => h('tr', { class: 'event' },
+    const q = older && eventsNext !== null ? `&after=${eventsNext}` : '';
+    const page = await api(`/api/v1/security-events?order=desc&limit=50${q}`);
+    const rows = page.events.map((e) => h('tr', { class: 'event' },
       h('td', { class: 'num', text: e.id }), h('td', { text: dateTime(e.at_ms) }),
       h('td', {}, h('span', { class: 'badge s-failed', text: e.kind })),
       h('td', { text: e.user || '' }), h('td', {}, h('code', { text: e.device_id || '' })),
-      h('td', {}, h('code', { text: e.call_id || '' })), h('td', { text: e.detail }))));
+      h('td', {}, h('code', { text: e.call_id || '' })), h('td', { text: e.detail })));
+    if (older) $('events-body').append(...rows);
+    else $('events-body').replaceChildren(...rows);
+    eventsNext = page.next;
+    const shown = $('events-body').children.length;
+    note('events-note', shown ? (eventsNext !== null ? `The newest ${shown}.` : '') : 'No security event.', 'info');
+    $('events-table').hidden = shown === 0;
+    $('events-older').hidden = eventsNext === null;
   } catch (e) {
     if (e.status === 401) return;
     $('events-body').replaceChildren();
+    $('events-older').hidden = true;
     note('events-note', describe(e, 'Security events are'), 'warn');
   }
 }
@@ -828,11 +900,17 @@ function init() {
     if (tr) openLadder(tr.dataset.callId);
   });
   $('regs-refresh').addEventListener('click', loadRegistrations);
+  $('events-older').addEventListener('click', () => loadEvents(true));
   $('phones-refresh').addEventListener('click', loadPhones);
+  $('enrol-form').addEventListener('submit', (ev) => {
+    ev.preventDefault();
+    issueEnrolment();
+  });
   $('cdr-form').addEventListener('submit', (ev) => {
     ev.preventDefault();
     loadCdrs();
   });
+  $('cdr-older').addEventListener('click', () => loadCdrs(true));
   $('cdr-clear').addEventListener('click', () => {
     $('cdr-from').value = '';
     $('cdr-to').value = '';

@@ -6,6 +6,13 @@
 //! of both the API and the command line. Totals are computed by `store::billing::totals` at
 //! the per-minute rates the server was started with (`serve --rate-voip/--rate-pstn`).
 //!
+//! The records come in pages: at most `limit` (default [`PAGE_DEFAULT`], at most
+//! [`PAGE_MAX`]), oldest first with ids above the cursor `after` (`order=desc`: newest first,
+//! ids below it); `next` is the cursor of the following page (`null` on the last), as for
+//! `GET /api/v1/security-events`. The totals cover the whole period and come with the first
+//! page only (no `after`): they are computed by reading the period [`TOTALS_CHUNK`] records at
+//! a time, so memory stays bounded however long the period.
+//!
 //! [`CdrView`] and friends are the store's types field for field (the store's types carry no
 //! schema), so the JSON is exactly what `cdr export --format json` prints.
 
@@ -13,7 +20,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
 use serde::{Deserialize, Serialize};
-use store::billing::{EntityTotal, Rates, totals};
+use store::billing::{EntityTotal, Rates, Totals};
 use store::{Cdr, CdrLeg};
 use utoipa::ToSchema;
 
@@ -23,6 +30,12 @@ use crate::subscribers::read;
 
 /// Longest accepted `entity` filter (an enterprise or user name).
 const ENTITY_MAX: usize = 64;
+/// Records per page when `limit` is not given.
+pub(crate) const PAGE_DEFAULT: u32 = 100;
+/// Most records per page (a larger `limit` is lowered to it).
+pub(crate) const PAGE_MAX: u32 = 1000;
+/// Records read at a time to compute the totals of a period.
+const TOTALS_CHUNK: u32 = 1000;
 
 /// A time that is neither Unix milliseconds nor a valid `YYYY-MM-DD` date.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,6 +103,29 @@ pub(crate) struct CdrQuery {
     /// then cover those records.
     #[param(example = "acme")]
     entity: Option<String>,
+    /// Records per page: 1 to 1000 (a larger value is lowered to 1000, 0 raised to 1).
+    /// Default 100.
+    #[param(example = 100)]
+    limit: Option<u32>,
+    /// Cursor: the `next` of the previous page; this page has the records after it in the
+    /// page order (`asc`: larger ids, `desc`: smaller ones). Without it the first page, with
+    /// the period's totals.
+    #[param(example = 0, minimum = 0)]
+    after: Option<i64>,
+    /// `asc` (default: oldest first) or `desc` (newest first).
+    #[param(inline)]
+    order: Option<CdrOrder>,
+}
+
+/// Order of a page of CDRs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum CdrOrder {
+    /// Oldest first (increasing ids).
+    #[default]
+    Asc,
+    /// Newest first (decreasing ids).
+    Desc,
 }
 
 /// One leg (branch) of a call.
@@ -170,8 +206,13 @@ pub(crate) struct CdrView {
     legs: Vec<CdrLegView>,
     /// Hash of the previous record (64 zeros for the first).
     prev_hash: String,
-    /// `SHA-256("trustring/v1/cdr" ‖ prev_hash ‖ body)`, hex (`docs/cdr.md`).
+    /// SHA-256 over the previous hash and every stored column of the record, its billing
+    /// entities included, hex (`docs/cdr.md`).
     hash: String,
+    /// Ed25519 signature of (id, hash) by the server's CDR signing key, hex (`null`: written
+    /// before signing began). `trustring cdr public-key` prints the key.
+    #[schema(required = true)]
+    sig: Option<String>,
 }
 
 impl From<Cdr> for CdrView {
@@ -192,6 +233,7 @@ impl From<Cdr> for CdrView {
             legs: c.legs.into_iter().map(CdrLegView::from).collect(),
             prev_hash: c.prev_hash,
             hash: c.hash,
+            sig: c.sig,
         }
     }
 }
@@ -242,19 +284,27 @@ impl From<Rates> for RatesView {
     }
 }
 
-/// Body of `GET /api/v1/cdrs`: the records of the period and the totals per billing entity.
+/// Body of `GET /api/v1/cdrs`: one page of the records of the period and, with the first
+/// page, the totals per billing entity.
 #[derive(Debug, Serialize, ToSchema)]
 pub(crate) struct CdrReport {
-    /// The records whose setup time is in the period, in id order.
+    /// Up to `limit` records whose setup time is in the period, after the cursor, in the page
+    /// order.
     records: Vec<CdrView>,
-    /// Per billing entity, sorted by entity.
-    totals: Vec<EntityTotalView>,
+    /// The cursor of the next page (pass it as `after`, with the same `order`); `null` on the
+    /// last page.
+    #[schema(required = true)]
+    next: Option<i64>,
+    /// Over the whole period, per billing entity, sorted by entity; only with the first page
+    /// (no `after`), `null` on the others.
+    #[schema(required = true)]
+    totals: Option<Vec<EntityTotalView>>,
     /// The rates the totals were computed at.
     rates: RatesView,
 }
 
 /// Checks `from`/`to`/`entity`; returns `[from, to)` in Unix ms and the entity.
-fn period(q: CdrQuery) -> Result<(i64, i64, Option<String>), ApiError> {
+fn period(q: &CdrQuery) -> Result<(i64, i64, Option<String>), ApiError> {
     let from = q
         .from
         .as_deref()
@@ -279,10 +329,11 @@ fn period(q: CdrQuery) -> Result<(i64, i64, Option<String>), ApiError> {
             )));
         }
     }
-    Ok((from, to, q.entity))
+    Ok((from, to, q.entity.clone()))
 }
 
-/// `GET /api/v1/cdrs[?from=&to=&entity=]`: CDRs of a period with totals per billing entity.
+/// `GET /api/v1/cdrs[?from=&to=&entity=&limit=&after=&order=]`: one page of the CDRs of a
+/// period, with the totals per billing entity on the first page.
 #[utoipa::path(
     get,
     path = "/api/v1/cdrs",
@@ -291,10 +342,13 @@ fn period(q: CdrQuery) -> Result<(i64, i64, Option<String>), ApiError> {
     security(("bearer" = [])),
     params(CdrQuery),
     responses(
-        (status = 200, description = "The records of the period (setup time in [from, to)) and \
-            the totals per billing entity at the server's rates.", body = CdrReport),
+        (status = 200, description = "Up to `limit` records of the period (setup time in \
+            [from, to)) after the cursor `after`, oldest first (`order=desc`: newest first), \
+            `next`, the cursor of the following page (`null` on the last), and with the first \
+            page the totals per billing entity at the server's rates.", body = CdrReport),
         (status = 400, description = "Bad query string: unknown parameter, a time that is \
-            neither YYYY-MM-DD nor Unix milliseconds, from after to, or a bad entity.", body = ErrorBody),
+            neither YYYY-MM-DD nor Unix milliseconds, from after to, a bad entity, a bad \
+            number, a negative cursor or an order other than `asc`/`desc`.", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
         (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
     )
@@ -304,16 +358,47 @@ pub(crate) async fn list(
     query: Result<Query<CdrQuery>, QueryRejection>,
 ) -> Result<Json<CdrReport>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let (from, to, entity) = period(q)?;
-    let cdrs = read(&state, move |store| {
-        Ok(store.cdrs(from, to, entity.as_deref())?)
+    let (from, to, entity) = period(&q)?;
+    let limit = q.limit.unwrap_or(PAGE_DEFAULT).clamp(1, PAGE_MAX);
+    if q.after.is_some_and(|a| a < 0) {
+        return Err(ApiError::invalid("after: must be a record id, 0 or more"));
+    }
+    let after = q.after;
+    let newest_first = q.order.unwrap_or_default() == CdrOrder::Desc;
+    let rates = state.rates;
+    let (mut records, totals) = read(&state, move |store| {
+        let entity = entity.as_deref();
+        // One more than asked tells whether there is a next page.
+        let page = store.cdrs_page(from, to, entity, after, limit + 1, newest_first)?;
+        let totals = if after.is_none() {
+            let mut t = Totals::new(rates);
+            let mut cursor = None;
+            loop {
+                let chunk = store.cdrs_page(from, to, entity, cursor, TOTALS_CHUNK, false)?;
+                chunk.iter().for_each(|c| t.add(c));
+                match chunk.last() {
+                    Some(c) if chunk.len() == TOTALS_CHUNK as usize => cursor = Some(c.id),
+                    _ => break,
+                }
+            }
+            Some(t.finish())
+        } else {
+            None
+        };
+        Ok((page, totals))
     })
     .await?;
-    let rates = state.rates;
-    let totals = totals(&cdrs, rates);
+    let more = records.len() > limit as usize;
+    records.truncate(limit as usize);
+    let next = if more {
+        records.last().map(|c| c.id)
+    } else {
+        None
+    };
     Ok(Json(CdrReport {
-        records: cdrs.into_iter().map(CdrView::from).collect(),
-        totals: totals.into_iter().map(EntityTotalView::from).collect(),
+        records: records.into_iter().map(CdrView::from).collect(),
+        next,
+        totals: totals.map(|t| t.into_iter().map(EntityTotalView::from).collect()),
         rates: rates.into(),
     }))
 }
@@ -366,17 +451,20 @@ mod tests {
             from: from.map(str::to_owned),
             to: to.map(str::to_owned),
             entity: entity.map(str::to_owned),
+            limit: None,
+            after: None,
+            order: None,
         }
     }
 
     #[test]
     fn periods() {
         assert_eq!(
-            period(query(None, None, None)).ok(),
+            period(&query(None, None, None)).ok(),
             Some((0, i64::MAX, None))
         );
         assert_eq!(
-            period(query(
+            period(&query(
                 Some("2026-12-01"),
                 Some("1796083200001"),
                 Some("acme")
@@ -384,11 +472,11 @@ mod tests {
             .ok(),
             Some((1_796_083_200_000, 1_796_083_200_001, Some("acme".into())))
         );
-        assert!(period(query(Some("5"), Some("5"), None)).is_ok());
-        assert!(period(query(Some("6"), Some("5"), None)).is_err());
-        assert!(period(query(Some("soon"), None, None)).is_err());
-        assert!(period(query(None, None, Some(""))).is_err());
-        assert!(period(query(None, None, Some("a\u{7}"))).is_err());
-        assert!(period(query(None, None, Some(&"e".repeat(65)))).is_err());
+        assert!(period(&query(Some("5"), Some("5"), None)).is_ok());
+        assert!(period(&query(Some("6"), Some("5"), None)).is_err());
+        assert!(period(&query(Some("soon"), None, None)).is_err());
+        assert!(period(&query(None, None, Some(""))).is_err());
+        assert!(period(&query(None, None, Some("a\u{7}"))).is_err());
+        assert!(period(&query(None, None, Some(&"e".repeat(65)))).is_err());
     }
 }

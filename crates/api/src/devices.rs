@@ -448,15 +448,51 @@ pub(crate) async fn own_service(
     Ok(Json(set_service(&state, d.id, body.on).await?))
 }
 
-/// Query of `GET /api/v1/security-events`.
+/// Query of `GET /api/v1/security-events`: one page of events, by cursor (the paging of
+/// `GET /api/v1/cdrs`: `after`, `limit`, and `next` in the body).
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub(crate) struct EventQuery {
-    /// Only events with a larger id (default 0: from the start).
-    since: Option<i64>,
-    /// At most this many events, 1 to 1000 (default 100; out-of-range values are clamped).
+    /// Cursor: the `next` of the previous page; this page has the events after it in the
+    /// page order (`asc`: larger ids, `desc`: smaller ones). Without it the first page (the
+    /// oldest events with `asc`, the newest with `desc`).
+    #[param(example = 0, minimum = 0)]
+    after: Option<i64>,
+    /// Events per page: 1 to 1000 (a larger value is lowered to 1000, 0 raised to 1).
+    /// Default 100.
+    #[param(example = 100)]
     limit: Option<u32>,
+    /// `asc` (default: oldest first) or `desc` (newest first).
+    #[param(inline)]
+    order: Option<PageOrder>,
+}
+
+/// Order of a page of security events.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum PageOrder {
+    /// Oldest first (increasing ids).
+    #[default]
+    Asc,
+    /// Newest first (decreasing ids).
+    Desc,
+}
+
+/// Events per page when `limit` is not given.
+pub(crate) const EVENTS_PAGE_DEFAULT: u32 = 100;
+/// Most events per page (a larger `limit` is lowered to it).
+pub(crate) const EVENTS_PAGE_MAX: u32 = 1000;
+
+/// Body of `GET /api/v1/security-events`: one page of events.
+#[derive(Debug, Serialize, ToSchema)]
+pub(crate) struct SecurityEventPage {
+    /// Up to `limit` events after the cursor, in the page order.
+    events: Vec<SecurityEventView>,
+    /// The cursor of the next page (pass it as `after`, with the same `order`); `null` on the
+    /// last page.
+    #[schema(required = true)]
+    next: Option<i64>,
 }
 
 /// A security event (R14): a refused proof, lock-out, revoked device, refused enrolment...
@@ -464,7 +500,7 @@ pub(crate) struct EventQuery {
 #[derive(Debug, Serialize, ToSchema)]
 #[schema(as = SecurityEvent)]
 pub(crate) struct SecurityEventView {
-    /// Increasing id; pass the last one seen as `since`.
+    /// Increasing id; the last one of a page is the cursor (`after`) of the next.
     id: i64,
     /// When it happened, Unix milliseconds.
     at_ms: i64,
@@ -498,7 +534,8 @@ impl From<SecurityEvent> for SecurityEventView {
     }
 }
 
-/// `GET /api/v1/security-events[?since=ID&limit=N]` -> events after id `since`, oldest first.
+/// `GET /api/v1/security-events[?after=ID&limit=N&order=asc|desc]` -> one page of events and
+/// the cursor of the next.
 #[utoipa::path(
     get,
     path = "/api/v1/security-events",
@@ -507,8 +544,11 @@ impl From<SecurityEvent> for SecurityEventView {
     security(("bearer" = [])),
     params(EventQuery),
     responses(
-        (status = 200, description = "Events after `since`, oldest first.", body = [SecurityEventView]),
-        (status = 400, description = "Bad query string.", body = ErrorBody),
+        (status = 200, description = "Up to `limit` events (default 100, at most 1000) after \
+            the cursor `after`, oldest first (`order=desc`: newest first), and `next`, the \
+            cursor of the following page (`null` on the last).", body = SecurityEventPage),
+        (status = 400, description = "Bad query string: an unknown parameter, a bad number, \
+            a negative cursor or an order other than `asc`/`desc`.", body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
         (status = 500, description = "Internal error (detail logged only).", body = ErrorBody),
     )
@@ -516,16 +556,36 @@ impl From<SecurityEvent> for SecurityEventView {
 pub(crate) async fn security_events(
     State(state): State<AppState>,
     query: Result<Query<EventQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Vec<SecurityEventView>>, ApiError> {
+) -> Result<Json<SecurityEventPage>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let since = q.since.unwrap_or(0);
-    let events = read(
-        &state,
-        move |store| Ok(store.security_events(since, limit)?),
-    )
+    let limit = q
+        .limit
+        .unwrap_or(EVENTS_PAGE_DEFAULT)
+        .clamp(1, EVENTS_PAGE_MAX);
+    if q.after.is_some_and(|a| a < 0) {
+        return Err(ApiError::invalid("after: must be an event id, 0 or more"));
+    }
+    let order = q.order.unwrap_or_default();
+    let after = q.after;
+    let mut events = read(&state, move |store| {
+        // One more than asked tells whether there is a next page.
+        Ok(match order {
+            PageOrder::Asc => store.security_events(after.unwrap_or(0), limit + 1)?,
+            PageOrder::Desc => {
+                store.security_events_newest(after.unwrap_or(i64::MAX), limit + 1)?
+            }
+        })
+    })
     .await?;
-    Ok(Json(
-        events.into_iter().map(SecurityEventView::from).collect(),
-    ))
+    let more = events.len() > limit as usize;
+    events.truncate(limit as usize);
+    let next = if more {
+        events.last().map(|e| e.id)
+    } else {
+        None
+    };
+    Ok(Json(SecurityEventPage {
+        events: events.into_iter().map(SecurityEventView::from).collect(),
+        next,
+    }))
 }

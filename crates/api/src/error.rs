@@ -26,6 +26,9 @@ pub(crate) struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// What the server records about it (security events, logs) when that says more than
+    /// the public message; never returned.
+    detail: Option<String>,
 }
 
 impl ApiError {
@@ -34,7 +37,20 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            detail: None,
         }
+    }
+
+    /// The same error, with `detail` for the server's records only (see [`Self::detail`]).
+    pub(crate) fn with_detail(mut self, detail: impl Into<String>) -> Self {
+        self.detail = Some(detail.into());
+        self
+    }
+
+    /// What the server records about the error: its private detail if it has one, else its
+    /// message.
+    pub(crate) fn detail(&self) -> &str {
+        self.detail.as_deref().unwrap_or(&self.message)
     }
 
     /// Any status with its own stable code (provisioning errors such as `pool_exhausted`).
@@ -44,11 +60,6 @@ impl ApiError {
         message: impl Into<String>,
     ) -> Self {
         Self::new(status, code, message)
-    }
-
-    /// The human message.
-    pub(crate) fn message(&self) -> &str {
-        &self.message
     }
 
     /// 400: the request is well-formed JSON but a field is invalid.
@@ -107,6 +118,11 @@ impl ApiError {
     pub(crate) fn status(&self) -> StatusCode {
         self.status
     }
+
+    /// The stable code.
+    pub(crate) fn code(&self) -> &'static str {
+        self.code
+    }
 }
 
 /// The body of every error response (4xx and 5xx), `application/json`.
@@ -122,9 +138,9 @@ pub(crate) struct ErrorBody {
 pub(crate) struct ErrorDetail {
     /// Stable machine-readable code: `invalid_request`, `invalid_json`, `invalid_body`,
     /// `unsupported_media_type`, `payload_too_large`, `unauthorized`, `not_found`,
-    /// `method_not_allowed`, `conflict`, `internal`, `provisioning_disabled`,
-    /// `zone_not_allowed`, `code_invalid`, `code_used`, `code_expired`, `eula_not_current`,
-    /// `pool_exhausted`, `metrics_disabled`.
+    /// `method_not_allowed`, `conflict`, `internal`, `provisioning_disabled`, `weak_password`,
+    /// `zone_not_allowed`, `code_invalid` (unknown, used or expired enrolment code: one answer
+    /// for the three), `code_bound`, `eula_not_current`, `pool_exhausted`, `metrics_disabled`.
     code: &'static str,
     /// For humans; never contains server internals.
     message: String,
@@ -132,6 +148,7 @@ pub(crate) struct ErrorDetail {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
+        // `detail` stays here: it is for the server's records only.
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code,

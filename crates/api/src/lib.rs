@@ -5,13 +5,14 @@
 //! |---|---|---|---|
 //! | GET | `/healthz` | 200 `{"status":"ok"}` (no token) | |
 //! | GET | `/api/v1/openapi.json` | 200 this API's OpenAPI 3.1 document (no token) | |
-//! | POST | `/api/v1/subscribers` | 201 subscriber | 400, 409, 413, 415 |
+//! | GET | `/api/v1/server` | 200 domain, TLS key fingerprint, enrolment endpoint | |
+//! | POST | `/api/v1/subscribers` | 201 subscriber (password 12+ characters) | 400, 409, 413, 415 |
 //! | GET | `/api/v1/subscribers` | 200 list | |
 //! | GET | `/api/v1/subscribers/{user}` | 200 subscriber | 400, 404 |
 //! | DELETE | `/api/v1/subscribers/{user}` | 204 | 400, 404 |
 //! | PUT | `/api/v1/subscribers/{user}/profile` | 200 subscriber | 400, 404, 413, 415 |
 //! | GET | `/api/v1/subscribers/{user}/registrations` | 200 live registrations | 400, 404 |
-//! | POST | `/api/v1/subscribers/{user}/enrolments` | 201 one-time enrolment code | 400, 404, 413, 503 |
+//! | POST | `/api/v1/subscribers/{user}/enrolments` | 201 one-time enrolment code and URI | 400, 404, 413, 503 |
 //! | POST | `/api/v1/pools/numbers` | 200 added + counts | 400 |
 //! | GET | `/api/v1/pools/numbers` | 200 free / assigned / quarantined | |
 //! | POST | `/api/v1/pools/numbers/release` | 200 released count | 400 |
@@ -21,13 +22,19 @@
 //! | GET | `/api/v1/devices/{id}` | 200 phone | 400, 404 |
 //! | POST | `/api/v1/devices/{id}/revoke` | 200 revoked phone | 400, 404, 409 |
 //! | PUT | `/api/v1/devices/{id}/service` | 200 phone (on/off) | 400, 404, 409 |
-//! | GET | `/api/v1/security-events` | 200 events (`?since=ID&limit=N`) | 400 |
-//! | GET | `/api/v1/cdrs` | 200 CDRs + totals per billing entity (`?from=&to=&entity=`) | 400 |
+//! | GET | `/api/v1/security-events` | 200 a page of events (`?after=ID&limit=N&order=`) | 400 |
+//! | GET | `/api/v1/cdrs` | 200 a page of CDRs (+ totals per billing entity on the first) (`?from=&to=&entity=&limit=&after=`) | 400 |
 //! | GET | `/metrics` | 200 Prometheus text format 0.0.4 | 503 |
 //! | GET | `/api/v1/enrol/eula` | 200 current EULA (no token) | 404 |
 //! | POST | `/api/v1/enrol` | 201 sealed package (no token; the code authenticates) | 400, 403, 409 |
 //! | GET | `/api/v1/device` | 200 own status (device token) | 401 |
 //! | PUT | `/api/v1/device/service` | 200 own on/off (device token) | 400, 401, 409 |
+//!
+//! **Two surfaces** ([`Surface`]): `trustring serve` runs the operator's API (everything but
+//! the phone's routes, [`ENROL_ROUTES`]) on the admin listener (`--http`, loopback by default)
+//! and the phone's routes alone on the public enrolment listener (`--enrol`, HTTPS only; see
+//! [`https`]); a route of one surface answers 404 on the other. [`Surface::All`], the
+//! default, serves both on one router (for tests and embedding).
 //!
 //! The table is a summary. Every row is an operation of the OpenAPI document served at
 //! `/api/v1/openapi.json`, generated from the handlers (`openapi` module), which lists every
@@ -48,6 +55,11 @@
 //!   in the `model` module.
 //! - **Secrets.** The password is turned into the MD5 and SHA-256 digest HA1s (realm = the SIP
 //!   domain) and dropped; neither it nor the HA1s are ever returned or logged.
+//! - **Hostile clients** (R30). [`serve::serve`] runs a listener with a read timeout and
+//!   connection caps (total and per source); the public enrolment endpoint answers unknown,
+//!   used and expired codes alike, and the security events its refusals write are limited
+//!   per source (the `shed` module), the shed ones counted in `GET /metrics` with the
+//!   listeners' refused and dropped connections ([`Counters`]).
 //! - **The SIP core stays in step.** The `on_change` callback runs after each committed change.
 //! - **Optional parts are options.** Provisioning, the billing rates and the metrics source
 //!   are given with [`ApiOptions`] ([`router_with_options`]); without them the routes still
@@ -71,17 +83,27 @@ mod calls;
 mod cdrs;
 mod console;
 mod devices;
+pub mod enrol_uri;
 mod error;
+pub mod gateway_lines;
+pub mod https;
 mod metrics;
 mod model;
 mod openapi;
 mod provisioning;
+pub mod serve;
+mod server;
+mod shed;
 mod subscribers;
 
 pub use cdrs::{TimeError, parse_time};
 pub use devices::REVOKE_REASONS;
-pub use metrics::METRICS_CONTENT_TYPE;
+pub use enrol_uri::EnrolUri;
+pub use metrics::{Counters, ListenerKind, METRICS_CONTENT_TYPE};
+#[doc(hidden)]
+pub use provisioning::check_enrol_body;
 pub use provisioning::{MAX_POOL_LOAD, Provisioning};
+pub use shed::EventRate;
 pub use store::billing::Rates;
 
 use error::ApiError;
@@ -99,6 +121,53 @@ pub const PUBLIC_ROUTES: &[&str] = &[
     "/api/v1/device/service",
     "/api/v1/device/number",
 ];
+
+/// The phone's routes: enrolment (the code authenticates) and the device's own endpoints
+/// (the device token authenticates). The only routes of [`Surface::Enrol`], and absent from
+/// [`Surface::Admin`].
+pub const ENROL_ROUTES: &[&str] = &[
+    "/api/v1/enrol",
+    "/api/v1/enrol/eula",
+    "/api/v1/device",
+    "/api/v1/device/service",
+    "/api/v1/device/number",
+];
+
+/// Which routes a router serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Surface {
+    /// Every route (tests, embedding).
+    #[default]
+    All,
+    /// The operator's API: every route but [`ENROL_ROUTES`] (they answer 404 here), behind
+    /// the admin token; the console's page.
+    Admin,
+    /// The public enrolment endpoint: [`ENROL_ROUTES`] alone, with no admin-token layer at
+    /// all; every other path answers 404.
+    Enrol,
+}
+
+impl Surface {
+    fn serves(self, path: &str) -> bool {
+        match self {
+            Self::All => true,
+            Self::Admin => !ENROL_ROUTES.contains(&path),
+            Self::Enrol => ENROL_ROUTES.contains(&path),
+        }
+    }
+}
+
+/// What the API tells about the server's TLS (see [`ApiOptions::tls`]).
+#[derive(Debug, Clone, Default)]
+pub struct TlsInfo {
+    /// The fingerprint of the server's TLS key.
+    pub fingerprint: Option<tls::Fingerprint>,
+    /// `HOST:PORT` of the public enrolment endpoint, as written in enrolment URIs.
+    pub enrol_authority: Option<String>,
+    /// Whether the admin listener speaks HTTPS.
+    pub admin_https: bool,
+}
 
 /// Every route of the router as (method, path template), `{user}` standing for a user name
 /// and `{id}` for a device id, read off the OpenAPI document (`GET /api/v1/openapi.json`).
@@ -142,9 +211,45 @@ pub struct ApiOptions {
     rates: Rates,
     metrics: Option<MetricsSource>,
     calls: Option<sip_net::trace::TraceSink>,
+    surface: Surface,
+    tls: TlsInfo,
+    counters: Arc<Counters>,
+    event_rate: EventRate,
 }
 
 impl ApiOptions {
+    /// The API's own counters (a fresh set per `ApiOptions`, shared by its clones and the
+    /// routers built from it): give them to [`serve::serve`] too, so `GET /metrics` shows
+    /// the listeners' refused and dropped connections.
+    #[must_use]
+    pub fn counters(&self) -> Arc<Counters> {
+        Arc::clone(&self.counters)
+    }
+
+    /// How many security events unauthenticated requests (refused enrolments) may write,
+    /// per source and in all (default: [`EventRate::default`]).
+    #[must_use]
+    pub fn event_rate(mut self, rate: EventRate) -> Self {
+        self.event_rate = rate;
+        self
+    }
+
+    /// Serves only the routes of `surface` (default: [`Surface::All`]).
+    #[must_use]
+    pub fn surface(mut self, surface: Surface) -> Self {
+        self.surface = surface;
+        self
+    }
+
+    /// The server's TLS key fingerprint and public enrolment endpoint: shown by
+    /// `GET /api/v1/server`, and with both, every new enrolment code comes with its
+    /// enrolment URI ([`EnrolUri`]).
+    #[must_use]
+    pub fn tls(mut self, tls: TlsInfo) -> Self {
+        self.tls = tls;
+        self
+    }
+
     /// Enables phone provisioning with these keys and policy.
     #[must_use]
     pub fn provisioning(mut self, provisioning: Arc<Provisioning>) -> Self {
@@ -193,6 +298,9 @@ impl fmt::Debug for ApiOptions {
             .field("provisioning", &self.provisioning)
             .field("rates", &self.rates)
             .field("metrics", &self.metrics.is_some())
+            .field("surface", &self.surface)
+            .field("tls", &self.tls)
+            .field("event_rate", &self.event_rate)
             .finish()
     }
 }
@@ -225,6 +333,12 @@ pub(crate) struct AppState {
     pub(crate) metrics: Option<MetricsSource>,
     /// The SIP driver's message traces; `None` answers 404 on the call views.
     pub(crate) calls: Option<sip_net::trace::TraceSink>,
+    /// The server's TLS fingerprint and enrolment endpoint.
+    pub(crate) tls: Arc<TlsInfo>,
+    /// The API's own counters (`GET /metrics`).
+    pub(crate) counters: Arc<Counters>,
+    /// The per-source limit on security events of unauthenticated requests.
+    pub(crate) events: Arc<shed::EventLimiter>,
 }
 
 /// The admin router. `on_change` is called after each committed change so the SIP core can
@@ -255,19 +369,51 @@ pub fn router_with(
     router_with_options(store, config, options, on_change)
 }
 
-/// [`router`] with the optional parts in `options`: provisioning, billing rates, metrics.
+/// [`router`] with the optional parts in `options`: provisioning, billing rates, metrics,
+/// the surface served and the TLS information.
 pub fn router_with_options(
     store: Arc<dyn store::Store>,
     config: ApiConfig,
     options: ApiOptions,
     on_change: Arc<dyn Fn(Change) + Send + Sync>,
 ) -> Router {
+    let surface = options.surface;
+    let (state, expected) = app_state(store, config, options, on_change);
+    build(state, surface, expected)
+}
+
+/// The two routers `trustring serve` runs: ([`Surface::Admin`], [`Surface::Enrol`]), over
+/// one shared state, so the changes of both reach `on_change` one at a time in commit order.
+/// `options`' own surface is ignored.
+pub fn admin_and_enrol_routers(
+    store: Arc<dyn store::Store>,
+    config: ApiConfig,
+    options: ApiOptions,
+    on_change: Arc<dyn Fn(Change) + Send + Sync>,
+) -> (Router, Router) {
+    let (state, expected) = app_state(store, config, options, on_change);
+    (
+        build(state.clone(), Surface::Admin, expected.clone()),
+        build(state, Surface::Enrol, expected),
+    )
+}
+
+fn app_state(
+    store: Arc<dyn store::Store>,
+    config: ApiConfig,
+    options: ApiOptions,
+    on_change: Arc<dyn Fn(Change) + Send + Sync>,
+) -> (AppState, auth::ExpectedToken) {
     let expected = auth::ExpectedToken::new(&config.token);
     let ApiOptions {
         provisioning,
         rates,
         metrics,
         calls,
+        surface: _,
+        tls,
+        counters,
+        event_rate,
     } = options;
     let state = AppState {
         store,
@@ -278,24 +424,42 @@ pub fn router_with_options(
         rates,
         metrics,
         calls,
+        tls: Arc::new(tls),
+        counters,
+        events: Arc::new(shed::EventLimiter::new(event_rate)),
     };
-    routes()
+    (state, expected)
+}
+
+fn build(state: AppState, surface: Surface, expected: auth::ExpectedToken) -> Router {
+    let router = routes()
         .into_iter()
+        .filter(|(path, _)| surface.serves(path))
         .fold(Router::new(), |router, (path, methods)| {
             router.route(path, methods)
-        })
-        // The web console's static files (public: they hold no data; see `console`).
-        .merge(console::routes())
+        });
+    // The web console's static files (public: they hold no data; see `console`).
+    let router = if surface == Surface::Enrol {
+        router
+    } else {
+        router.merge(console::routes())
+    };
+    let router = router
         // After all routes: it is set on the routes that exist when it is called.
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
-        // Outermost, so it runs before routing and covers the fallbacks too.
-        .layer(middleware::from_fn_with_state(
+        .layer(DefaultBodyLimit::max(BODY_LIMIT));
+    // Outermost, so it runs before routing and covers the fallbacks too. The enrolment
+    // surface has nothing the admin token opens: no layer (unknown paths are plain 404).
+    let router = if surface == Surface::Enrol {
+        router
+    } else {
+        router.layer(middleware::from_fn_with_state(
             expected,
             auth::require_token,
         ))
-        .with_state(state)
+    };
+    router.with_state(state)
 }
 
 /// Every route: (path, the handlers by method). Each path and method must be an operation of
@@ -305,6 +469,7 @@ fn routes() -> Vec<(&'static str, MethodRouter<AppState>)> {
     vec![
         ("/healthz", get(healthz)),
         ("/api/v1/openapi.json", get(openapi::openapi_json)),
+        ("/api/v1/server", get(server::info)),
         (
             "/api/v1/subscribers",
             get(subscribers::list).post(subscribers::create),

@@ -3,8 +3,13 @@
 //! `authorization: { credentials: TOKEN }` in its scrape config).
 //!
 //! The text comes from a [`crate::MetricsSource`] the server installs
-//! ([`crate::ApiOptions::metrics`]); this crate knows nothing of what is measured. Without a
-//! source the route answers 503, like the provisioning endpoints without a master key.
+//! ([`crate::ApiOptions::metrics`]); this crate knows nothing of what the SIP side measures.
+//! Without a source the route answers 503, like the provisioning endpoints without a master
+//! key. After the source's text come this crate's own [`Counters`]: the HTTP listeners'
+//! refused and dropped connections, and the security events shed by the per-source limit.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
@@ -30,7 +35,11 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
             `trustring_fork_skew_microseconds` (histogram), `trustring_transactions{kind}`, \
             `trustring_forks`, `trustring_sip_parse_errors_total`, \
             `trustring_auth_failures_total`, `trustring_trust_failures_total{kind}`, \
-            `trustring_store_latency_milliseconds{op}` (histogram).",
+            `trustring_store_latency_milliseconds{op}` (histogram), then the API's own: \
+            `trustring_http_connections{listener}`, \
+            `trustring_http_connections_refused_total{listener}`, \
+            `trustring_http_connections_dropped_total{listener}`, \
+            `trustring_security_events_shed_total`.",
             body = String, content_type = "text/plain"),
         (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
         (status = 503, description = "No metrics source: this server does not run the SIP \
@@ -45,11 +54,132 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
             "this server has no metrics source",
         )
     })?;
-    let text = source().await;
+    let mut text = source().await;
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    state.counters.render(&mut text);
     let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static(METRICS_CONTENT_TYPE),
     );
     Ok(response)
+}
+
+/// Which HTTP listener a connection came to (the `listener` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ListenerKind {
+    /// The admin API (`--http`).
+    Admin,
+    /// The public enrolment endpoint (`--enrol`).
+    Enrol,
+}
+
+impl ListenerKind {
+    const ALL: [Self; 2] = [Self::Admin, Self::Enrol];
+
+    /// The `listener` label value.
+    #[must_use]
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Admin => "admin",
+            Self::Enrol => "enrol",
+        }
+    }
+
+    fn index(self) -> usize {
+        match self {
+            Self::Admin => 0,
+            Self::Enrol => 1,
+        }
+    }
+}
+
+/// The API's own counters, shown by `GET /metrics` after the source's text: one set per
+/// server, shared by its routers ([`crate::ApiOptions::counters`]) and its listeners
+/// ([`crate::serve::serve`]).
+#[derive(Debug, Default)]
+pub struct Counters {
+    open: [AtomicU64; 2],
+    refused: [AtomicU64; 2],
+    dropped: [AtomicU64; 2],
+    events_shed: AtomicU64,
+}
+
+impl Counters {
+    /// A connection was closed at accept by a connection cap.
+    pub(crate) fn connection_refused(&self, kind: ListenerKind) {
+        self.refused[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was closed for want of a complete request in time.
+    pub(crate) fn connection_dropped(&self, kind: ListenerKind) {
+        self.dropped[kind.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was opened (`true`) or closed.
+    pub(crate) fn connection_open(&self, kind: ListenerKind, open: bool) {
+        if open {
+            self.open[kind.index()].fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.open[kind.index()].fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+
+    /// A security event was not recorded: its source is over its rate.
+    pub(crate) fn event_shed(&self) {
+        self.events_shed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Security events shed so far.
+    #[must_use]
+    pub fn events_shed(&self) -> u64 {
+        self.events_shed.load(Ordering::Relaxed)
+    }
+
+    /// Connections of `kind` refused at accept so far.
+    #[must_use]
+    pub fn connections_refused(&self, kind: ListenerKind) -> u64 {
+        self.refused[kind.index()].load(Ordering::Relaxed)
+    }
+
+    /// Appends the counters to `out` in the text format 0.0.4.
+    fn render(&self, out: &mut String) {
+        let families: [(&str, &str, &str, &[AtomicU64; 2]); 3] = [
+            (
+                "trustring_http_connections",
+                "gauge",
+                "HTTP connections open",
+                &self.open,
+            ),
+            (
+                "trustring_http_connections_refused_total",
+                "counter",
+                "HTTP connections closed at accept by a connection cap",
+                &self.refused,
+            ),
+            (
+                "trustring_http_connections_dropped_total",
+                "counter",
+                "HTTP connections closed for want of a complete request head or body in time",
+                &self.dropped,
+            ),
+        ];
+        for (name, kind, help, values) in families {
+            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}");
+            for l in ListenerKind::ALL {
+                let v = values[l.index()].load(Ordering::Relaxed);
+                let _ = writeln!(out, "{name}{{listener=\"{}\"}} {v}", l.label());
+            }
+        }
+        let _ = writeln!(
+            out,
+            "# HELP trustring_security_events_shed_total Security events not recorded: their \
+             source was over its rate.\n# TYPE trustring_security_events_shed_total counter\n\
+             trustring_security_events_shed_total {}",
+            self.events_shed()
+        );
+    }
 }

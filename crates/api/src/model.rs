@@ -9,7 +9,7 @@
 //! | field | rule |
 //! |---|---|
 //! | `user` | 1..=64 of `A-Z a-z 0-9 . _ ~ + -`, first one a letter or digit |
-//! | `password` | 1..=128 characters, anything |
+//! | `password` | 12..=128 characters, anything (shorter: 400 `weak_password`) |
 //! | `enterprise` | 1..=64 characters, no control characters, not only spaces |
 //! | `ring_timeout_secs` | 1..=600 |
 //! | `ring_delays` | at most 16 rules |
@@ -28,6 +28,9 @@ use utoipa::ToSchema;
 use crate::error::ApiError;
 
 const USER_MAX: usize = 64;
+/// Shortest subscriber password (R30): a digest password is guessable offline from one
+/// captured exchange, and online against the registrar.
+pub(crate) const PASSWORD_MIN: usize = 12;
 const PASSWORD_MAX: usize = 128;
 const ENTERPRISE_MAX: usize = 64;
 const RING_TIMEOUT_MAX: u32 = 600;
@@ -49,8 +52,10 @@ pub(crate) struct CreateSubscriber {
         example = "alice"
     )]
     pub(crate) user: String,
-    /// The SIP digest password. Stored only as the two digest HA1s, never returned.
-    #[schema(format = Password, min_length = 1, max_length = 128)]
+    /// The SIP digest password, 12 to 128 characters (a shorter one is refused with 400
+    /// `weak_password`; a passphrase of a few words is fine). Stored only as the two digest
+    /// HA1s, never returned.
+    #[schema(format = Password, min_length = 12, max_length = 128)]
     pub(crate) password: String,
     /// The enterprise the subscriber belongs to (printable, not only spaces).
     #[schema(min_length = 1, max_length = 64, example = "acme")]
@@ -66,9 +71,19 @@ impl CreateSubscriber {
     pub(crate) fn validate(&self) -> Result<RoutingProfile, ApiError> {
         validate_user(&self.user)?;
         let password_len = self.password.chars().count();
-        if !(1..=PASSWORD_MAX).contains(&password_len) {
+        if password_len < PASSWORD_MIN {
+            return Err(ApiError::with_code(
+                axum::http::StatusCode::BAD_REQUEST,
+                "weak_password",
+                format!(
+                    "password: too short ({password_len} characters); it must be at least \
+                     {PASSWORD_MIN} characters (a passphrase of a few words is fine)"
+                ),
+            ));
+        }
+        if password_len > PASSWORD_MAX {
             return Err(ApiError::invalid(format!(
-                "password: must be 1 to {PASSWORD_MAX} characters"
+                "password: must be {PASSWORD_MIN} to {PASSWORD_MAX} characters"
             )));
         }
         let enterprise_len = self.enterprise.chars().count();
@@ -311,10 +326,34 @@ mod tests {
 
     #[test]
     fn create_rules() {
-        let profile = create("alice", "pw", "acme", Some(45)).validate();
+        const PW: &str = "correct horse";
+        let profile = create("alice", PW, "acme", Some(45)).validate();
         assert_eq!(profile.map(|p| p.ring_timeout_secs).ok(), Some(45));
-        assert!(create("alice", "pw", "acme", None).validate().is_ok());
-        assert!(create("alice", "", "acme", None).validate().is_err());
+        assert!(create("alice", PW, "acme", None).validate().is_ok());
+        assert!(
+            create("alice", &"p".repeat(12), "acme", None)
+                .validate()
+                .is_ok()
+        );
+        for short in ["", "pw", "s3cret", &"p".repeat(11), "ééééééééééé"] {
+            let err = create("alice", short, "acme", None).validate().err();
+            assert_eq!(
+                err.as_ref().map(ApiError::code),
+                Some("weak_password"),
+                "{short}"
+            );
+            assert!(
+                err.as_ref()
+                    .is_some_and(|e| e.detail().contains("at least 12 characters")),
+                "{err:?}"
+            );
+        }
+        // Characters, not bytes: 12 two-byte characters are enough.
+        assert!(
+            create("alice", &"é".repeat(12), "acme", None)
+                .validate()
+                .is_ok()
+        );
         assert!(
             create("alice", &"p".repeat(129), "acme", None)
                 .validate()
@@ -325,18 +364,18 @@ mod tests {
                 .validate()
                 .is_ok()
         );
-        assert!(create("alice", "pw", "", None).validate().is_err());
-        assert!(create("alice", "pw", "   ", None).validate().is_err());
-        assert!(create("alice", "pw", "ac\nme", None).validate().is_err());
+        assert!(create("alice", PW, "", None).validate().is_err());
+        assert!(create("alice", PW, "   ", None).validate().is_err());
+        assert!(create("alice", PW, "ac\nme", None).validate().is_err());
         assert!(
-            create("alice", "pw", &"e".repeat(65), None)
+            create("alice", PW, &"e".repeat(65), None)
                 .validate()
                 .is_err()
         );
-        assert!(create("alice", "pw", "Acme Corp.", None).validate().is_ok());
-        assert!(create("alice", "pw", "acme", Some(0)).validate().is_err());
-        assert!(create("alice", "pw", "acme", Some(601)).validate().is_err());
-        assert!(create("alice", "pw", "acme", Some(600)).validate().is_ok());
+        assert!(create("alice", PW, "Acme Corp.", None).validate().is_ok());
+        assert!(create("alice", PW, "acme", Some(0)).validate().is_err());
+        assert!(create("alice", PW, "acme", Some(601)).validate().is_err());
+        assert!(create("alice", PW, "acme", Some(600)).validate().is_ok());
     }
 
     fn rule(contains: &str, delay_ms: u32) -> RingDelayUpdate {
@@ -388,6 +427,10 @@ mod tests {
         assert_eq!(
             bound("CreateSubscriber", "password", "maxLength"),
             n(PASSWORD_MAX)
+        );
+        assert_eq!(
+            bound("CreateSubscriber", "password", "minLength"),
+            n(PASSWORD_MIN)
         );
         assert_eq!(
             bound("CreateSubscriber", "enterprise", "maxLength"),

@@ -47,6 +47,7 @@ pub(crate) const DEVICE_TOKEN: &str = "device_token";
     paths(
         crate::healthz,
         openapi_json,
+        crate::server::info,
         crate::subscribers::create,
         crate::subscribers::list,
         crate::subscribers::get,
@@ -79,7 +80,7 @@ pub(crate) const DEVICE_TOKEN: &str = "device_token";
     components(schemas(crate::error::ErrorBody)),
     modifiers(&SecuritySchemes),
     tags(
-        (name = "meta", description = "Health and this document (no token)."),
+        (name = "meta", description = "Health and this document (no token); the server's identity (admin token)."),
         (name = "subscribers", description = "Subscribers, profiles, registrations, enrolment codes."),
         (name = "pools", description = "The number identity pool (R3)."),
         (name = "eulas", description = "EULA versions (R4)."),
@@ -88,8 +89,8 @@ pub(crate) const DEVICE_TOKEN: &str = "device_token";
         (name = "security", description = "Security events (R14)."),
         (name = "cdrs", description = "Call detail records and billing totals (R18, R19)."),
         (name = "metrics", description = "Prometheus metrics (admin token; text format 0.0.4)."),
-        (name = "enrolment", description = "A phone's enrolment (no token: the code authenticates)."),
-        (name = "device", description = "A phone's own endpoints (device token)."),
+        (name = "enrolment", description = "A phone's enrolment (no token: the code authenticates). Served on the public enrolment listener (HTTPS), not the admin one."),
+        (name = "device", description = "A phone's own endpoints (device token). Served on the public enrolment listener (HTTPS), not the admin one."),
     )
 )]
 struct ApiDoc;

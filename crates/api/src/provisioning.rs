@@ -7,6 +7,7 @@
 //! key leave this process only inside the sealed package, and never appear in a response
 //! after that, nor in a log line (R5).
 
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +25,7 @@ use utoipa::ToSchema;
 use zone::{LicenseKey, SecurityLevel, ZonePublicKey};
 
 use crate::error::{ApiError, ErrorBody};
+use crate::serve::PeerAddr;
 use crate::subscribers::{path_user, read, unix_now_ms, write};
 use crate::{AppState, Change};
 
@@ -422,6 +424,19 @@ pub(crate) struct EnrolmentCode {
     user: String,
     /// The code is valid until then, Unix milliseconds.
     expires_at_ms: i64,
+    /// What to hand the user (R28): the public enrolment endpoint, the code and the server's
+    /// TLS key fingerprint, which the phone pins
+    /// (`trustring device enroll --zone Z 'trustring-enrol://…'`). Absent when the server
+    /// has no enrolment endpoint (tests, embedding).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(
+        example = "trustring-enrol://enrol.example.com:8443?code=ABCDE-FGHJK-MNPQR-STVWX&fp=sha256:3f0c…"
+    )]
+    uri: Option<String>,
+    /// `uri` as a QR code: one string per row of modules, top to bottom, `1` dark and `0`
+    /// light, without the quiet zone (leave 4 light modules around it when drawing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    qr: Option<Vec<String>>,
 }
 
 /// Hash under which a code is stored: the code itself is shown once and never kept.
@@ -503,6 +518,8 @@ pub(crate) async fn create_code(
         expires_at_ms: now.saturating_add(i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX)),
         used_at_ms: None,
         device_id: None,
+        zone_public_key: None,
+        presented_at_ms: None,
     };
     let expires_at_ms = enrolment.expires_at_ms;
     let u = user.clone();
@@ -514,9 +531,19 @@ pub(crate) async fn create_code(
     })
     .await?;
     tracing::info!(%user, "enrolment code issued");
+    let uri = match (&state.tls.enrol_authority, state.tls.fingerprint) {
+        (Some(authority), Some(fingerprint)) => Some(crate::EnrolUri {
+            authority: authority.clone(),
+            code: code.clone(),
+            fingerprint,
+        }),
+        _ => None,
+    };
     Ok((
         StatusCode::CREATED,
         Json(EnrolmentCode {
+            qr: uri.as_ref().and_then(crate::EnrolUri::qr_rows),
+            uri: uri.map(|u| u.to_string()),
             code,
             user,
             expires_at_ms,
@@ -539,6 +566,59 @@ pub(crate) struct EnrolBody {
     eula_version: String,
     /// Must be `true`: the user accepted that version.
     accept_eula: bool,
+}
+
+/// An [`EnrolBody`] whose fields passed the checks made before the store is asked.
+struct ValidEnrol {
+    body: EnrolBody,
+    zone_key: ZonePublicKey,
+    /// Follows the key type: X25519 is the software zone, P-256 the token.
+    level: SecurityLevel,
+    /// What the store knows the code by ([`code_hash`]).
+    code_hash: String,
+}
+
+impl EnrolBody {
+    /// The checks of `POST /api/v1/enrol` that need neither the store nor the keys, in the
+    /// handler's order: the EULA accepted, a well-formed zone key.
+    fn validate(self) -> Result<ValidEnrol, ApiError> {
+        if !self.accept_eula {
+            return Err(ApiError::invalid("accept_eula: the EULA must be accepted"));
+        }
+        let zone_key: ZonePublicKey = self
+            .zone_public_key
+            .parse()
+            .map_err(|e| ApiError::invalid(format!("zone_public_key: {e}")))?;
+        let level = match zone_key {
+            ZonePublicKey::X25519(_) => SecurityLevel::Software,
+            ZonePublicKey::P256(_) => SecurityLevel::Pkcs11,
+        };
+        Ok(ValidEnrol {
+            code_hash: code_hash(&self.code),
+            body: self,
+            zone_key,
+            level,
+        })
+    }
+}
+
+/// Runs the body of a `POST /api/v1/enrol` through what the endpoint does with it before
+/// the store is asked: axum's JSON extractor's parsing (`deny_unknown_fields`, the types)
+/// and [`EnrolBody`]'s checks. `Ok` with the zone's security level (`software` or
+/// `pkcs11`), or the error code the endpoint would answer. For the fuzz target
+/// (`fuzz/fuzz_targets/enrol.rs`); no server, no store.
+#[doc(hidden)]
+pub fn check_enrol_body(body: &[u8]) -> Result<&'static str, &'static str> {
+    let checked = Json::<EnrolBody>::from_bytes(body)
+        .map_err(ApiError::from)
+        .and_then(|Json(body)| body.validate());
+    match checked {
+        Ok(valid) => Ok(match valid.level {
+            SecurityLevel::Software => "software",
+            SecurityLevel::Pkcs11 => "pkcs11",
+        }),
+        Err(e) => Err(e.code()),
+    }
 }
 
 /// What the phone gets back: everything it needs, the secrets only sealed.
@@ -590,8 +670,14 @@ pub(crate) fn token_hash(token: &str) -> String {
 }
 
 /// Records a refused enrolment before the refusal is answered, so an operator who sees the
-/// error can already find the event.
-async fn refused(state: &AppState, kind: &str, detail: String) {
+/// error can already find the event; unless `source` is over its rate of security events
+/// (the request is unauthenticated: see the `shed` module), then the event is only counted.
+async fn refused(state: &AppState, source: Option<IpAddr>, kind: &str, detail: String) {
+    if !state.events.allow(source) {
+        state.counters.event_shed();
+        tracing::debug!(source = ?source, %kind, %detail, "security event shed: source over its rate");
+        return;
+    }
     let event = SecurityEvent {
         id: 0,
         at_ms: unix_now_ms(),
@@ -619,7 +705,11 @@ async fn refused(state: &AppState, kind: &str, detail: String) {
     responses(
         (status = 201, description = "Enrolled: the identifier and license key sealed to the zone.", body = EnrolResponse),
         (status = 400, description = "Bad JSON, bad zone key, or the EULA not accepted.", body = ErrorBody),
-        (status = 403, description = "Unknown, used or expired code (`code_invalid`, `code_used`, `code_expired`), or a software zone where PKCS#11 is required (`zone_not_allowed`).", body = ErrorBody),
+        (status = 403, description = "An unknown, used or expired code (`code_invalid`: one \
+            answer for the three, status and body alike, so the endpoint tells nobody which \
+            codes exist; the security event `enrolment-refused` the admin API lists says \
+            which), a code first presented with another zone key (`code_bound`), or a software \
+            zone where PKCS#11 is required (`zone_not_allowed`).", body = ErrorBody),
         (status = 409, description = "The accepted EULA is not the current one (`eula_not_current`), or the pool is exhausted (`pool_exhausted`).", body = ErrorBody),
         (status = 413, description = "Body larger than the limit.", body = ErrorBody),
         (status = 415, description = "Not `Content-Type: application/json`.", body = ErrorBody),
@@ -629,25 +719,22 @@ async fn refused(state: &AppState, kind: &str, detail: String) {
 )]
 pub(crate) async fn enrol(
     State(state): State<AppState>,
+    PeerAddr(peer): PeerAddr,
     body: Result<Json<EnrolBody>, JsonRejection>,
 ) -> Result<Response, ApiError> {
     let Json(body) = body?;
+    let source = peer.map(|p| p.ip());
     let prov = provisioning(&state)?;
-    if !body.accept_eula {
-        return Err(ApiError::invalid("accept_eula: the EULA must be accepted"));
-    }
-    let zone_key: ZonePublicKey = body
-        .zone_public_key
-        .parse()
-        .map_err(|e| ApiError::invalid(format!("zone_public_key: {e}")))?;
-    // The scheme follows the key type: X25519 is the software zone, P-256 the token.
-    let level = match zone_key {
-        ZonePublicKey::X25519(_) => SecurityLevel::Software,
-        ZonePublicKey::P256(_) => SecurityLevel::Pkcs11,
-    };
+    let ValidEnrol {
+        body,
+        zone_key,
+        level,
+        code_hash: hash,
+    } = body.validate()?;
     if prov.require_pkcs11 && level != SecurityLevel::Pkcs11 {
         refused(
             &state,
+            source,
             "enrolment-refused",
             "software zone refused by policy".into(),
         )
@@ -675,7 +762,8 @@ pub(crate) async fn enrol(
             SecurityLevel::Software => "software".into(),
             SecurityLevel::Pkcs11 => "pkcs11".into(),
         },
-        zone_public_key: body.zone_public_key.clone(),
+        // The canonical text form: the binding compares keys, not spellings.
+        zone_public_key: zone_key.to_string(),
         eula_version: body.eula_version.clone(),
         eula_accepted_at_ms: unix_now_ms(),
         license_key_enc,
@@ -683,8 +771,13 @@ pub(crate) async fn enrol(
         sip_ha1_sha256: ha1(Algorithm::Sha256, &sip_user, realm, &sip_password),
         token_hash: token_hash(&token),
     };
-    let hash = code_hash(&body.code);
     let enrolled = write(&state, move |store| {
+        // R28: the code's first presentation binds it to this zone key, committed on its own
+        // so the binding holds even if this enrolment goes no further (pool exhausted, EULA
+        // not current, the reply lost); another key presenting the code is refused.
+        store
+            .present_code(&hash, &new.zone_public_key, unix_now_ms())
+            .map_err(enrol_error)?;
         let enrolled = store
             .enrol(&hash, unix_now_ms(), &new)
             .map_err(enrol_error)?;
@@ -696,7 +789,7 @@ pub(crate) async fn enrol(
         Ok(e) => e,
         Err(e) => {
             if e.status() != StatusCode::INTERNAL_SERVER_ERROR {
-                refused(&state, "enrolment-refused", e.message().to_owned()).await;
+                refused(&state, source, "enrolment-refused", e.detail().to_owned()).await;
             }
             return Err(e);
         }
@@ -728,12 +821,24 @@ pub(crate) async fn enrol(
     Ok((StatusCode::CREATED, Json(resp)).into_response())
 }
 
+/// The one answer to an unknown, used or expired code (R30: no enumeration): 403
+/// `code_invalid` with this message, whichever it was; the security event says which.
+pub(crate) const CODE_REFUSED: &str = "enrolment code unknown, already used or expired: ask \
+     the operator for a new one";
+
 fn enrol_error(e: EnrolError) -> ApiError {
     let refuse = |code, msg: &str| ApiError::with_code(StatusCode::FORBIDDEN, code, msg);
+    let invalid_code =
+        |detail: &str| refuse("code_invalid", CODE_REFUSED).with_detail(detail.to_owned());
     match e {
-        EnrolError::CodeUnknown => refuse("code_invalid", "unknown enrolment code"),
-        EnrolError::CodeUsed => refuse("code_used", "enrolment code already used"),
-        EnrolError::CodeExpired => refuse("code_expired", "enrolment code expired"),
+        EnrolError::CodeUnknown => invalid_code("unknown enrolment code"),
+        EnrolError::CodeUsed => invalid_code("enrolment code already used"),
+        EnrolError::CodeExpired => invalid_code("enrolment code expired"),
+        EnrolError::CodeBound => refuse(
+            "code_bound",
+            "enrolment code already presented by another trusted zone: it is bound to that \
+             zone's key",
+        ),
         EnrolError::EulaNotCurrent { accepted, current } => ApiError::with_code(
             StatusCode::CONFLICT,
             "eula_not_current",

@@ -87,7 +87,9 @@ pub(crate) fn unix_now_ms() -> i64 {
     responses(
         (status = 201, description = "Created.", body = SubscriberView,
             headers(("Location" = String, description = "`/api/v1/subscribers/USER`"))),
-        (status = 400, description = "Bad JSON or an invalid field.", body = ErrorBody),
+        (status = 400, description = "Bad JSON or an invalid field (`invalid_request`, \
+            `invalid_json`), or a password shorter than 12 characters (`weak_password`).",
+            body = ErrorBody),
         (status = 401, description = "Missing or wrong admin token.", body = ErrorBody),
         (status = 409, description = "The subscriber exists already.", body = ErrorBody),
         (status = 413, description = "Body larger than the limit.", body = ErrorBody),

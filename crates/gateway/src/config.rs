@@ -2,9 +2,31 @@
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use media::g711::Law;
+
+use crate::line_auth::LineAuthority;
+
+/// How lines reach the exchange (R27).
+#[derive(Clone)]
+pub enum LineSecurity {
+    /// TLS 1.2/1.3 with this identity; lines pin its key's fingerprint. The default.
+    Tls(Arc<tls::ServerIdentity>),
+    /// Plain TCP: signalling, attach proofs and voice in clear, and a line cannot tell the
+    /// gateway from a man in the middle (`--danger-plain-lines`).
+    Plain,
+}
+
+impl std::fmt::Debug for LineSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tls(id) => write!(f, "Tls({})", id.fingerprint),
+            Self::Plain => f.write_str("Plain"),
+        }
+    }
+}
 
 /// The gateway's settings (`trustring gateway` flags).
 #[derive(Clone)]
@@ -13,6 +35,13 @@ pub struct GatewayConfig {
     pub sip: SocketAddr,
     /// TCP address phone lines attach to (the PSTN side).
     pub lines: SocketAddr,
+    /// TLS on the line port (or, explicitly, plain TCP).
+    pub line_security: LineSecurity,
+    /// Who may attach with which number: the server's trust authority (R29).
+    pub authority: Arc<dyn LineAuthority>,
+    /// Numbers that may attach as plain PSTN lines (no trusted zone), as long as no enrolled
+    /// phone holds them. Any other number must be a phone's, proved by its zone.
+    pub plain_lines: Vec<String>,
     /// Address advertised in SDP for RTP, and bound for it.
     pub media_ip: IpAddr,
     /// Sources allowed to send INVITEs (the server's addresses).
@@ -38,6 +67,8 @@ impl std::fmt::Debug for GatewayConfig {
         f.debug_struct("GatewayConfig")
             .field("sip", &self.sip)
             .field("lines", &self.lines)
+            .field("line_security", &self.line_security)
+            .field("plain_lines", &self.plain_lines)
             .field("media_ip", &self.media_ip)
             .field("allow", &self.allow)
             .field("law", &self.law)

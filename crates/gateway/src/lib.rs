@@ -5,9 +5,13 @@
 //! - **trunk side** (`trunk_ua`): a SIP back-to-back user agent that takes the server's
 //!   phone legs (`INVITE sip:+NUMBER@gateway;user=phone`) after the toll-fraud checks
 //!   (`admission`: allow-listed source, `Trunk-Auth` MAC, fresh unused trust challenge);
-//! - **PSTN side** (`lines`): phone lines attach over TCP and speak TR-ISUP, a small
-//!   ISUP-like protocol (IAM/ACM/ANM/CPG/REL/RLC, `docs/isup.md`, crate `pstn`); the trust
-//!   challenge rides in the IAM and the proof comes back in ACM/ANM;
+//! - **PSTN side** (`lines`): phone lines attach over TLS (the gateway's key pinned by the
+//!   line) and speak TR-ISUP, a small ISUP-like protocol (IAM/ACM/ANM/CPG/REL/RLC,
+//!   `docs/isup.md`, crate `pstn`); the trust challenge rides in the IAM and the proof comes
+//!   back in ACM/ANM;
+//! - **line authentication** ([`line_auth`], R29): a line gets a phone's number only after
+//!   that phone's zone proved its key to the server's trust authority (ATC/ATP); a refused
+//!   line gets ATR and is closed;
 //! - **switching** (`exchange`): SIP <-> ISUP after RFC 3398, hold/retrieve as re-INVITEs,
 //!   direct line-to-line PSTN calls, the carrier-voicemail simulation;
 //! - **media** (`bridge`): RTP (RFC 3550/3551) <-> 20 ms G.711 frames, with µ-law/A-law
@@ -19,6 +23,7 @@ pub mod admission;
 mod bridge;
 mod config;
 mod exchange;
+pub mod line_auth;
 mod lines;
 pub mod metrics;
 mod records;
@@ -26,7 +31,7 @@ pub mod trunk_ua;
 
 use std::sync::Arc;
 
-pub use config::GatewayConfig;
+pub use config::{GatewayConfig, LineSecurity};
 pub use metrics::GatewayMetrics;
 use sip_core::transaction::Timers;
 
@@ -46,6 +51,9 @@ pub enum GatewayError {
     /// The leg record store could not be opened.
     #[error("opening the leg record store: {0}")]
     Store(#[from] store::StoreError),
+    /// The line port's TLS configuration was refused.
+    #[error("TLS on the line port: {0}")]
+    Tls(#[from] tls::TlsError),
     /// The data directory could not be created.
     #[error("creating {path}: {source}")]
     Data {
@@ -61,8 +69,10 @@ pub enum GatewayError {
 pub struct Bound {
     /// SIP trunk (UDP).
     pub sip: std::net::SocketAddr,
-    /// Line attachment (TCP).
+    /// Line attachment (TCP, TLS unless plain lines were asked for).
     pub lines: std::net::SocketAddr,
+    /// The fingerprint lines pin (`None`: plain lines).
+    pub lines_fingerprint: Option<tls::Fingerprint>,
 }
 
 /// Binds the trunk and line sockets, then runs the gateway until `stop` completes (queued
@@ -78,7 +88,9 @@ pub async fn run(
         path: cfg.data.clone(),
         source,
     })?;
-    let store = store::SqliteStore::open(&cfg.data.join("trustring.db"))?;
+    // Leg records are signed with the gateway's own key (`DATA/cdr-signing-key`, docs/cdr.md).
+    let store =
+        store::SqliteStore::open(&cfg.data.join("trustring.db"))?.with_cdr_signing(&cfg.data)?;
     let day_start = records::unix_ms().div_euclid(86_400_000) * 86_400_000;
     let today = store::Store::cdrs(&store, day_start, i64::MAX, None)?;
     let sip = tokio::net::UdpSocket::bind(cfg.sip)
@@ -105,9 +117,19 @@ pub async fn run(
         addr: cfg.lines,
         source,
     })?;
+    let (acceptor, lines_fingerprint) = match &cfg.line_security {
+        LineSecurity::Tls(identity) => (
+            Some(tokio_rustls::TlsAcceptor::from(tls::server_config(
+                identity,
+            )?)),
+            Some(identity.fingerprint),
+        ),
+        LineSecurity::Plain => (None, None),
+    };
     on_bound(Bound {
         sip: sip_addr,
         lines: lines_addr,
+        lines_fingerprint,
     });
     let advertised = if sip_addr.ip().is_unspecified() {
         std::net::SocketAddr::new(cfg.media_ip, sip_addr.port())
@@ -123,11 +145,13 @@ pub async fn run(
         std::time::Instant::now(),
     );
     let recorder = records::Recorder::start(Box::new(store), metrics.clone());
-    let (line_tx, line_rx) = tokio::sync::mpsc::unbounded_channel();
-    let acceptor = tokio::spawn(lines::accept(lines, line_tx, metrics.clone()));
-    let mut exchange = exchange::Exchange::new(cfg, ua, Arc::new(sip), recorder, metrics);
+    // Bounded: line readers wait for room (back-pressure onto their sockets).
+    let (line_tx, line_rx) = tokio::sync::mpsc::channel(lines::EXCHANGE_QUEUE);
+    let (auth_tx, auth_rx) = tokio::sync::mpsc::channel(256);
+    let accepting = tokio::spawn(lines::accept(lines, acceptor, line_tx, metrics.clone()));
+    let mut exchange = exchange::Exchange::new(cfg, ua, Arc::new(sip), recorder, metrics, auth_tx);
     exchange.preload_spend(&today);
-    exchange.run(line_rx, stop).await;
-    acceptor.abort();
+    exchange.run(line_rx, auth_rx, stop).await;
+    accepting.abort();
     Ok(())
 }

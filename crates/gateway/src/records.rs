@@ -1,6 +1,8 @@
 //! The gateway's own leg records (SPEC R18): as a telephone exchange does, it writes one
-//! record per call it carried, in its own hash-chained store (`trustring cdr verify|export
-//! --data GATEWAY_DATA` read it). A record of a leg the server forked carries the server's
+//! record per call it carried, in its own hash-chained store, each record signed with the
+//! gateway's own key and the signed head kept beside it (`GATEWAY_DATA/cdr-signing-key` and
+//! `cdr-head`, see `docs/cdr.md`; `trustring cdr verify|export|public-key --data GATEWAY_DATA`
+//! read them). A record of a leg the server forked carries the server's
 //! SIP Call-ID, which links it to the server's CDR of the whole call; its `contact` is the
 //! number, as in the server's PSTN leg (`sip:+NUMBER@GATEWAY;user=phone`).
 
@@ -94,6 +96,7 @@ impl LegRecord {
             }],
             prev_hash: String::new(),
             hash: String::new(),
+            sig: None,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! Voice media for trustring's IP→PSTN gateway and phone agent.
 //!
 //! The gateway terminates the media of a call's PSTN leg: it answers the IP side's SDP offer
-//! with a G.711 law, relays RTP, and transcodes μ-law ↔ A-law when the two sides disagree.
+//! with a G.711 law (and, for an `RTP/SAVP` offer, its own SDES key), relays RTP or SRTP, and
+//! transcodes μ-law ↔ A-law when the two sides disagree.
 //! The phone agent and the end-to-end tests need the same pieces to send and check audio.
 //! This crate holds them, as plain functions over byte slices with no sockets, clocks or
 //! threads, so that every piece is unit-tested and fuzzed in isolation:

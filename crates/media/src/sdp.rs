@@ -1,10 +1,18 @@
-//! The audio part of SDP (RFC 4566) and the G.711 offer/answer choice (RFC 3264).
+//! The audio part of SDP (RFC 4566) and the G.711 offer/answer choice (RFC 3264), with
+//! SRTP keys exchanged as SDES `a=crypto` attributes (RFC 4568).
 //!
-//! The gateway reads an offer's first usable audio stream (address, port, G.711 laws, DTMF
-//! events, direction, packetisation), picks the law to answer with, and writes a one-stream
-//! session description, or an answer that mirrors every `m=` line of the offer as RFC 3264
-//! §6 requires. Everything except audio over `RTP/AVP`/`RTP/AVPF` is ignored or rejected;
-//! there is no SRTP, ICE or bundling here.
+//! The gateway reads an offer's usable audio stream (address, port, G.711 laws, DTMF
+//! events, direction, packetisation, and for `RTP/SAVP` the usable `a=crypto` lines), picks
+//! the law to answer with, and writes a one-stream session description, or an answer that
+//! mirrors every `m=` line of the offer as RFC 3264 §6 requires. An `RTP/SAVP` stream is
+//! answered `RTP/SAVP` with one `a=crypto` line: the offer's tag and suite with the
+//! answerer's own key ([`crate::srtp::Crypto::answer`]); an `RTP/AVP` stream is answered
+//! `RTP/AVP`, its `a=crypto` lines (meaningless there) ignored. Everything except audio over
+//! `RTP/AVP`, `RTP/AVPF`, `RTP/SAVP` and `RTP/SAVPF` is ignored or rejected; there is no
+//! DTLS-SRTP, ICE or bundling here.
+//!
+//! SDES puts the keys in the SDP: a body with `a=crypto` must only travel over signalling
+//! protected by TLS, and never be logged (nothing here logs).
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -12,6 +20,10 @@ use std::net::IpAddr;
 use bytes::Bytes;
 
 use crate::g711::Law;
+use crate::srtp::Crypto;
+
+/// Most `a=crypto` lines read per stream (offers carry one to four).
+const MAX_CRYPTO_LINES: usize = 16;
 
 /// Why an SDP body cannot be used (or answered) for G.711 audio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -26,9 +38,15 @@ pub enum SdpError {
     /// The audio stream has port 0: the offerer rejects or disables it (RFC 3264 §5.1).
     #[error("the audio stream is rejected (port 0)")]
     Rejected,
-    /// The audio streams use a transport other than `RTP/AVP` or `RTP/AVPF` (e.g. SRTP).
-    #[error("the audio stream's transport is not RTP/AVP")]
+    /// The audio streams use a transport other than `RTP/AVP`, `RTP/AVPF`, `RTP/SAVP` or
+    /// `RTP/SAVPF` (e.g. DTLS-SRTP's `UDP/TLS/RTP/SAVP`).
+    #[error("the audio stream's transport is not RTP/AVP or RTP/SAVP")]
     UnsupportedTransport,
+    /// The audio stream is SRTP (`RTP/SAVP`) but none of its `a=crypto` lines is usable (a
+    /// suite other than AES_CM_128_HMAC_SHA1_80/32, an MKI, a session parameter, a bad key,
+    /// or no line at all): the gateway answers 488 rather than fall back to clear RTP.
+    #[error("SRTP offered without a usable a=crypto line")]
+    NoUsableCrypto,
     /// An `m=` line lacks its port or transport, or the port is not a number.
     #[error("malformed m= line")]
     BadMediaLine,
@@ -99,7 +117,26 @@ impl Direction {
     }
 }
 
-/// The first usable audio stream of an SDP body, as far as G.711 cares.
+/// The RTP profile of an audio stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    /// Clear RTP: `RTP/AVP` (RFC 3551) or `RTP/AVPF`.
+    Rtp,
+    /// SRTP: `RTP/SAVP` (RFC 3711) or `RTP/SAVPF`, keyed by `a=crypto` (RFC 4568).
+    Srtp,
+}
+
+impl Transport {
+    /// The `m=` line's transport field this crate writes: `RTP/AVP` or `RTP/SAVP`.
+    pub fn proto(self) -> &'static str {
+        match self {
+            Self::Rtp => "RTP/AVP",
+            Self::Srtp => "RTP/SAVP",
+        }
+    }
+}
+
+/// The usable audio stream of an SDP body, as far as G.711 cares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AudioOffer {
     /// Where to send RTP: the stream's `c=` address, else the session's. `0.0.0.0` is the
@@ -118,6 +155,12 @@ pub struct AudioOffer {
     pub direction: Direction,
     /// `a=ptime` in milliseconds, if given.
     pub ptime: Option<u32>,
+    /// Clear RTP or SRTP.
+    pub transport: Transport,
+    /// For SRTP, the usable `a=crypto` lines in the offer's order (never empty: a stream
+    /// without one is not usable); for RTP, empty. Each holds the key its writer *sends*
+    /// with (its `Debug` form does not show the key).
+    pub crypto: Vec<Crypto>,
 }
 
 impl AudioOffer {
@@ -128,12 +171,14 @@ impl AudioOffer {
     }
 }
 
-/// Parses the first usable audio stream of an SDP body: an `m=audio` line with a non-zero
-/// port over `RTP/AVP` or `RTP/AVPF`.
+/// Parses the usable audio stream of an SDP body: the first `m=audio` line with a non-zero
+/// port over `RTP/SAVP` or `RTP/SAVPF` with at least one usable `a=crypto` line, else the
+/// first over `RTP/AVP` or `RTP/AVPF` (SRTP is preferred when an offer has both).
 ///
 /// Accepts CRLF or LF line ends and non-UTF-8 bytes in free-text fields. When no stream is
-/// usable the error says why: [`SdpError::NoAudio`], [`SdpError::Rejected`] (an audio stream
-/// with port 0) or [`SdpError::UnsupportedTransport`].
+/// usable the error says why: [`SdpError::NoAudio`], [`SdpError::NoUsableCrypto`] (SRTP
+/// whose keys we cannot use), [`SdpError::Rejected`] (an audio stream with port 0) or
+/// [`SdpError::UnsupportedTransport`].
 pub fn parse_audio(body: &[u8]) -> Result<AudioOffer, SdpError> {
     let text = String::from_utf8_lossy(body);
     let desc = Description::parse(&text)?;
@@ -163,6 +208,8 @@ pub fn payload_type_for(offer: &AudioOffer, law: Law) -> Option<u8> {
 }
 
 /// What the gateway (or phone agent) puts in its own session description.
+///
+/// Its `Debug` form does not show the SRTP key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionParams {
     /// The address RTP should be sent to (`o=` and `c=`).
@@ -177,11 +224,15 @@ pub struct SessionParams {
     pub law: Law,
     /// The direction, from this side's point of view.
     pub direction: Direction,
+    /// SRTP: the `a=crypto` line with the key this side sends with (the stream is then
+    /// `RTP/SAVP`); `None` for clear `RTP/AVP`.
+    pub crypto: Option<Crypto>,
 }
 
 /// A complete SDP (offer or answer) with one audio stream of `p.law` under `payload_type`
 /// (the offer's number for the law when answering: see [`payload_type_for`]), with
-/// `a=rtpmap`, `a=ptime:20` and the direction attribute. CRLF line ends.
+/// `a=rtpmap`, `a=ptime:20`, the direction attribute and, for SRTP, `a=crypto`. CRLF line
+/// ends.
 pub fn session(p: &SessionParams, payload_type: u8) -> Bytes {
     session_with_events(p, payload_type, None)
 }
@@ -199,11 +250,13 @@ pub fn session_with_events(
 }
 
 /// An answer to `offer_body` that mirrors each of its `m=` lines in order (RFC 3264 §6):
-/// the first usable audio stream is accepted with `p` (law, port, direction) and
-/// `payload_type`, every other stream is rejected with port 0.
+/// the usable audio stream ([`parse_audio`]'s) is accepted with `p` (law, port, direction,
+/// crypto) and `payload_type`, every other stream is rejected with port 0.
 ///
 /// `telephone_event` should be the offer's event payload type when the answerer accepts
-/// DTMF events.
+/// DTMF events. The answer keeps the stream's profile: an SRTP stream needs `p.crypto`
+/// (else [`SdpError::NoUsableCrypto`]: never answer SRTP with clear RTP) and a clear one
+/// must have none ([`SdpError::UnsupportedTransport`]).
 pub fn answer(
     offer_body: &[u8],
     p: &SessionParams,
@@ -213,6 +266,11 @@ pub fn answer(
     let text = String::from_utf8_lossy(offer_body);
     let desc = Description::parse(&text)?;
     let accepted = desc.audio_index()?;
+    match (desc.media[accepted].transport(), &p.crypto) {
+        (Some(Transport::Srtp), None) => return Err(SdpError::NoUsableCrypto),
+        (Some(Transport::Rtp), Some(_)) => return Err(SdpError::UnsupportedTransport),
+        _ => {}
+    }
     let mut out = session_header(p);
     for (i, m) in desc.media.iter().enumerate() {
         if i == accepted {
@@ -235,7 +293,13 @@ fn session_header(p: &SessionParams) -> String {
 }
 
 fn audio_section(out: &mut String, p: &SessionParams, pt: u8, telephone_event: Option<u8>) {
-    let _ = write!(out, "m=audio {} RTP/AVP {pt}", p.port);
+    let proto = if p.crypto.is_some() {
+        Transport::Srtp
+    } else {
+        Transport::Rtp
+    }
+    .proto();
+    let _ = write!(out, "m=audio {} {proto} {pt}", p.port);
     if let Some(te) = telephone_event {
         let _ = write!(out, " {te}");
     }
@@ -247,6 +311,9 @@ fn audio_section(out: &mut String, p: &SessionParams, pt: u8, telephone_event: O
         );
     }
     let _ = write!(out, "a=ptime:20\r\na={}\r\n", p.direction.as_attr());
+    if let Some(c) = &p.crypto {
+        let _ = write!(out, "a=crypto:{}\r\n", c.to_value());
+    }
 }
 
 /// The lines of an SDP body this module cares about, borrowed from the text.
@@ -268,6 +335,30 @@ struct Media<'a> {
     ptime: Option<u32>,
     /// `a=rtpmap` lines: payload type and `encoding/clock[/channels]`.
     rtpmaps: Vec<(u8, &'a str)>,
+    /// `a=crypto` values (after the colon), as written.
+    cryptos: Vec<&'a str>,
+}
+
+impl Media<'_> {
+    /// The stream's profile, if it is one we speak.
+    fn transport(&self) -> Option<Transport> {
+        let p = self.proto;
+        if p.eq_ignore_ascii_case("RTP/AVP") || p.eq_ignore_ascii_case("RTP/AVPF") {
+            Some(Transport::Rtp)
+        } else if p.eq_ignore_ascii_case("RTP/SAVP") || p.eq_ignore_ascii_case("RTP/SAVPF") {
+            Some(Transport::Srtp)
+        } else {
+            None
+        }
+    }
+
+    /// Its usable `a=crypto` lines, in order.
+    fn usable_crypto(&self) -> Vec<Crypto> {
+        self.cryptos
+            .iter()
+            .filter_map(|c| Crypto::parse(c).ok())
+            .collect()
+    }
 }
 
 impl<'a> Description<'a> {
@@ -302,6 +393,7 @@ impl<'a> Description<'a> {
                     direction: None,
                     ptime: None,
                     rtpmaps: Vec::new(),
+                    cryptos: Vec::new(),
                 });
                 continue;
             }
@@ -311,8 +403,15 @@ impl<'a> Description<'a> {
                 ("c", None) => desc.connection = Some(value),
                 ("a", Some(m)) => {
                     let (name, arg) = value.split_once(':').unwrap_or((value, ""));
-                    if !common_attribute(&mut m.direction, &mut m.ptime, name, arg)
-                        && name == "rtpmap"
+                    if common_attribute(&mut m.direction, &mut m.ptime, name, arg) {
+                        continue;
+                    }
+                    if name == "crypto" {
+                        // Bounded: a peer cannot make us parse thousands of keys.
+                        if m.cryptos.len() < MAX_CRYPTO_LINES {
+                            m.cryptos.push(arg.trim());
+                        }
+                    } else if name == "rtpmap"
                         && let Some((pt, encoding)) = arg.trim().split_once(char::is_whitespace)
                         && let Ok(pt) = pt.parse::<u8>()
                     {
@@ -329,7 +428,8 @@ impl<'a> Description<'a> {
         Ok(desc)
     }
 
-    /// The index of the first usable audio stream, or why there is none.
+    /// The index of the usable audio stream (the first SRTP one with a usable key, else the
+    /// first clear RTP one), or why there is none.
     fn audio_index(&self) -> Result<usize, SdpError> {
         let audio = || {
             self.media
@@ -337,14 +437,25 @@ impl<'a> Description<'a> {
                 .enumerate()
                 .filter(|(_, m)| m.media == "audio")
         };
+        let mut clear = None;
+        let mut srtp_without_keys = false;
         for (i, m) in audio() {
-            let port = parse_port(m.port)?;
-            if port != 0 && is_rtp_avp(m.proto) {
-                return Ok(i);
+            if parse_port(m.port)? == 0 {
+                continue;
+            }
+            match m.transport() {
+                Some(Transport::Srtp) if !m.usable_crypto().is_empty() => return Ok(i),
+                Some(Transport::Srtp) => srtp_without_keys = true,
+                Some(Transport::Rtp) => clear = clear.or(Some(i)),
+                None => {}
             }
         }
-        if audio().next().is_none() {
+        if let Some(i) = clear {
+            Ok(i)
+        } else if audio().next().is_none() {
             Err(SdpError::NoAudio)
+        } else if srtp_without_keys {
+            Err(SdpError::NoUsableCrypto)
         } else if audio().any(|(_, m)| parse_port(m.port) == Ok(0)) {
             Err(SdpError::Rejected)
         } else {
@@ -360,6 +471,11 @@ impl<'a> Description<'a> {
             .ok_or(SdpError::NoConnection)?;
         let addr = parse_connection(connection)?;
         let port = parse_port(m.port)?;
+        let transport = m.transport().ok_or(SdpError::UnsupportedTransport)?;
+        let crypto = match transport {
+            Transport::Srtp => m.usable_crypto(),
+            Transport::Rtp => Vec::new(),
+        };
         let mut laws = Vec::with_capacity(2);
         let mut payload_types = Vec::with_capacity(2);
         let mut telephone_event = None;
@@ -399,6 +515,8 @@ impl<'a> Description<'a> {
                 .or(self.direction)
                 .unwrap_or(Direction::SendRecv),
             ptime: m.ptime.or(self.ptime),
+            transport,
+            crypto,
         })
     }
 }
@@ -420,10 +538,6 @@ fn common_attribute(
     } else {
         false
     }
-}
-
-fn is_rtp_avp(proto: &str) -> bool {
-    proto.eq_ignore_ascii_case("RTP/AVP") || proto.eq_ignore_ascii_case("RTP/AVPF")
 }
 
 /// The port of `<port>[/<number of ports>]`.
@@ -471,6 +585,7 @@ mod tests {
     use std::net::Ipv4Addr;
 
     use super::*;
+    use crate::srtp::{MasterKey, Suite};
 
     /// SIPp's built-in `uac` scenario offer.
     const SIPP: &[u8] = b"v=0\r\n\
@@ -600,6 +715,10 @@ mod tests {
         );
         assert_eq!(
             parse_audio(b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 5000 RTP/SAVP 0\r\n"),
+            Err(SdpError::NoUsableCrypto)
+        );
+        assert_eq!(
+            parse_audio(b"v=0\r\nc=IN IP4 1.2.3.4\r\nm=audio 5000 UDP/TLS/RTP/SAVP 0\r\n"),
             Err(SdpError::UnsupportedTransport)
         );
     }
@@ -674,6 +793,7 @@ mod tests {
             version: 1,
             law,
             direction,
+            crypto: None,
         }
     }
 
@@ -722,5 +842,145 @@ mod tests {
             answer(b"v=0\r\nm=video 1 RTP/AVP 0\r\n", &p, 0, None),
             Err(SdpError::NoAudio)
         );
+    }
+
+    /// A caller's SRTP key (RFC 4568's example key) and the gateway's.
+    const CALLER_KEY: &str = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+
+    /// A baresip-like SRTP offer: an AEAD suite we do not speak first, then the two AES-CM
+    /// ones, an unusable line (MKI) between them.
+    fn srtp_offer() -> String {
+        format!(
+            "v=0\r\no=bob 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+             m=audio 7000 RTP/SAVP 8 0 101\r\n\
+             a=rtpmap:101 telephone-event/8000\r\n\
+             a=crypto:1 AEAD_AES_256_GCM inline:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n\
+             a=crypto:2 AES_CM_128_HMAC_SHA1_80 inline:{CALLER_KEY}|2^20|1:4\r\n\
+             a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:{CALLER_KEY}|2^31\r\n\
+             a=crypto:4 AES_CM_128_HMAC_SHA1_80 inline:{CALLER_KEY}\r\n\
+             a=sendrecv\r\n\
+             m=video 9000 RTP/SAVP 99\r\n"
+        )
+    }
+
+    #[test]
+    fn srtp_offer_is_answered_savp_with_our_key_and_the_offers_tag() {
+        let body = srtp_offer();
+        let offer = parse_audio(body.as_bytes()).expect("usable SRTP offer");
+        assert_eq!(offer.transport, Transport::Srtp);
+        let usable: Vec<(u32, Suite)> = offer.crypto.iter().map(|c| (c.tag, c.suite)).collect();
+        assert_eq!(
+            usable,
+            [
+                (3, Suite::AesCm128HmacSha1_32),
+                (4, Suite::AesCm128HmacSha1_80)
+            ],
+            "unknown suites and MKIs skipped, order kept"
+        );
+        assert_eq!(offer.laws, [Law::Pcma, Law::Pcmu]);
+        assert_eq!((offer.port, offer.telephone_event), (7000, Some(101)));
+        let theirs = offer.crypto[0].clone();
+        let ours = MasterKey::from_bytes(&[0x42; 30]);
+        let mut p = params(Law::Pcmu, Direction::SendRecv);
+        p.crypto = Some(theirs.answer(ours.clone()));
+        let answer = answer(body.as_bytes(), &p, 0, None).expect("answerable");
+        let text = std::str::from_utf8(&answer).expect("ascii");
+        let m_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("m=")).collect();
+        assert_eq!(
+            m_lines,
+            ["m=audio 30000 RTP/SAVP 0", "m=video 0 RTP/SAVP 99"]
+        );
+        let crypto: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("a=crypto:"))
+            .collect();
+        assert_eq!(
+            crypto,
+            ["a=crypto:3 AES_CM_128_HMAC_SHA1_32 inline:QkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJCQkJC"],
+            "one line: the offer's tag and suite, our key"
+        );
+        assert!(
+            !text.contains(CALLER_KEY),
+            "the caller's key is never echoed"
+        );
+        let back = parse_audio(&answer).expect("our answer parses");
+        assert_eq!(back.transport, Transport::Srtp);
+        assert_eq!(back.crypto, [theirs.answer(ours)]);
+        // Our own offer (a hold re-INVITE) carries the same line.
+        let again = parse_audio(&session(&p, 0)).expect("parses");
+        assert_eq!((again.transport, again.crypto.len()), (Transport::Srtp, 1));
+    }
+
+    #[test]
+    fn clear_rtp_offer_is_answered_clear() {
+        // a=crypto means nothing on RTP/AVP: ignored, and the answer stays clear.
+        let body = format!(
+            "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 7000 RTP/AVP 0\r\n\
+             a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{CALLER_KEY}\r\n"
+        );
+        let offer = parse_audio(body.as_bytes()).expect("usable");
+        assert_eq!((offer.transport, offer.crypto.len()), (Transport::Rtp, 0));
+        let p = params(Law::Pcmu, Direction::SendRecv);
+        let answer = answer(body.as_bytes(), &p, 0, None).expect("answerable");
+        let text = std::str::from_utf8(&answer).expect("ascii");
+        assert!(text.contains("m=audio 30000 RTP/AVP 0\r\n"), "{text}");
+        assert!(!text.contains("crypto"), "{text}");
+        assert_eq!(
+            session(&p, 0),
+            answer,
+            "one stream: the answer is our session"
+        );
+        // Never answer clear RTP with keys, nor SRTP without.
+        let mut keyed = p.clone();
+        keyed.crypto = Some(
+            Crypto::parse(&format!("1 AES_CM_128_HMAC_SHA1_80 inline:{CALLER_KEY}")).expect("ok"),
+        );
+        assert_eq!(
+            super::answer(body.as_bytes(), &keyed, 0, None),
+            Err(SdpError::UnsupportedTransport)
+        );
+        assert_eq!(
+            super::answer(srtp_offer().as_bytes(), &p, 0, None),
+            Err(SdpError::NoUsableCrypto)
+        );
+    }
+
+    #[test]
+    fn srtp_without_a_usable_suite_is_refused() {
+        for cryptos in [
+            "",
+            "a=crypto:1 AEAD_AES_128_GCM inline:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\r\n",
+            "a=crypto:1 F8_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz\r\n",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz UNENCRYPTED_SRTP\r\n",
+            "a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:c2hvcnQ=\r\n",
+        ] {
+            let body = format!("v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 7000 RTP/SAVP 0\r\n{cryptos}");
+            assert_eq!(
+                parse_audio(body.as_bytes()),
+                Err(SdpError::NoUsableCrypto),
+                "{cryptos}"
+            );
+            let p = params(Law::Pcmu, Direction::SendRecv);
+            assert_eq!(
+                answer(body.as_bytes(), &p, 0, None),
+                Err(SdpError::NoUsableCrypto)
+            );
+        }
+    }
+
+    #[test]
+    fn srtp_is_preferred_over_a_clear_stream_of_the_same_offer() {
+        let body = format!(
+            "v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 6000 RTP/AVP 0\r\n\
+             m=audio 6002 RTP/SAVPF 0\r\na=crypto:9 AES_CM_128_HMAC_SHA1_80 inline:{CALLER_KEY}\r\n"
+        );
+        let offer = parse_audio(body.as_bytes()).expect("usable");
+        assert_eq!((offer.port, offer.transport), (6002, Transport::Srtp));
+        let mut p = params(Law::Pcmu, Direction::SendRecv);
+        p.crypto = Some(offer.crypto[0].answer(MasterKey::from_bytes(&[1; 30])));
+        let text = String::from_utf8(answer(body.as_bytes(), &p, 0, None).expect("ok").to_vec())
+            .expect("ascii");
+        let m_lines: Vec<&str> = text.lines().filter(|l| l.starts_with("m=")).collect();
+        assert_eq!(m_lines, ["m=audio 0 RTP/AVP 0", "m=audio 30000 RTP/SAVP 0"]);
     }
 }

@@ -129,14 +129,22 @@ pub struct Crypto {
 }
 
 impl Crypto {
-    /// Parses the value of an `a=crypto:` attribute (after the colon). Lifetime and MKI are
-    /// accepted and ignored except that an MKI makes the line unusable (we send none and
-    /// cannot strip one).
+    /// Parses the value of an `a=crypto:` attribute (after the colon).
+    ///
+    /// The line is unusable ([`SrtpError::BadCrypto`]) unless it has exactly one `inline:`
+    /// key of 30 bytes for a known suite. A lifetime is accepted and ignored (no re-keying:
+    /// the suites allow 2^48 packets per key, far beyond any call). An MKI makes the line
+    /// unusable (we send none and cannot strip one), and so do several keys in one line (they
+    /// need MKIs) and every session parameter (RFC 4568 §6.3: `KDR`, `UNENCRYPTED_SRTP`,
+    /// `UNAUTHENTICATED_SRTP`, `FEC_KEY`, … change how packets are protected, and one not
+    /// understood must not be ignored) except the window size hint `WSH=`, which is only a
+    /// hint.
     pub fn parse(value: &str) -> Result<Self, SrtpError> {
         use base64::Engine as _;
         let mut parts = value.split_ascii_whitespace();
         let tag = parts
             .next()
+            .filter(|t| (1..=9).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()))
             .and_then(|t| t.parse().ok())
             .ok_or(SrtpError::BadCrypto)?;
         let suite = parts
@@ -144,6 +152,12 @@ impl Crypto {
             .and_then(Suite::from_name)
             .ok_or(SrtpError::BadCrypto)?;
         let params = parts.next().ok_or(SrtpError::BadCrypto)?;
+        if parts.any(|session_param| !session_param.starts_with("WSH=")) {
+            return Err(SrtpError::BadCrypto);
+        }
+        if params.contains(';') {
+            return Err(SrtpError::BadCrypto); // several keys
+        }
         let inline = params.strip_prefix("inline:").ok_or(SrtpError::BadCrypto)?;
         let mut fields = inline.split('|');
         let key_b64 = fields.next().ok_or(SrtpError::BadCrypto)?;
@@ -162,7 +176,18 @@ impl Crypto {
         })
     }
 
-    /// The attribute's value, e.g. `1 AES_CM_128_HMAC_SHA1_80 inline:…`.
+    /// The answer to this offered attribute (RFC 4568 §7.1.2): the same tag and suite, with
+    /// the answerer's own `key` (each side sends under its own key).
+    pub fn answer(&self, key: MasterKey) -> Self {
+        Self {
+            tag: self.tag,
+            suite: self.suite,
+            key,
+        }
+    }
+
+    /// The attribute's value, e.g. `1 AES_CM_128_HMAC_SHA1_80 inline:…`. It holds the
+    /// master key: it belongs in an SDP body sent over protected signalling, never in a log.
     pub fn to_value(&self) -> String {
         use base64::Engine as _;
         format!(
@@ -268,8 +293,18 @@ impl SrtpContext {
 
     /// Encrypts and tags an RTP packet (as [`crate::rtp::write`] makes it).
     pub fn protect(&mut self, rtp: &[u8]) -> Result<Vec<u8>, SrtpError> {
-        let header = header_len(rtp).ok_or(SrtpError::Malformed)?;
-        let (ssrc, seq) = ids(rtp);
+        let mut out = Vec::with_capacity(rtp.len() + self.tag_len);
+        out.extend_from_slice(rtp);
+        self.protect_in_place(&mut out)?;
+        Ok(out)
+    }
+
+    /// As [`Self::protect`], in place: `packet` holds an RTP packet and becomes the SRTP
+    /// packet (payload encrypted, tag appended). No allocation once `packet` has room for
+    /// the tag. On error `packet` is unchanged.
+    pub fn protect_in_place(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
+        let header = header_len(packet).ok_or(SrtpError::Malformed)?;
+        let (ssrc, seq) = ids(packet);
         let stream = self.streams.get(&ssrc).copied();
         let roc = match stream {
             Some(s) => {
@@ -286,12 +321,10 @@ impl SrtpContext {
             self.streams.clear();
         }
         let index = (u64::from(roc) << 16) | u64::from(seq);
-        let mut out = Vec::with_capacity(rtp.len() + self.tag_len);
-        out.extend_from_slice(rtp);
         let iv = self.iv(ssrc, index);
-        keystream_xor(&self.enc_key, &iv, &mut out[header..]);
-        let tag = self.tag(&out, roc);
-        out.extend_from_slice(&tag[..self.tag_len]);
+        keystream_xor(&self.enc_key, &iv, &mut packet[header..]);
+        let tag = self.tag(packet, roc);
+        packet.extend_from_slice(&tag[..self.tag_len]);
         let s = self.streams.entry(ssrc).or_insert(Stream {
             roc,
             highest_seq: seq,
@@ -303,15 +336,26 @@ impl SrtpContext {
             s.highest_seq = seq;
             s.highest = index;
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Checks and decrypts an SRTP packet; the RTP packet it carried.
     pub fn unprotect(&mut self, srtp: &[u8]) -> Result<Vec<u8>, SrtpError> {
-        if srtp.len() < crate::rtp::HEADER_LEN + self.tag_len {
+        let mut out = srtp.to_vec();
+        self.unprotect_in_place(&mut out)?;
+        Ok(out)
+    }
+
+    /// As [`Self::unprotect`], in place: `packet` holds an SRTP packet and becomes the RTP
+    /// packet it carried (tag removed, payload decrypted). On error `packet` is unchanged
+    /// and nothing about the stream is learnt from it (the tag is checked, in constant
+    /// time, before anything is decrypted or remembered).
+    pub fn unprotect_in_place(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
+        if packet.len() < crate::rtp::HEADER_LEN + self.tag_len {
             return Err(SrtpError::Malformed);
         }
-        let (body, tag) = srtp.split_at(srtp.len() - self.tag_len);
+        let body_len = packet.len() - self.tag_len;
+        let (body, tag) = packet.split_at(body_len);
         let header = header_len(body).ok_or(SrtpError::Malformed)?;
         let (ssrc, seq) = ids(body);
         let stream = self.streams.get(&ssrc).copied();
@@ -346,9 +390,9 @@ impl SrtpContext {
         if !bool::from(expected[..self.tag_len].ct_eq(tag)) {
             return Err(SrtpError::Auth);
         }
-        let mut out = body.to_vec();
+        packet.truncate(body_len);
         let iv = self.iv(ssrc, index);
-        keystream_xor(&self.enc_key, &iv, &mut out[header..]);
+        keystream_xor(&self.enc_key, &iv, &mut packet[header..]);
         if stream.is_none() && self.streams.len() >= MAX_STREAMS {
             self.streams.clear();
         }
@@ -373,7 +417,7 @@ impl SrtpContext {
         if age < REPLAY_WINDOW {
             s.window |= 1 << age;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -516,8 +560,132 @@ mod tests {
             "1 F8_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz",
             "1 AES_CM_128_HMAC_SHA1_32 inline:AAAA",
             "1 AES_CM_128_HMAC_SHA1_32 key:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz",
+            // Session parameters that change the protection, or that we do not know.
+            "1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz KDR=1",
+            "1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz UNENCRYPTED_SRTP",
+            "1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz UNAUTHENTICATED_SRTP",
+            "1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz FOO=1",
+            // Two keys in one line (they need MKIs).
+            "1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz;inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz",
+            "-1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz",
+            "1234567890 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz",
         ] {
             assert_eq!(Crypto::parse(bad), Err(SrtpError::BadCrypto), "{bad}");
         }
+        // The window size hint is only a hint.
+        let hinted = Crypto::parse(
+            "7 AES_CM_128_HMAC_SHA1_32 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz WSH=128",
+        )
+        .unwrap();
+        assert_eq!((hinted.tag, hinted.suite), (7, Suite::AesCm128HmacSha1_32));
+        // The answer keeps the tag and suite, with the answerer's key.
+        let ours = MasterKey::from_bytes(&[9; 30]);
+        let answer = hinted.answer(ours.clone());
+        assert_eq!((answer.tag, answer.suite), (7, Suite::AesCm128HmacSha1_32));
+        assert_eq!(answer.key, ours);
+        assert!(
+            answer
+                .to_value()
+                .starts_with("7 AES_CM_128_HMAC_SHA1_32 inline:")
+        );
+        // Neither Debug form shows the key.
+        let shown = format!("{answer:?} {:?}", SrtpContext::from_crypto(&answer));
+        assert!(
+            !shown.contains("CQkJ") && !shown.contains("[9, 9"),
+            "{shown}"
+        );
+    }
+
+    /// Interoperability with libsrtp 2.5.0 (Debian's `libsrtp2-1`, what baresip, Asterisk and
+    /// most SIP stacks use): the same master key and packets, across a sequence number wrap
+    /// (the rollover counter becomes 1), give the same ciphertext and tag. Made with
+    /// `srtp_create` (`srtp_crypto_policy_set_rtp_default` / `…_aes_cm_128_hmac_sha1_32`, key
+    /// 01 02 … 1e) and `srtp_protect` through ctypes; payload byte i of packet seq is
+    /// `(seq * 7 + i) mod 256`, SSRC deadbeef, timestamp seq * 160. Each row: seq, the first
+    /// 16 bytes of the encrypted payload, the tag (which covers the whole packet).
+    #[test]
+    fn libsrtp_interop_vectors() {
+        let rows: [(u16, &str, &str, &str); 4] = [
+            (
+                65534,
+                "991f180fb65c305f19bef37b15e2295f",
+                "f54131827e391d4a0b14",
+                "f5413182",
+            ),
+            (
+                65535,
+                "1b89954c919d0779895a464065a05aa9",
+                "bda4eb4d4c716c40ff52",
+                "bda4eb4d",
+            ),
+            (
+                0,
+                "0057e35fbe0de031e0855ac32abe2116",
+                "d40b04b3852de08690ab",
+                "d40b04b3",
+            ),
+            (
+                1,
+                "b05e1fdd8708ba87ce2b5e9bad5be928",
+                "f48eb83c9cc3e888ad31",
+                "f48eb83c",
+            ),
+        ];
+        let key: Vec<u8> = (1..=30).collect();
+        let master = MasterKey::from_bytes(&key.try_into().unwrap());
+        for suite in [Suite::AesCm128HmacSha1_80, Suite::AesCm128HmacSha1_32] {
+            let mut tx = SrtpContext::new(suite, &master);
+            let mut rx = SrtpContext::new(suite, &master);
+            for (seq, cipher, tag80, tag32) in rows {
+                let payload: Vec<u8> = (0..160u32)
+                    .map(|i| ((u32::from(seq) * 7 + i) & 0xff) as u8)
+                    .collect();
+                let mut clear = Vec::new();
+                crate::rtp::write(
+                    0,
+                    false,
+                    seq,
+                    u32::from(seq).wrapping_mul(160),
+                    0xdead_beef,
+                    &payload,
+                    &mut clear,
+                );
+                let sealed = tx.protect(&clear).unwrap();
+                assert_eq!(sealed[12..28].to_vec(), hex(cipher), "seq {seq}");
+                let tag = if suite == Suite::AesCm128HmacSha1_80 {
+                    tag80
+                } else {
+                    tag32
+                };
+                assert_eq!(
+                    sealed[sealed.len() - suite.tag_len()..].to_vec(),
+                    hex(tag),
+                    "{suite:?} seq {seq}"
+                );
+                assert_eq!(rx.unprotect(&sealed).unwrap(), clear);
+            }
+        }
+    }
+
+    #[test]
+    fn in_place_matches_the_copying_forms_and_leaves_a_refused_packet_alone() {
+        let master = MasterKey::from_bytes(&[3; 30]);
+        let mut a = SrtpContext::new(Suite::AesCm128HmacSha1_80, &master);
+        let mut b = SrtpContext::new(Suite::AesCm128HmacSha1_80, &master);
+        let clear = packet(100, &[0xd5; 160]);
+        let copied = a.protect(&clear).unwrap();
+        let mut in_place = clear.clone();
+        b.protect_in_place(&mut in_place).unwrap();
+        assert_eq!(in_place, copied);
+        let mut rx = SrtpContext::new(Suite::AesCm128HmacSha1_80, &master);
+        let mut tampered = in_place.clone();
+        tampered[15] ^= 0x80;
+        let before = tampered.clone();
+        assert_eq!(rx.unprotect_in_place(&mut tampered), Err(SrtpError::Auth));
+        assert_eq!(tampered, before, "a refused packet is not touched");
+        rx.unprotect_in_place(&mut in_place).unwrap();
+        assert_eq!(in_place, clear);
+        let mut short = vec![0x80; 8];
+        assert_eq!(a.protect_in_place(&mut short), Err(SrtpError::Malformed));
     }
 }

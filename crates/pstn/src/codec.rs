@@ -82,7 +82,7 @@ pub enum BodyError {
     /// An FRM does not carry exactly 160 bytes after its sequence number.
     #[error("frame payload is {0} bytes, not 160")]
     FrameLength(usize),
-    /// A link message (ATT/ATA/ATR) names a circuit other than 0.
+    /// A link message (ATT/ATA/ATR/ATC/ATP) names a circuit other than 0.
     #[error("link message on a circuit")]
     NonZeroCic,
 }
@@ -161,6 +161,16 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>, start: usize) -> Result<(), Enc
             opt_param(out, tag::DEVICE, device.as_deref())?;
         }
         Message::Ata { law } => param(out, tag::LAW, &[law.to_u8()])?,
+        Message::Atc {
+            challenge,
+            call_ref,
+            branch,
+        } => {
+            param(out, tag::CHALLENGE, challenge.as_bytes())?;
+            param(out, tag::CALL_REF, call_ref.as_bytes())?;
+            param(out, tag::BRANCH, branch.as_bytes())?;
+        }
+        Message::Atp { proof } => param(out, tag::PROOF, proof.as_bytes())?,
     }
     let len = out.len() - start - 2;
     let Ok(len16) = u16::try_from(len) else {
@@ -279,7 +289,10 @@ fn decode_typed(code: u8, cic: Cic, rest: &[u8]) -> Result<Message, BodyError> {
             payload,
         });
     }
-    let link = matches!(code, code::ATT | code::ATA | code::ATR);
+    let link = matches!(
+        code,
+        code::ATT | code::ATA | code::ATR | code::ATC | code::ATP
+    );
     let call = matches!(
         code,
         code::IAM | code::ACM | code::ANM | code::CPG | code::REL | code::RLC
@@ -330,6 +343,14 @@ fn decode_typed(code: u8, cic: Cic, rest: &[u8]) -> Result<Message, BodyError> {
                 law: Law::from_u8(v).ok_or(BodyError::Law(v))?,
             }
         }
+        code::ATC => Message::Atc {
+            challenge: p.required_text(tag::CHALLENGE)?,
+            call_ref: p.required_text(tag::CALL_REF)?,
+            branch: p.required_text(tag::BRANCH)?,
+        },
+        code::ATP => Message::Atp {
+            proof: p.required_text(tag::PROOF)?,
+        },
         _ => Message::Atr { cause: p.cause()? },
     })
 }
@@ -374,6 +395,10 @@ impl<'a> Params<'a> {
                     .map_err(|_| BodyError::Utf8(t))
             })
             .transpose()
+    }
+
+    fn required_text(&self, t: u8) -> Result<String, BodyError> {
+        self.text(t)?.ok_or(BodyError::Missing(t))
     }
 
     fn opt_number(&self, t: u8) -> Result<Option<Number>, BodyError> {
@@ -572,6 +597,42 @@ mod tests {
     }
 
     #[test]
+    fn attach_challenge_and_proof() {
+        let atc = Message::Atc {
+            challenge: "v=1".into(),
+            call_ref: "attach-1".into(),
+            branch: crate::msg::ATTACH_BRANCH.into(),
+        };
+        let bytes = encode_to_vec(&atc).expect("encodes");
+        assert_eq!(&bytes[..5], [0, 36, 0xA3, 0, 0]);
+        assert_eq!(decode_all(&bytes), [Ok(atc)]);
+        let atp = Message::Atp {
+            proof: "v=1;p".into(),
+        };
+        let bytes = encode_to_vec(&atp).expect("encodes");
+        assert_eq!(
+            bytes,
+            [0, 10, 0xA4, 0, 0, 0xE1, 5, b'v', b'=', b'1', b';', b'p']
+        );
+        assert_eq!(decode_all(&bytes), [Ok(atp)]);
+        // Every parameter is required; and a link message lives on circuit 0.
+        let cases: &[(&[u8], BodyError)] = &[
+            (&[0, 3, 0xA4, 0, 0], BodyError::Missing(tag::PROOF)),
+            (
+                &[0, 6, 0xA3, 0, 0, 0xE0, 1, b'c'],
+                BodyError::Missing(tag::CALL_REF),
+            ),
+            (&[0, 6, 0xA4, 0, 1, 0xE1, 1, b'p'], BodyError::NonZeroCic),
+        ];
+        for (wire, want) in cases {
+            match &decode_all(wire)[..] {
+                [Err(ProtocolError::BadMessage { reason, .. })] => assert_eq!(reason, want),
+                other => panic!("{wire:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
     fn bad_length_is_fatal_and_sticky() {
         let mut d = Decoder::new();
         d.push(&[0x04, 0x01, 1, 2, 3]).expect("fits");
@@ -680,6 +741,14 @@ mod tests {
                 law: Law::from_u8(l).expect("in range")
             }),
             arb_cause().prop_map(|cause| Message::Atr { cause }),
+            ("\\PC{0,40}", "\\PC{0,40}", "\\PC{0,40}").prop_map(|(challenge, call_ref, branch)| {
+                Message::Atc {
+                    challenge,
+                    call_ref,
+                    branch,
+                }
+            }),
+            "\\PC{0,40}".prop_map(|proof| Message::Atp { proof }),
         ]
     }
 

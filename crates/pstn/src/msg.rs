@@ -18,6 +18,12 @@ pub use media::g711::Law;
 /// Bytes of G.711 in one bearer frame: 20 ms at 8 kHz, one byte per sample.
 pub const FRAME_LEN: usize = 160;
 
+/// The branch of every attach challenge's binding (ATC): the server's trust authority binds
+/// attach proofs to it, and no call's binding can have it (a proxy's branch starts with
+/// `z9hG4bK`), so an attach proof never passes for a call proof nor the reverse. A line
+/// proves an ATC only with this branch.
+pub const ATTACH_BRANCH: &str = "trustring-attach";
+
 /// Message type codes (Q.763 codes where ISUP has the message).
 pub mod code {
     /// Initial Address Message.
@@ -38,6 +44,10 @@ pub mod code {
     pub const ATA: u8 = 0xA1;
     /// Attach refused.
     pub const ATR: u8 = 0xA2;
+    /// Attach challenge (exchange to line): prove the zone key for the number.
+    pub const ATC: u8 = 0xA3;
+    /// Attach proof (line to exchange).
+    pub const ATP: u8 = 0xA4;
     /// Bearer frame.
     pub const FRM: u8 = 0xF0;
 }
@@ -238,7 +248,8 @@ pub enum Message {
         /// G.711 samples.
         payload: [u8; FRAME_LEN],
     },
-    /// Attach: a line announces its number (line to exchange).
+    /// Attach: a line announces its number (line to exchange). A phone's number is attached
+    /// only after its zone answered the exchange's [`Message::Atc`].
     Att {
         /// The line's own number.
         number: Number,
@@ -254,6 +265,21 @@ pub enum Message {
     Atr {
         /// Why.
         cause: Cause,
+    },
+    /// Attach challenge (exchange to line): the number belongs to an enrolled phone, whose
+    /// trusted zone must prove its key with this challenge before the line is attached.
+    Atc {
+        /// The trust challenge (a `Trust-Challenge` value made by the server).
+        challenge: String,
+        /// The binding's call reference (made by the server, `attach-…`).
+        call_ref: String,
+        /// The binding's branch: always [`ATTACH_BRANCH`].
+        branch: String,
+    },
+    /// Attach proof (line to exchange): the zone's answer to the ATC.
+    Atp {
+        /// The `Trust-Proof` value.
+        proof: String,
     },
 }
 
@@ -271,6 +297,8 @@ impl Message {
             Self::Att { .. } => code::ATT,
             Self::Ata { .. } => code::ATA,
             Self::Atr { .. } => code::ATR,
+            Self::Atc { .. } => code::ATC,
+            Self::Atp { .. } => code::ATP,
         }
     }
 
@@ -284,7 +312,11 @@ impl Message {
             | Self::Rel { cic, .. }
             | Self::Rlc { cic }
             | Self::Frm { cic, .. } => *cic,
-            Self::Att { .. } | Self::Ata { .. } | Self::Atr { .. } => Cic::LINK,
+            Self::Att { .. }
+            | Self::Ata { .. }
+            | Self::Atr { .. }
+            | Self::Atc { .. }
+            | Self::Atp { .. } => Cic::LINK,
         }
     }
 
@@ -301,6 +333,8 @@ impl Message {
             Self::Att { .. } => "ATT",
             Self::Ata { .. } => "ATA",
             Self::Atr { .. } => "ATR",
+            Self::Atc { .. } => "ATC",
+            Self::Atp { .. } => "ATP",
         }
     }
 }

@@ -3,10 +3,12 @@
 use std::time::Duration;
 
 use media::g711;
-use pstn::line::{CommandError, Line, LineConfig, LineError, LineEvent, LineHandle, LineProver};
+use pstn::line::{
+    CommandError, Line, LineConfig, LineError, LineEvent, LineHandle, LineProver, LineTransport,
+};
 use pstn::msg::FRAME_LEN;
 use pstn::{Cause, Cic, Decoder, Event, Iam, Law, Message, Number};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio::time::timeout;
@@ -93,7 +95,7 @@ async fn attach_with(
         ex.send(&Message::Ata { law }).await;
         ex
     });
-    let mut cfg = LineConfig::new(addr.to_string(), num("+4930123456"));
+    let mut cfg = LineConfig::new(addr.to_string(), LineTransport::Plain, num("+4930123456"));
     cfg.device_id = Some("d-test".into());
     tweak(&mut cfg);
     let (handle, mut events) = Line::attach(cfg, prover).await.expect("attaches");
@@ -103,7 +105,9 @@ async fn attach_with(
         next(&mut events).await,
         LineEvent::Attached {
             number: num("+4930123456"),
-            law
+            law,
+            tls: false,
+            proved: false,
         }
     );
     (ex, handle, events)
@@ -162,7 +166,7 @@ async fn attach_refused() {
         })
         .await;
     });
-    let cfg = LineConfig::new(addr.to_string(), num("+4930123456"));
+    let cfg = LineConfig::new(addr.to_string(), LineTransport::Plain, num("+4930123456"));
     match Line::attach(cfg, None).await {
         Err(LineError::Refused(c)) => assert_eq!(c, Cause::UNALLOCATED_NUMBER),
         other => panic!("expected a refusal, got {:?}", other.map(|_| ())),
@@ -174,7 +178,7 @@ async fn attach_connection_refused() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     drop(listener);
-    let cfg = LineConfig::new(addr.to_string(), num("+4930123456"));
+    let cfg = LineConfig::new(addr.to_string(), LineTransport::Plain, num("+4930123456"));
     let err = Line::attach(cfg, None)
         .await
         .map(|_| ())
@@ -690,9 +694,203 @@ fn events_read_well() {
     let a = LineEvent::Attached {
         number: num("+4930123456"),
         law: Law::Pcmu,
+        tls: true,
+        proved: true,
     };
     assert_eq!(
         serde_json::to_string(&a).expect("json"),
-        r#"{"event":"attached","number":"+4930123456","law":"PCMU"}"#
+        r#"{"event":"attached","number":"+4930123456","law":"PCMU","tls":true,"proved":true}"#
     );
+    assert_eq!(
+        a.to_string(),
+        "attached as +4930123456 (PCMU) over TLS (exchange key pinned); zone key proved"
+    );
+}
+
+/// An exchange on `listener` that answers the first ATT with an attach challenge, checks the
+/// line's ATP, then sends `answer` (its ATA or ATR); it returns what the line sent.
+async fn challenging_exchange(
+    stream: impl AsyncRead + AsyncWrite + Unpin,
+    branch: &str,
+    answer: Message,
+) -> Vec<Message> {
+    let mut stream = stream;
+    let mut decoder = Decoder::new();
+    let mut seen = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let send = |m: &Message| pstn::codec::encode_to_vec(m).expect("encodes");
+    loop {
+        while let Some(m) = decoder.pop() {
+            let m = m.expect("valid");
+            seen.push(m.clone());
+            match m {
+                Message::Att { .. } => {
+                    let atc = Message::Atc {
+                        challenge: "v=1;ctr=7".into(),
+                        call_ref: "attach-42".into(),
+                        branch: branch.into(),
+                    };
+                    stream.write_all(&send(&atc)).await.expect("write");
+                }
+                Message::Atp { .. } => {
+                    stream.write_all(&send(&answer)).await.expect("write");
+                }
+                _ => {}
+            }
+        }
+        match timeout(WAIT, stream.read(&mut chunk)).await {
+            Ok(Ok(n)) if n > 0 => decoder.push(&chunk[..n]).expect("fits"),
+            _ => return seen,
+        }
+    }
+}
+
+#[tokio::test]
+async fn attach_challenge_is_proved_by_the_zone() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let ex = tokio::spawn(async move {
+        let (stream, _) = listener.accept().await.expect("accept");
+        challenging_exchange(
+            stream,
+            pstn::msg::ATTACH_BRANCH,
+            Message::Ata { law: Law::Pcmu },
+        )
+        .await
+    });
+    let cfg = LineConfig::new(addr.to_string(), LineTransport::Plain, num("+4930123456"));
+    let (line, mut events) = Line::attach(cfg, Some(Box::new(EchoProver)))
+        .await
+        .expect("attaches");
+    assert_eq!(
+        next(&mut events).await,
+        LineEvent::Attached {
+            number: num("+4930123456"),
+            law: Law::Pcmu,
+            tls: false,
+            proved: true,
+        }
+    );
+    line.shutdown().await;
+    let seen = ex.await.expect("exchange");
+    assert_eq!(
+        seen[1],
+        Message::Atp {
+            proof: "proof(v=1;ctr=7,attach-42,trustring-attach)".into()
+        }
+    );
+}
+
+#[tokio::test]
+async fn attach_challenge_needs_a_zone_and_the_attach_branch() {
+    // No prover: a plain line cannot take a phone's number.
+    for (prover, branch, want) in [
+        (None, pstn::msg::ATTACH_BRANCH, "ProofRequired"),
+        (
+            Some(Box::new(FailingProver) as Box<dyn LineProver>),
+            pstn::msg::ATTACH_BRANCH,
+            "Prove",
+        ),
+        // A call's binding sent as an attach challenge: the zone is not asked.
+        (
+            Some(Box::new(EchoProver) as Box<dyn LineProver>),
+            "z9hG4bK-call",
+            "BadAttachChallenge",
+        ),
+    ] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let ex = tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.expect("accept");
+            challenging_exchange(stream, branch, Message::Ata { law: Law::Pcmu }).await
+        });
+        let cfg = LineConfig::new(addr.to_string(), LineTransport::Plain, num("+4930123456"));
+        let err = Line::attach(cfg, prover)
+            .await
+            .map(|_| ())
+            .expect_err("not attached");
+        assert!(format!("{err:?}").starts_with(want), "{err:?}");
+        let seen = ex.await.expect("exchange");
+        assert!(
+            !seen.iter().any(|m| matches!(m, Message::Atp { .. })),
+            "{seen:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn tls_link_with_the_pinned_key_only() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let names = ["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let ours = tls::ServerIdentity::load_or_create(&dir.path().join("a"), None, None, &names)
+        .expect("identity");
+    let other = tls::ServerIdentity::load_or_create(&dir.path().join("b"), None, None, &names)
+        .expect("identity");
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(&ours).expect("config"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let ex = tokio::spawn(async move {
+        // First connection: the line pins our key.
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let stream = acceptor.accept(tcp).await.expect("handshake");
+        let seen = challenging_exchange(
+            stream,
+            pstn::msg::ATTACH_BRANCH,
+            Message::Ata { law: Law::Pcma },
+        )
+        .await;
+        // Second: the line pins another key; the handshake fails on its side.
+        let (tcp, _) = listener.accept().await.expect("accept");
+        let _ = acceptor.accept(tcp).await;
+        // Third: plain TCP where TLS is expected.
+        let (mut tcp, _) = listener.accept().await.expect("accept");
+        let mut buf = [0u8; 512];
+        let _ = timeout(WAIT, tcp.read(&mut buf)).await;
+        let _ = tcp
+            .write_all(&pstn::codec::encode_to_vec(&Message::Ata { law: Law::Pcma }).expect("x"))
+            .await;
+        seen
+    });
+    let cfg = LineConfig::new(
+        addr.to_string(),
+        LineTransport::Tls(ours.fingerprint),
+        num("+4930123456"),
+    );
+    let (line, mut events) = Line::attach(cfg, Some(Box::new(EchoProver)))
+        .await
+        .expect("attaches over TLS");
+    assert!(matches!(
+        next(&mut events).await,
+        LineEvent::Attached {
+            tls: true,
+            proved: true,
+            ..
+        }
+    ));
+    line.shutdown().await;
+    let cfg = LineConfig::new(
+        addr.to_string(),
+        LineTransport::Tls(other.fingerprint),
+        num("+4930123456"),
+    );
+    let err = Line::attach(cfg, Some(Box::new(EchoProver)))
+        .await
+        .map(|_| ())
+        .expect_err("a key other than the pinned one");
+    assert!(
+        matches!(&err, LineError::Tls { reason, .. } if reason.contains("not the pinned one")),
+        "{err}"
+    );
+    let cfg = LineConfig::new(
+        addr.to_string(),
+        LineTransport::Tls(ours.fingerprint),
+        num("+4930123456"),
+    );
+    let err = Line::attach(cfg, Some(Box::new(EchoProver)))
+        .await
+        .map(|_| ())
+        .expect_err("no TLS");
+    assert!(matches!(err, LineError::Tls { .. }), "{err}");
+    let seen = ex.await.expect("exchange");
+    assert!(matches!(seen[1], Message::Atp { .. }), "{seen:?}");
 }

@@ -1,10 +1,15 @@
-//! The tokio IO layer: UDP and TCP transports that drive the Sans-IO [`sip_core::proxy::Proxy`].
+//! The tokio IO layer: UDP, TCP and TLS transports that drive the Sans-IO
+//! [`sip_core::proxy::Proxy`].
 //!
 //! One task owns the proxy. It reads the UDP socket itself (no channel hop on the hot path),
-//! takes framed TCP messages and control commands from a channel, sleeps until the proxy's
-//! next timer, and after every input drains the proxy's outputs: datagrams are sent at once,
-//! stream bytes go to the connection's writer task, and events go to the caller's event sink
-//! (the store writer). No SIP logic lives here.
+//! takes framed TCP and TLS messages and control commands from channels, sleeps until the
+//! proxy's next timer, and after every input drains the proxy's outputs: datagrams are sent
+//! at once, stream bytes go to the connection's writer task, and events go to the caller's
+//! event sink (the store writer). No SIP logic lives here.
+//!
+//! Bounded memory under hostile peers (R30): the UDP socket is read inline (the kernel's
+//! buffer is the only queue), the stream transports' queues, connection caps and timeouts
+//! are in the `tcp` module's docs ([`StreamLimits`]).
 //!
 //! Metrics ([`Metrics`]): the driver times the branch INVITEs of each fork as they leave
 //! (fork skew, R11) and hands out the proxy's counters when a scrape asks
@@ -12,12 +17,16 @@
 
 mod metrics;
 mod tcp;
+mod tls;
 pub mod trace;
 
 pub use metrics::{
     FORK_SKEW_BUCKETS_US, Histogram, HistogramSnapshot, KNOWN_TRUST_KINDS, Metrics,
     STORE_LATENCY_BUCKETS_MS, StoreOp, render,
 };
+pub use tcp::StreamLimits;
+/// The rustls this crate's TLS listener is built with (for its `ServerConfig`).
+pub use tokio_rustls::rustls;
 
 use std::collections::HashMap;
 use std::io;
@@ -32,7 +41,10 @@ use sip_core::proxy::{
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::net::{TcpListener, TcpSocket, UdpSocket};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, oneshot};
+
+use crate::tcp::ConnHandle;
 
 /// Commands from the rest of the server (admin API) to the proxy.
 #[derive(Debug)]
@@ -57,16 +69,24 @@ pub enum Control {
 pub(crate) enum NetInput {
     Connected {
         conn: ConnId,
-        peer: SocketAddr,
-        writer: mpsc::UnboundedSender<Bytes>,
+        handle: ConnHandle,
     },
     Message {
         conn: ConnId,
         peer: SocketAddr,
+        transport: Transport,
         data: Bytes,
     },
     Closed(ConnId),
 }
+
+/// Messages from the stream connections waiting for the proxy task; a reader waits when
+/// they are this many (back-pressure, see the `tcp` module).
+pub const NET_QUEUE: usize = 256;
+
+/// Capacity of the queue of proxy events for the store writer (`spawn*`'s `events`): a
+/// caller should make its channel this size. Full, the SIP loop waits (back-pressure).
+pub const EVENT_QUEUE: usize = 8192;
 
 /// How long a scrape waits for the SIP loop's counters before it serves the last ones.
 pub const STATS_TIMEOUT: Duration = Duration::from_secs(2);
@@ -118,6 +138,21 @@ impl SipHandle {
 pub struct SipSockets {
     udp: UdpSocket,
     tcp: TcpListener,
+    tls: Option<TlsListener>,
+}
+
+/// The SIP over TLS listener and its configuration.
+struct TlsListener {
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+}
+
+impl std::fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("listener", &self.listener)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The kernel buffer size asked for the UDP socket, each way (SO_RCVBUF and SO_SNDBUF), as
@@ -141,12 +176,34 @@ impl SipSockets {
     pub async fn bind(addr: SocketAddr) -> io::Result<Self> {
         let udp = bind_udp(addr)?;
         let tcp = bind_tcp(udp.local_addr()?)?;
-        Ok(Self { udp, tcp })
+        Ok(Self {
+            udp,
+            tcp,
+            tls: None,
+        })
     }
 
-    /// The bound address.
+    /// Adds a SIP over TLS listener on `addr` (TCP, SO_REUSEADDR) serving with `config`
+    /// (which decides the protocol versions: give it TLS 1.2 and 1.3 only). Call it inside a
+    /// tokio runtime.
+    pub fn with_tls(
+        mut self,
+        addr: SocketAddr,
+        config: Arc<rustls::ServerConfig>,
+    ) -> io::Result<Self> {
+        let listener = bind_tcp(addr)?;
+        self.tls = Some(TlsListener { listener, config });
+        Ok(self)
+    }
+
+    /// The bound address (UDP and TCP).
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.udp.local_addr()
+    }
+
+    /// The TLS listener's bound address, if there is one.
+    pub fn tls_local_addr(&self) -> Option<SocketAddr> {
+        self.tls.as_ref().and_then(|t| t.listener.local_addr().ok())
     }
 }
 
@@ -220,17 +277,44 @@ fn bind_tcp(addr: SocketAddr) -> io::Result<TcpListener> {
 pub fn spawn(
     proxy: Proxy,
     sockets: SipSockets,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
 ) -> (SipHandle, tokio::task::JoinHandle<()>) {
-    spawn_traced(proxy, sockets, events, None)
+    spawn_with(proxy, sockets, events, NetOptions::default())
 }
 
 /// [`spawn`], recording every message received and sent into `trace` (ladder diagrams).
 pub fn spawn_traced(
     proxy: Proxy,
     sockets: SipSockets,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     trace: Option<trace::TraceSink>,
+) -> (SipHandle, tokio::task::JoinHandle<()>) {
+    spawn_with(
+        proxy,
+        sockets,
+        events,
+        NetOptions {
+            trace,
+            ..NetOptions::default()
+        },
+    )
+}
+
+/// How [`spawn_with`] runs the transports.
+#[derive(Debug, Clone, Default)]
+pub struct NetOptions {
+    /// Where every message received and sent is recorded (ladder diagrams), if anywhere.
+    pub trace: Option<trace::TraceSink>,
+    /// Caps, queues and timeouts of the TCP and TLS connections.
+    pub limits: StreamLimits,
+}
+
+/// [`spawn`] with `options`.
+pub fn spawn_with(
+    proxy: Proxy,
+    sockets: SipSockets,
+    events: mpsc::Sender<Event>,
+    options: NetOptions,
 ) -> (SipHandle, tokio::task::JoinHandle<()>) {
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::new());
@@ -240,7 +324,7 @@ pub fn spawn_traced(
         control_rx,
         events,
         metrics.clone(),
-        trace,
+        options,
     ));
     (
         SipHandle {
@@ -254,12 +338,12 @@ pub fn spawn_traced(
 struct Driver {
     proxy: Proxy,
     udp: Arc<UdpSocket>,
-    conns: HashMap<ConnId, mpsc::UnboundedSender<Bytes>>,
-    by_addr: HashMap<SocketAddr, ConnId>,
-    net_tx: mpsc::UnboundedSender<NetInput>,
+    conns: HashMap<ConnId, ConnHandle>,
+    /// The connection to reuse for a (transport, peer address).
+    by_addr: HashMap<(Transport, SocketAddr), ConnId>,
+    ctx: tcp::Ctx,
     next_conn: Arc<AtomicU64>,
-    events: mpsc::UnboundedSender<Event>,
-    metrics: Arc<Metrics>,
+    events: mpsc::Sender<Event>,
     trace: Option<trace::TraceSink>,
 }
 
@@ -267,29 +351,46 @@ async fn run(
     proxy: Proxy,
     sockets: SipSockets,
     mut control: mpsc::UnboundedReceiver<Control>,
-    events: mpsc::UnboundedSender<Event>,
+    events: mpsc::Sender<Event>,
     metrics: Arc<Metrics>,
-    trace: Option<trace::TraceSink>,
+    options: NetOptions,
 ) {
-    let (net_tx, mut net_rx) = mpsc::unbounded_channel();
+    let (net_tx, mut net_rx) = mpsc::channel(NET_QUEUE);
     let next_conn = Arc::new(AtomicU64::new(1));
-    tokio::spawn(tcp::accept_loop(
+    let ctx = tcp::Ctx {
+        net: net_tx,
+        limits: options.limits,
+        metrics,
+    };
+    let admission = tcp::Admission::new(options.limits);
+    let mut listeners = vec![tokio::spawn(tcp::accept_loop(
         sockets.tcp,
-        net_tx.clone(),
+        ctx.clone(),
+        admission.clone(),
         next_conn.clone(),
-    ));
+    ))];
+    if let Some(t) = sockets.tls {
+        listeners.push(tokio::spawn(tls::accept_loop(
+            t.listener,
+            t.config,
+            ctx.clone(),
+            admission,
+            next_conn.clone(),
+        )));
+    }
     let udp = Arc::new(sockets.udp);
     let mut d = Driver {
         proxy,
         udp: udp.clone(),
         conns: HashMap::new(),
         by_addr: HashMap::new(),
-        net_tx,
+        ctx,
         next_conn,
         events,
-        metrics,
-        trace,
+        trace: options.trace,
     };
+    // What the proxy queued before the loop (e.g. registrations not restored).
+    d.drain().await;
     let mut buf = vec![0u8; 65_536];
     loop {
         let deadline = d.proxy.poll_timeout().map(tokio::time::Instant::from_std);
@@ -333,6 +434,9 @@ async fn run(
         }
         d.drain().await;
     }
+    for l in listeners {
+        l.abort();
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -351,21 +455,51 @@ impl Driver {
 
     fn net_input(&mut self, n: NetInput) {
         match n {
-            NetInput::Connected { conn, peer, writer } => {
-                self.conns.insert(conn, writer);
-                self.by_addr.insert(peer, conn);
+            NetInput::Connected { conn, handle } => {
+                self.by_addr.insert((handle.transport, handle.peer), conn);
+                self.conns.insert(conn, handle);
             }
-            NetInput::Message { conn, peer, data } => {
-                self.traced_in("TCP", peer, &data);
+            NetInput::Message {
+                conn,
+                peer,
+                transport,
+                data,
+            } => {
+                if !self.conns.contains_key(&conn) {
+                    // Closed by us (its writer overflowed) while its last messages queued.
+                    return;
+                }
+                self.traced_in(transport.as_str(), peer, &data);
                 self.proxy
-                    .handle_receive(Instant::now(), Transport::Tcp, peer, Some(conn), &data);
+                    .handle_receive(Instant::now(), transport, peer, Some(conn), &data);
             }
-            NetInput::Closed(conn) => {
-                self.conns.remove(&conn);
-                self.by_addr.retain(|_, c| *c != conn);
-                self.proxy.connection_closed(conn);
-            }
+            NetInput::Closed(conn) => self.forget(conn),
         }
+    }
+
+    /// Drops a connection from the maps and tells the proxy (which drops the bindings
+    /// reached only over it). Harmless for a connection already forgotten.
+    fn forget(&mut self, conn: ConnId) {
+        if let Some(h) = self.conns.remove(&conn)
+            && self.by_addr.get(&(h.transport, h.peer)) == Some(&conn)
+        {
+            self.by_addr.remove(&(h.transport, h.peer));
+        }
+        self.proxy.connection_closed(conn);
+    }
+
+    /// Closes a connection whose peer does not read (its writer queue is full).
+    fn close_slow_reader(&mut self, conn: ConnId) {
+        if let Some(h) = self.conns.get(&conn) {
+            self.ctx.metrics.count_connection_dropped();
+            tracing::info!(
+                peer = %h.peer,
+                transport = h.transport.as_str(),
+                "closing a connection whose peer does not read (writer queue full)"
+            );
+            h.shared.kill.notify_one();
+        }
+        self.forget(conn);
     }
 
     /// Sends and hands out everything the proxy queued. The branch INVITEs of a fork come
@@ -396,7 +530,22 @@ impl Driver {
                 }
                 Output::Event(e) => {
                     let e = *e;
-                    let _ = self.events.send(e);
+                    if let Event::BindingSaved { binding, .. } = &e
+                        && let Some(h) = binding.source.conn.and_then(|c| self.conns.get(&c))
+                    {
+                        // A registration lives on this connection: the long idle timeout.
+                        h.shared.bound.store(true, Ordering::Relaxed);
+                    }
+                    // Bounded (EVENT_QUEUE): when the store falls behind, the SIP loop waits
+                    // for it instead of queueing without limit; nothing is dropped, and new
+                    // datagrams wait in the kernel (and are retransmitted by their senders).
+                    match self.events.try_send(e) {
+                        Ok(()) | Err(TrySendError::Closed(_)) => {}
+                        Err(TrySendError::Full(e)) => {
+                            self.ctx.metrics.count_store_wait();
+                            let _ = self.events.send(e).await;
+                        }
+                    }
                 }
             }
         }
@@ -407,7 +556,8 @@ impl Driver {
         if let Some((_, first, last, n)) = burst
             && n >= 2
         {
-            self.metrics
+            self.ctx
+                .metrics
                 .observe_fork_skew(last.saturating_duration_since(first));
         }
     }
@@ -427,23 +577,48 @@ impl Driver {
                     tracing::debug!(dest = %target.addr, error = %e, "UDP send failed");
                 }
             }
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 let conn = target
                     .conn
-                    .filter(|c| self.conns.contains_key(c))
-                    .or_else(|| self.by_addr.get(&target.addr).copied());
-                if let Some(w) = conn.and_then(|c| self.conns.get(&c))
-                    && w.send(payload.clone()).is_ok()
+                    .filter(|c| {
+                        self.conns
+                            .get(c)
+                            .is_some_and(|h| h.transport == target.transport)
+                    })
+                    .or_else(|| self.by_addr.get(&(target.transport, target.addr)).copied());
+                let mut payload = payload;
+                if let Some(c) = conn
+                    && let Some(h) = self.conns.get(&c)
                 {
+                    match h.writer.try_send(payload) {
+                        Ok(()) => return,
+                        Err(TrySendError::Full(_)) => {
+                            // Dropped, and the connection with it (see the `tcp` module).
+                            self.close_slow_reader(c);
+                            return;
+                        }
+                        Err(TrySendError::Closed(p)) => {
+                            // Its tasks ended; their Closed is on the way.
+                            self.forget(c);
+                            payload = p;
+                        }
+                    }
+                }
+                if target.transport == Transport::Tls {
+                    tracing::debug!(
+                        dest = %target.addr,
+                        "no TLS connection to this peer: not sent (the proxy opens no TLS connections)"
+                    );
                     return;
                 }
                 // No live connection: open one; the bytes wait in its queue.
                 let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-                let (w, r) = mpsc::unbounded_channel();
-                let _ = w.send(payload);
-                self.conns.insert(id, w);
-                self.by_addr.insert(target.addr, id);
-                tokio::spawn(tcp::connect(id, target.addr, r, self.net_tx.clone()));
+                let (h, out) = tcp::handle(Transport::Tcp, target.addr, &self.ctx.limits);
+                let shared = h.shared.clone();
+                let _ = h.writer.try_send(payload);
+                self.conns.insert(id, h);
+                self.by_addr.insert((Transport::Tcp, target.addr), id);
+                tokio::spawn(tcp::connect(id, target.addr, out, shared, self.ctx.clone()));
             }
         }
     }

@@ -152,6 +152,12 @@ pub struct Metrics {
     store_latency: [Histogram; 3],
     /// The proxy's counters as last copied out of the SIP loop.
     proxy: Mutex<ProxyStats>,
+    /// TCP/TLS connections refused at accept (a connection cap), and closed by us (slow
+    /// reader, no first message in time, idle): counted by the stream transports.
+    connections_refused: AtomicU64,
+    connections_dropped: AtomicU64,
+    /// Times the SIP loop found the store-event queue full and waited for the writer.
+    store_waits: AtomicU64,
 }
 
 impl Default for Metrics {
@@ -168,7 +174,39 @@ impl Metrics {
             fork_skew: Histogram::new(&FORK_SKEW_BUCKETS_US, Duration::from_micros(1)),
             store_latency: [store(), store(), store()],
             proxy: Mutex::new(ProxyStats::default()),
+            connections_refused: AtomicU64::new(0),
+            connections_dropped: AtomicU64::new(0),
+            store_waits: AtomicU64::new(0),
         }
+    }
+
+    /// Counts one time the SIP loop waited for the store writer (its queue was full).
+    pub fn count_store_wait(&self) {
+        self.store_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// How many times the SIP loop waited for the store writer.
+    pub fn store_waits(&self) -> u64 {
+        self.store_waits.load(Ordering::Relaxed)
+    }
+
+    /// Counts a TCP/TLS connection refused by a connection cap.
+    pub fn count_connection_refused(&self) {
+        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a TCP/TLS connection closed by the server: its peer did not read, sent no
+    /// message (or finished no TLS handshake) in time, or went idle.
+    pub fn count_connection_dropped(&self) {
+        self.connections_dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// (refused, dropped) connections so far.
+    pub fn connections(&self) -> (u64, u64) {
+        (
+            self.connections_refused.load(Ordering::Relaxed),
+            self.connections_dropped.load(Ordering::Relaxed),
+        )
     }
 
     /// Records how far apart the first and the last branch INVITE of one fork left.
@@ -210,7 +248,48 @@ impl Metrics {
             .iter()
             .map(|&op| (op, self.store_latency(op)))
             .collect();
-        render(stats, &self.fork_skew(), &store)
+        let mut out = render(stats, &self.fork_skew(), &store);
+        let (refused, dropped) = self.connections();
+        family(
+            &mut out,
+            "trustring_sip_connections_refused_total",
+            "counter",
+            "SIP TCP/TLS connections closed at accept because a connection cap was reached \
+             (total or per source address).",
+        );
+        sample(
+            &mut out,
+            "trustring_sip_connections_refused_total",
+            &[],
+            refused,
+        );
+        family(
+            &mut out,
+            "trustring_sip_connections_dropped_total",
+            "counter",
+            "SIP TCP/TLS connections closed by the server: the peer did not read what it was \
+             sent, sent no whole message (or finished no TLS handshake) in time, or went idle.",
+        );
+        sample(
+            &mut out,
+            "trustring_sip_connections_dropped_total",
+            &[],
+            dropped,
+        );
+        family(
+            &mut out,
+            "trustring_store_queue_waits_total",
+            "counter",
+            "Times the SIP loop found the queue of store writes (registrations, CDRs, security \
+             events) full and waited for the store: back-pressure instead of unbounded memory.",
+        );
+        sample(
+            &mut out,
+            "trustring_store_queue_waits_total",
+            &[],
+            self.store_waits(),
+        );
+        out
     }
 
     /// The text exposition of everything, with the proxy's counters as last kept.
@@ -542,6 +621,9 @@ mod tests {
             ("trustring_auth_failures_total", "counter"),
             ("trustring_trust_failures_total", "counter"),
             ("trustring_store_latency_milliseconds", "histogram"),
+            ("trustring_sip_connections_refused_total", "counter"),
+            ("trustring_sip_connections_dropped_total", "counter"),
+            ("trustring_store_queue_waits_total", "counter"),
         ]
         .into_iter()
         .map(|(a, b)| (a.to_owned(), b.to_owned()))

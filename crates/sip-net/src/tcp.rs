@@ -1,36 +1,63 @@
-//! TCP: accept and connect, then one reader task (framing by Content-Length, RFC 3261
-//! §18.3) and one writer task per connection. A framing error closes the connection: on a
-//! stream there is no way to find the next message after a bad one. When the bad message
-//! was a request that can be answered, the answer goes out first (513 Message Too Large for
-//! a message over the size limit, 400 for a missing or conflicting Content-Length): the
-//! writer writes it after what it was given before, shuts its side, and the reader drains
-//! what the peer still sends for a moment (a lingering close), so that closing with unread
-//! bytes does not reset the connection and destroy the answer in flight.
+//! Stream transports, TCP and TLS: accept and connect, then one reader task (framing by
+//! Content-Length, RFC 3261 §18.3) and one writer task per connection, the same code for
+//! both: [`serve`] takes any [`Stream`] (`AsyncRead + AsyncWrite`, split into a reader's and
+//! a writer's half): a `TcpStream`, or a `TlsStream` once its handshake is done (see the
+//! `tls` module).
+//!
+//! A framing error closes the connection: on a stream there is no way to find the next
+//! message after a bad one. When the bad message was a request that can be answered, the
+//! answer goes out first (513 Message Too Large for a message over the size limit, 400 for a
+//! missing or conflicting Content-Length): the writer writes it after what it was given
+//! before, shuts its side, and the reader drains what the peer still sends for a moment (a
+//! lingering close), so that closing with unread bytes does not reset the connection and
+//! destroy the answer in flight.
 //!
 //! A double-CRLF keep-alive ping between messages is answered with a single CRLF pong
 //! (RFC 5626 §3.5.1); a lone CRLF is skipped.
 //!
 //! Framing is incremental ([`Framer`]): work is linear in the bytes received, however the
 //! peer splits them.
+//!
+//! # Bounds (R30): every queue has a size and an overflow policy
+//! - **Writer queue** ([`StreamLimits::writer_queue`] messages): the proxy's messages for
+//!   one connection. The driver never waits on it: when it is full the peer is not reading
+//!   what we send, and the connection is closed (the message is dropped; bindings reached
+//!   only over it go with it). Pongs have a small queue of their own with the same policy.
+//!   The kernel's send buffer below it is fixed at [`SEND_BUFFER`] (256 KiB), so a
+//!   non-reading peer also holds little kernel memory and fills the queue soon.
+//! - **Network input** ([`crate::NET_QUEUE`] messages): framed messages from every
+//!   connection to the proxy task. A reader waits when it is full and reads nothing more
+//!   from its socket meanwhile: back-pressure reaches the peer through TCP flow control.
+//! - **Connections**: at most [`StreamLimits::max_connections`] accepted at once (TCP and
+//!   TLS together) and [`StreamLimits::max_connections_per_ip`] from one address; one over
+//!   either cap is closed at once, before any byte (or handshake) is read.
+//! - **Time**: an accepted connection must complete its TLS handshake and deliver a whole
+//!   SIP message within [`StreamLimits::first_message`] (default 10 s), or it is closed.
+//!   After that, a connection is closed after [`StreamLimits::idle_unbound`] without a
+//!   byte from the peer (default 5 minutes), or [`StreamLimits::idle_bound`] once a
+//!   registration was made over it (default 65 minutes, longer than the longest
+//!   registration: a registered client's refreshes and keep-alives keep it open). Kamailio's
+//!   default lifetime for any TCP connection is 2 minutes; 5 leave room for a call set up
+//!   by an unregistered client over TCP, whose in-dialog requests may be minutes apart.
 
 use std::cell::RefCell;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use sip_core::message::{Frame, MAX_MESSAGE_SIZE, ParseError, frame_stream};
-use sip_core::proxy::ConnId;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use sip_core::proxy::{ConnId, Transport};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
 
-use crate::NetInput;
+use crate::{Metrics, NetInput};
 
-/// A connection with no traffic for this long is closed (bounds idle resources).
-const IDLE: Duration = Duration::from_secs(3600);
 /// How long a connection closed on a framing error waits for its answer to be written.
 const FLUSH: Duration = Duration::from_secs(2);
 /// How long it then reads and drops what the peer still sends (the lingering close) …
@@ -39,6 +66,202 @@ const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 4 * MAX_MESSAGE_SIZE;
 /// The keep-alive ping (RFC 5626 §3.5.1); the pong is its second half.
 const PING: &[u8; 4] = b"\r\n\r\n";
+/// Pongs owed to a peer and not yet written: more, and the peer is not reading.
+const PONG_QUEUE: usize = 16;
+/// How long an outgoing TCP connection may take to connect.
+const CONNECT: Duration = Duration::from_secs(5);
+/// The kernel send buffer of every SIP connection (SO_SNDBUF, which also stops Linux from
+/// growing it to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default): hundreds of SIP
+/// messages, and a bound on the kernel memory a peer that does not read can hold.
+pub(crate) const SEND_BUFFER: usize = 256 * 1024;
+
+/// Sets up a new connection's socket: no Nagle delay, a [`SEND_BUFFER`] send buffer.
+pub(crate) fn tune(stream: &TcpStream) {
+    let _ = stream.set_nodelay(true);
+    if let Err(e) = socket2::SockRef::from(stream).set_send_buffer_size(SEND_BUFFER) {
+        tracing::debug!(error = %e, "setting a connection's send buffer size failed");
+    }
+}
+
+/// Limits of the stream transports (see the module docs for the policies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    /// Accepted connections open at once, TCP and TLS together (default 4096).
+    pub max_connections: usize,
+    /// Accepted connections open at once from one IP address (default 64).
+    pub max_connections_per_ip: usize,
+    /// Time an accepted connection has to finish its TLS handshake and send a whole SIP
+    /// message (default 10 s).
+    pub first_message: Duration,
+    /// Time without a byte from the peer after which a connection that carries no
+    /// registration is closed (default 300 s).
+    pub idle_unbound: Duration,
+    /// The same for a connection a registration was made over (default 3900 s).
+    pub idle_bound: Duration,
+    /// Messages queued for one connection's writer; one more closes the connection
+    /// (default 64).
+    pub writer_queue: usize,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            max_connections_per_ip: 64,
+            first_message: Duration::from_secs(10),
+            idle_unbound: Duration::from_secs(300),
+            idle_bound: Duration::from_secs(3900),
+            writer_queue: 64,
+        }
+    }
+}
+
+/// What the driver and a connection's tasks share.
+#[derive(Debug, Default)]
+pub(crate) struct ConnShared {
+    /// Told by the driver to close (its writer queue overflowed).
+    pub(crate) kill: Notify,
+    /// A registration was made over this connection: the long idle timeout applies.
+    pub(crate) bound: AtomicBool,
+}
+
+/// The driver's end of a connection.
+#[derive(Debug)]
+pub(crate) struct ConnHandle {
+    /// The writer queue.
+    pub(crate) writer: mpsc::Sender<Bytes>,
+    /// TCP or TLS.
+    pub(crate) transport: Transport,
+    /// The peer's address.
+    pub(crate) peer: SocketAddr,
+    pub(crate) shared: Arc<ConnShared>,
+}
+
+/// A new connection's driver handle and the receiving ends its tasks need.
+pub(crate) fn handle(
+    transport: Transport,
+    peer: SocketAddr,
+    limits: &StreamLimits,
+) -> (ConnHandle, mpsc::Receiver<Bytes>) {
+    let (writer, out) = mpsc::channel(limits.writer_queue.max(1));
+    let handle = ConnHandle {
+        writer,
+        transport,
+        peer,
+        shared: Arc::new(ConnShared::default()),
+    };
+    (handle, out)
+}
+
+/// Counts accepted connections against the caps.
+#[derive(Debug)]
+pub(crate) struct Admission {
+    limits: StreamLimits,
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+}
+
+/// An admitted connection's place under the caps, given back when it is dropped.
+#[derive(Debug)]
+pub(crate) struct Slot {
+    admission: Arc<Admission>,
+    ip: IpAddr,
+}
+
+impl Admission {
+    pub(crate) fn new(limits: StreamLimits) -> Arc<Self> {
+        Arc::new(Self {
+            limits,
+            total: AtomicUsize::new(0),
+            per_ip: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A slot for a connection from `ip`, or `None` when a cap is reached.
+    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = per_ip.get(&ip).copied().unwrap_or(0);
+        if n >= self.limits.max_connections_per_ip
+            || self.total.load(Ordering::Relaxed) >= self.limits.max_connections
+        {
+            return None;
+        }
+        per_ip.insert(ip, n + 1);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Some(Slot {
+            admission: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_ip = self
+            .admission
+            .per_ip
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = per_ip.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        self.admission.total.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// A connection's byte stream, split for its reader and writer tasks: any `AsyncRead +
+/// AsyncWrite` stream can be served; a `TcpStream` splits without a lock.
+pub(crate) trait Stream: Send + 'static {
+    /// The reader task's half.
+    type Reader: AsyncRead + Send + Unpin + 'static;
+    /// The writer task's half.
+    type Writer: AsyncWrite + Send + Unpin + 'static;
+    /// The two halves.
+    fn halves(self) -> (Self::Reader, Self::Writer);
+}
+
+impl Stream for TcpStream {
+    type Reader = OwnedReadHalf;
+    type Writer = OwnedWriteHalf;
+
+    fn halves(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        self.into_split()
+    }
+}
+
+impl<S> Stream for tokio_rustls::server::TlsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    type Reader = ReadHalf<Self>;
+    type Writer = WriteHalf<Self>;
+
+    fn halves(self) -> (ReadHalf<Self>, WriteHalf<Self>) {
+        tokio::io::split(self)
+    }
+}
+
+/// What every connection task needs besides its stream.
+#[derive(Debug, Clone)]
+pub(crate) struct Ctx {
+    pub(crate) net: mpsc::Sender<NetInput>,
+    pub(crate) limits: StreamLimits,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+/// One connection as its reader sees it.
+struct Conn {
+    id: ConnId,
+    peer: SocketAddr,
+    transport: Transport,
+    /// Accepted by us (the first-message timeout applies), not opened by us.
+    inbound: bool,
+    /// When it was accepted or connected.
+    opened: Instant,
+}
 
 /// What the reader has the writer write, besides the proxy's messages.
 #[derive(Debug)]
@@ -50,27 +273,63 @@ enum Local {
     Last(Bytes),
 }
 
+/// Why a connection ended (for the log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// The peer closed it, or reading failed.
+    Eof,
+    /// No whole message within the first-message timeout.
+    FirstMessage,
+    /// No byte within the idle timeout.
+    Idle,
+    /// The peer does not read: its pong queue overflowed.
+    SlowReader,
+    /// Closed by the driver: the peer does not read, its writer queue overflowed (the
+    /// driver counts it).
+    Killed,
+    /// A framing error (answered, if it could be).
+    Framing,
+    /// The writer stopped (a write failed), or the proxy task is gone.
+    Gone,
+}
+
 pub(crate) async fn accept_loop(
     listener: TcpListener,
-    net: mpsc::UnboundedSender<NetInput>,
+    ctx: Ctx,
+    admission: Arc<Admission>,
     next: Arc<AtomicU64>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(slot) = admission.admit(peer.ip()) else {
+                    refused(&ctx, peer, Transport::Tcp);
+                    continue;
+                };
                 let id = ConnId(next.fetch_add(1, Ordering::Relaxed));
-                let (w, r) = mpsc::unbounded_channel();
-                if net
-                    .send(NetInput::Connected {
-                        conn: id,
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    tune(&stream);
+                    let (handle, out) = handle(Transport::Tcp, peer, &ctx.limits);
+                    let shared = handle.shared.clone();
+                    if ctx
+                        .net
+                        .send(NetInput::Connected { conn: id, handle })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    let conn = Conn {
+                        id,
                         peer,
-                        writer: w,
-                    })
-                    .is_err()
-                {
-                    return;
-                }
-                tokio::spawn(serve(id, peer, stream, r, net.clone()));
+                        transport: Transport::Tcp,
+                        inbound: true,
+                        opened: Instant::now(),
+                    };
+                    serve(conn, stream, out, shared, ctx).await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "TCP accept failed");
@@ -80,93 +339,199 @@ pub(crate) async fn accept_loop(
     }
 }
 
+/// A connection over a cap: closed at once (dropping the stream), counted and logged.
+pub(crate) fn refused(ctx: &Ctx, peer: SocketAddr, transport: Transport) {
+    ctx.metrics.count_connection_refused();
+    tracing::debug!(%peer, transport = transport.as_str(), "connection refused: connection cap reached");
+}
+
+/// Serves an accepted TLS connection whose handshake is done (see the `tls` module).
+pub(crate) async fn serve_accepted<S>(
+    id: ConnId,
+    peer: SocketAddr,
+    transport: Transport,
+    opened: Instant,
+    stream: S,
+    ctx: Ctx,
+) where
+    S: Stream,
+{
+    let (handle, out) = handle(transport, peer, &ctx.limits);
+    let shared = handle.shared.clone();
+    if ctx
+        .net
+        .send(NetInput::Connected { conn: id, handle })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let conn = Conn {
+        id,
+        peer,
+        transport,
+        inbound: true,
+        opened,
+    };
+    serve(conn, stream, out, shared, ctx).await;
+}
+
+/// Opens a TCP connection to `peer` for messages the proxy sends there (the driver has
+/// registered `id` already).
 pub(crate) async fn connect(
     id: ConnId,
     peer: SocketAddr,
-    out: mpsc::UnboundedReceiver<Bytes>,
-    net: mpsc::UnboundedSender<NetInput>,
+    out: mpsc::Receiver<Bytes>,
+    shared: Arc<ConnShared>,
+    ctx: Ctx,
 ) {
-    match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(peer)).await {
-        Ok(Ok(stream)) => serve(id, peer, stream, out, net).await,
+    match tokio::time::timeout(CONNECT, TcpStream::connect(peer)).await {
+        Ok(Ok(stream)) => {
+            tune(&stream);
+            let conn = Conn {
+                id,
+                peer,
+                transport: Transport::Tcp,
+                inbound: false,
+                opened: Instant::now(),
+            };
+            serve(conn, stream, out, shared, ctx).await;
+        }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TCP connect failed");
-            let _ = net.send(NetInput::Closed(id));
+            let _ = ctx.net.send(NetInput::Closed(id)).await;
         }
         Err(_) => {
             tracing::debug!(%peer, "TCP connect timed out");
-            let _ = net.send(NetInput::Closed(id));
+            let _ = ctx.net.send(NetInput::Closed(id)).await;
         }
     }
 }
 
-async fn serve(
-    id: ConnId,
-    peer: SocketAddr,
-    stream: TcpStream,
-    out: mpsc::UnboundedReceiver<Bytes>,
-    net: mpsc::UnboundedSender<NetInput>,
-) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, wr) = stream.into_split();
-    let (local, local_rx) = mpsc::unbounded_channel();
+/// Reads, frames and hands over the messages of one connection until it ends, with a
+/// writer task for what goes out; then tells the driver it is closed.
+async fn serve<S>(
+    conn: Conn,
+    stream: S,
+    out: mpsc::Receiver<Bytes>,
+    shared: Arc<ConnShared>,
+    ctx: Ctx,
+) where
+    S: Stream,
+{
+    let (mut rd, wr) = stream.halves();
+    let (local, local_rx) = mpsc::channel(PONG_QUEUE);
     let mut writer = tokio::spawn(write_loop(wr, out, local_rx));
+    let mut writer_done = false;
     let mut framer = Framer::new();
     let mut last = None;
-    'read: loop {
-        match tokio::time::timeout(IDLE, rd.read_buf(&mut framer.buf)).await {
-            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
-            Ok(Ok(_)) => {}
+    let mut framed_one = false;
+    let mut heard = Instant::now();
+    let limits = ctx.limits;
+    let idle = |shared: &ConnShared| {
+        if shared.bound.load(Ordering::Relaxed) {
+            limits.idle_bound
+        } else {
+            limits.idle_unbound
+        }
+    };
+    let end = 'read: loop {
+        let first = conn.inbound && !framed_one;
+        let deadline = if first {
+            conn.opened + limits.first_message
+        } else {
+            heard + idle(&shared)
+        };
+        tokio::select! {
+            r = rd.read_buf(&mut framer.buf) => match r {
+                Ok(0) | Err(_) => break End::Eof,
+                Ok(_) => heard = Instant::now(),
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                if first {
+                    break End::FirstMessage;
+                }
+                // The connection may have become bound meanwhile: its deadline moved.
+                if Instant::now() >= heard + idle(&shared) {
+                    break End::Idle;
+                }
+                continue;
+            }
+            () = shared.kill.notified() => break End::Killed,
+            _ = &mut writer => {
+                writer_done = true;
+                break End::Gone;
+            }
         }
         loop {
             match framer.next_message() {
                 Ok(None) => break,
                 Ok(Some(data)) => {
-                    if net
+                    framed_one = true;
+                    // Waits while the proxy task is behind (back-pressure).
+                    let sent = ctx
+                        .net
                         .send(NetInput::Message {
-                            conn: id,
-                            peer,
+                            conn: conn.id,
+                            peer: conn.peer,
+                            transport: conn.transport,
                             data,
                         })
-                        .is_err()
-                    {
-                        break 'read;
+                        .await;
+                    if sent.is_err() {
+                        break 'read End::Gone;
                     }
                 }
                 Err(e) => {
                     let answer = e.response();
                     tracing::debug!(
-                        %peer,
+                        peer = %conn.peer,
+                        transport = conn.transport.as_str(),
                         reason = e.reason,
                         answered = answer.as_ref().map(|r| r.status),
-                        "TCP framing error; closing"
+                        "framing error; closing"
                     );
                     last = answer.map(|r| Bytes::from(r.to_bytes()));
-                    break 'read;
+                    break 'read End::Framing;
                 }
             }
         }
         for _ in 0..framer.take_pings() {
-            let _ = local.send(Local::Pong);
+            if local.try_send(Local::Pong).is_err() {
+                break 'read End::SlowReader;
+            }
+        }
+    };
+    match end {
+        End::Eof | End::Framing | End::Gone | End::Killed => {}
+        End::FirstMessage | End::Idle | End::SlowReader => {
+            ctx.metrics.count_connection_dropped();
+            tracing::debug!(
+                peer = %conn.peer,
+                transport = conn.transport.as_str(),
+                why = ?end,
+                "closing connection"
+            );
         }
     }
     if let Some(answer) = last
-        && local.send(Local::Last(answer)).is_ok()
+        && !writer_done
+        && local.send(Local::Last(answer)).await.is_ok()
         && tokio::time::timeout(FLUSH, &mut writer).await.is_ok()
     {
         linger(&mut rd).await;
     }
     writer.abort();
-    let _ = net.send(NetInput::Closed(id));
+    let _ = ctx.net.send(NetInput::Closed(conn.id)).await;
 }
 
 /// The writer task: the proxy's messages from `out` in order, the reader's pongs between
 /// them (never inside one), and the reader's last answer, after which it shuts the writing
 /// side and ends.
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
-    mut out: mpsc::UnboundedReceiver<Bytes>,
-    mut local: mpsc::UnboundedReceiver<Local>,
-) {
+async fn write_loop<W>(mut wr: W, mut out: mpsc::Receiver<Bytes>, mut local: mpsc::Receiver<Local>)
+where
+    W: AsyncWrite + Unpin,
+{
     loop {
         let bytes = tokio::select! {
             biased;
@@ -177,7 +542,7 @@ async fn write_loop(
             l = local.recv() => match l {
                 Some(Local::Pong) => Bytes::from_static(&PING[2..]),
                 Some(Local::Last(b)) => {
-                    if wr.write_all(&b).await.is_ok() {
+                    if wr.write_all(&b).await.is_ok() && wr.flush().await.is_ok() {
                         let _ = wr.shutdown().await;
                     }
                     return;
@@ -188,13 +553,18 @@ async fn write_loop(
         if wr.write_all(&bytes).await.is_err() {
             return;
         }
+        // TLS keeps records in its buffer until flushed (a no-op on TCP); flush when
+        // nothing else is waiting, so back-to-back messages share records and segments.
+        if out.is_empty() && local.is_empty() && wr.flush().await.is_err() {
+            return;
+        }
     }
 }
 
 /// Reads and drops what the peer still sends, until it closes, for at most [`LINGER`] and
 /// [`LINGER_BYTES`]: closing a socket with unread bytes resets the connection, and a reset
 /// can destroy the answer just written before the peer reads it.
-async fn linger(rd: &mut OwnedReadHalf) {
+async fn linger<R: AsyncRead + Unpin>(rd: &mut R) {
     let mut scratch = vec![0u8; 16 * 1024];
     let mut left = LINGER_BYTES;
     let _ = tokio::time::timeout(LINGER, async {

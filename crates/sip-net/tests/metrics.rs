@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use sip_core::message::Uri;
 use sip_core::proxy::{
-    Binding, CallOutcome, Proxy, ProxyConfig, SubscriberEntry, Target, Transport,
+    Binding, CallOutcome, Event, Proxy, ProxyConfig, SubscriberEntry, Target, Transport,
 };
 use sip_net::{Control, SipSockets};
 use tokio::net::UdpSocket;
@@ -68,7 +68,7 @@ async fn a_forked_invite_is_one_fork_skew_observation_and_scrapes_are_fresh() {
     for d in &devices {
         proxy.restore_binding("alice", binding(d.local_addr().expect("addr"), now), now);
     }
-    let (events, _keep) = mpsc::unbounded_channel();
+    let (events, _keep) = mpsc::channel(sip_net::EVENT_QUEUE);
     let (handle, task) = sip_net::spawn(proxy, sockets, events);
 
     let before = handle.stats().await.expect("the loop answers");
@@ -133,4 +133,71 @@ async fn a_forked_invite_is_one_fork_skew_observation_and_scrapes_are_fresh() {
     assert_eq!(handle.stats().await, None);
     let text = handle.render_metrics().await;
     assert!(text.contains("\ntrustring_registrations 2\n"), "{text}");
+}
+
+/// R30: the queue of store writes is bounded. A store that does not keep up makes the SIP
+/// loop wait (counted), and nothing is lost: every event arrives once the store reads.
+#[tokio::test]
+async fn a_slow_store_slows_the_loop_and_loses_nothing() {
+    let sockets = SipSockets::bind("127.0.0.1:0".parse().expect("addr"))
+        .await
+        .expect("bind");
+    let server = sockets.local_addr().expect("addr");
+    let now = Instant::now();
+    let mut proxy = Proxy::new(ProxyConfig::new("localhost", server, [7; 32]), now);
+    proxy.upsert_subscriber(SubscriberEntry {
+        user: "bob".into(),
+        ha1_md5: String::new(),
+        ha1_sha256: String::new(),
+        ring_timeout: Duration::from_secs(30),
+        ring_delays: Vec::new(),
+    });
+    // A store that holds two events and does not read yet.
+    let (events, mut store) = mpsc::channel(2);
+    let (handle, task) = sip_net::spawn(proxy, sockets, events);
+    let caller = UdpSocket::bind("127.0.0.1:0").await.expect("caller");
+    let me = caller.local_addr().expect("addr");
+    // Each call to bob (nothing registered) is answered 480 and ends in a record.
+    for i in 0..5 {
+        let invite = format!(
+            "INVITE sip:bob@localhost SIP/2.0\r\nVia: SIP/2.0/UDP {me};branch=z9hG4bKs{i};rport\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:m@example.net>;tag=s{i}\r\nTo: <sip:bob@localhost>\r\n\
+             Call-ID: slow-{i}\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n"
+        );
+        caller
+            .send_to(invite.as_bytes(), server)
+            .await
+            .expect("sends");
+    }
+    let mut answered = 0;
+    while tokio::time::timeout(Duration::from_millis(500), recv_text(&caller))
+        .await
+        .is_ok()
+    {
+        answered += 1;
+    }
+    assert_eq!(
+        answered, 3,
+        "two records queued, the third waits for the store"
+    );
+    assert!(handle.metrics().store_waits() >= 1);
+    // The store catches up: every record arrives, and the rest are answered.
+    let mut records = 0;
+    while records < 5 {
+        let e = tokio::time::timeout(WAIT, store.recv())
+            .await
+            .expect("an event in time")
+            .expect("the loop runs");
+        if matches!(e, Event::CallEnded(_)) {
+            records += 1;
+        }
+    }
+    for _ in 0..2 {
+        assert!(recv_text(&caller).await.starts_with("SIP/2.0 480"));
+    }
+    assert!(handle.send(Control::Shutdown));
+    tokio::time::timeout(WAIT, task)
+        .await
+        .expect("stops in time")
+        .expect("no panic");
 }

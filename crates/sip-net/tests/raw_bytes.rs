@@ -95,7 +95,7 @@ async fn latin1_headers_are_answered_and_relayed_byte_for_byte() {
         binding(device.local_addr().expect("addr"), now),
         now,
     );
-    let (events, _keep) = mpsc::unbounded_channel();
+    let (events, _keep) = mpsc::channel(sip_net::EVENT_QUEUE);
     let (handle, task) = sip_net::spawn(proxy, sockets, events);
 
     let caller = UdpSocket::bind("127.0.0.1:0").await.expect("caller");
@@ -188,7 +188,7 @@ async fn unreadable_cseq_gets_a_400_naming_it() {
         ProxyConfig::new("localhost", server, [7; 32]),
         Instant::now(),
     );
-    let (events, _keep) = mpsc::unbounded_channel();
+    let (events, _keep) = mpsc::channel(sip_net::EVENT_QUEUE);
     let (handle, task) = sip_net::spawn(proxy, sockets, events);
     let caller = UdpSocket::bind("127.0.0.1:0").await.expect("caller");
     let me = caller.local_addr().expect("addr");

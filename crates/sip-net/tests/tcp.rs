@@ -29,7 +29,7 @@ impl Server {
             .expect("binds");
         let addr = sockets.local_addr().expect("local address");
         let proxy = Proxy::new(ProxyConfig::new("localhost", addr, [7; 32]), Instant::now());
-        let (events, _) = mpsc::unbounded_channel();
+        let (events, _) = mpsc::channel(sip_net::EVENT_QUEUE);
         let (handle, task) = sip_net::spawn(proxy, sockets, events);
         Self { addr, handle, task }
     }

@@ -39,29 +39,57 @@ pub struct EntityTotal {
 /// Totals per entity over `cdrs`, sorted by entity. Only legs with billable time count;
 /// each leg's seconds are rounded up before rating.
 pub fn totals(cdrs: &[Cdr], rates: Rates) -> Vec<EntityTotal> {
-    let mut by: BTreeMap<&str, (u64, u64, f64)> = BTreeMap::new();
+    let mut t = Totals::new(rates);
     for c in cdrs {
+        t.add(c);
+    }
+    t.finish()
+}
+
+/// [`totals`] one record at a time (for a period read page by page).
+#[derive(Debug, Clone)]
+pub struct Totals {
+    rates: Rates,
+    by: BTreeMap<String, (u64, u64, f64)>,
+}
+
+impl Totals {
+    /// No record yet.
+    pub fn new(rates: Rates) -> Self {
+        Self {
+            rates,
+            by: BTreeMap::new(),
+        }
+    }
+
+    /// Counts one record.
+    pub fn add(&mut self, c: &Cdr) {
         for leg in c.legs.iter().filter(|l| l.billable_ms > 0) {
             let secs = u64::try_from(leg.billable_ms.saturating_add(999) / 1000).unwrap_or(0);
             let rate = if leg.leg_type == "pstn" {
-                rates.pstn_per_min
+                self.rates.pstn_per_min
             } else {
-                rates.voip_per_min
+                self.rates.voip_per_min
             };
-            let e = by.entry(leg.billing_entity.as_str()).or_default();
+            let e = self.by.entry(leg.billing_entity.clone()).or_default();
             e.0 += 1;
             e.1 += secs;
             e.2 += secs as f64 / 60.0 * rate;
         }
     }
-    by.into_iter()
-        .map(|(entity, (calls, billable_secs, amount))| EntityTotal {
-            entity: entity.to_owned(),
-            calls,
-            billable_secs,
-            amount: (amount * 10_000.0).round() / 10_000.0,
-        })
-        .collect()
+
+    /// The totals, sorted by entity.
+    pub fn finish(self) -> Vec<EntityTotal> {
+        self.by
+            .into_iter()
+            .map(|(entity, (calls, billable_secs, amount))| EntityTotal {
+                entity,
+                calls,
+                billable_secs,
+                amount: (amount * 10_000.0).round() / 10_000.0,
+            })
+            .collect()
+    }
 }
 
 #[cfg(test)]
@@ -99,6 +127,7 @@ mod tests {
             legs,
             prev_hash: String::new(),
             hash: String::new(),
+            sig: None,
         }
     }
 

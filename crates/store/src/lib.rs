@@ -11,9 +11,11 @@
 //! half-written if the process dies.
 
 pub mod billing;
+pub mod signing;
 mod sqlite;
 
-pub use sqlite::SqliteStore;
+pub use signing::{CdrPublicKey, CdrSigner, SignedHead};
+pub use sqlite::{SqliteStore, cdr_hash};
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]
@@ -143,6 +145,12 @@ pub struct Enrolment {
     pub used_at_ms: Option<i64>,
     /// The device enrolled with the code; `None` while unused.
     pub device_id: Option<String>,
+    /// The trusted-zone public key the code is bound to (its text form), set by the code's
+    /// first presentation ([`Store::present_code`] or [`Store::enrol`]); `None` until then.
+    /// Another key presenting the code is refused ([`EnrolError::CodeBound`]).
+    pub zone_public_key: Option<String>,
+    /// When the code was first presented, Unix milliseconds; `None` until then.
+    pub presented_at_ms: Option<i64>,
 }
 
 /// Why and when a device was revoked (R9).
@@ -293,6 +301,10 @@ pub enum EnrolError {
     /// The code has expired.
     #[error("enrolment code expired")]
     CodeExpired,
+    /// The code was first presented with another trusted-zone key: it is bound to that key
+    /// (R28), even if that enrolment never finished.
+    #[error("enrolment code already presented by another zone key")]
+    CodeBound,
     /// The accepted EULA version is not the current one (`current` is `None` when no EULA
     /// has been published).
     #[error("EULA version {accepted} is not the current one")]
@@ -384,18 +396,36 @@ pub struct Cdr {
     pub legs: Vec<CdrLeg>,
     /// Hash of the previous record (64 zeros for the first).
     pub prev_hash: String,
-    /// `SHA-256("trustring/v1/cdr" ‖ prev_hash ‖ canonical JSON of the record without id and
-    /// hashes)`, hex.
+    /// The record's hash, hex: `SHA-256` over the previous hash and every stored column of the
+    /// record, its billing-entity rows included ([`cdr_hash`], `docs/cdr.md`; records written
+    /// before version 2 hash `"trustring/v1/cdr" ‖ prev_hash ‖ body`).
     pub hash: String,
+    /// Ed25519 signature of (id, hash) by the store's CDR signing key, hex ([`signing`]);
+    /// `None` for records written without a key (before signing began).
+    #[serde(default)]
+    pub sig: Option<String>,
 }
 
-/// Result of walking the CDR hash chain.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+/// Result of walking the CDR hash chain ([`Store::verify_cdrs`],
+/// [`SqliteStore::verify_cdrs_with`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct ChainReport {
     /// Records checked.
     pub records: u64,
-    /// The first record that does not chain, with why; `None` if the chain is intact.
+    /// The first problem, with the id of the record concerned (for a truncation, the first
+    /// missing record), and why; `None` if nothing is wrong.
     pub first_bad: Option<(i64, String)>,
+    /// The newest record: id and hash.
+    pub last: Option<(i64, String)>,
+    /// Whether signatures were checked (a public key was given).
+    pub signatures_checked: bool,
+    /// Records whose signature was checked and is valid.
+    pub signed: u64,
+    /// Unsigned records (ids, first and last) at the start of the chain, written before
+    /// signing began and covered only through a signed head.
+    pub unsigned: Option<(i64, i64)>,
+    /// Every signed head that was checked and matches the chain: (where it came from, id).
+    pub heads: Vec<(String, i64)>,
 }
 
 /// The store: every method is atomic.
@@ -456,11 +486,27 @@ pub trait Store: Send + Sync + 'static {
     /// The enrolment codes of `user`, ordered by creation time, then hash.
     fn enrolments(&self, user: &str) -> Result<Vec<Enrolment>, StoreError>;
 
+    /// Presents the code `code_hash` with the trusted-zone key `zone_public_key` (its text
+    /// form) at `now_ms`, in a transaction of its own (R28): checks that the code exists, is
+    /// unused and has not expired; on its first presentation binds it to that key (durable
+    /// when this returns, whatever happens to the enrolment after); on later ones requires
+    /// the same key. Errors: [`EnrolError::CodeUnknown`], [`EnrolError::CodeUsed`],
+    /// [`EnrolError::CodeExpired`], [`EnrolError::CodeBound`] (another key came first).
+    /// Two concurrent first presentations with different keys: exactly one binds.
+    fn present_code(
+        &self,
+        code_hash: &str,
+        zone_public_key: &str,
+        now_ms: i64,
+    ) -> Result<(), EnrolError>;
     /// Enrols a device, atomically: checks that the code `code_hash` exists, is unused and
-    /// has not expired at `now_ms`, and that `new.eula_version` is the current EULA; takes
-    /// the lowest free identifier from the pool and assigns it to the device; stores the
-    /// device for the code's subscriber; marks the code used by it. Each identifier is
-    /// assigned exactly once, even under concurrent calls (from several nodes too).
+    /// has not expired at `now_ms`, that it is not bound to a zone key other than
+    /// `new.zone_public_key` (it is bound to that key if it was not yet), and that
+    /// `new.eula_version` is the current EULA; takes the lowest free identifier from the pool
+    /// and assigns it to the device; stores the device for the code's subscriber; marks the
+    /// code used by it. Each identifier is assigned exactly once, even under concurrent calls
+    /// (from several nodes too). Nothing is changed when it fails (a binding made by
+    /// [`Store::present_code`] before stays).
     fn enrol(&self, code_hash: &str, now_ms: i64, new: &NewDevice) -> Result<Enrolled, EnrolError>;
     /// One device (revoked ones included).
     fn device(&self, id: &str) -> Result<Option<Device>, StoreError>;
@@ -489,6 +535,14 @@ pub trait Store: Send + Sync + 'static {
     fn add_security_event(&self, event: &SecurityEvent) -> Result<i64, StoreError>;
     /// Up to `limit` security events with an id greater than `since_id`, ascending.
     fn security_events(&self, since_id: i64, limit: u32) -> Result<Vec<SecurityEvent>, StoreError>;
+    /// Up to `limit` security events with an id smaller than `before_id`, newest first
+    /// (`i64::MAX`: the newest ones); the page of the next older ones starts before the last
+    /// id returned.
+    fn security_events_newest(
+        &self,
+        before_id: i64,
+        limit: u32,
+    ) -> Result<Vec<SecurityEvent>, StoreError>;
 
     /// Appends a CDR (R18): the store assigns `id`, `prev_hash` and `hash` (whatever the
     /// caller put there is ignored) in the same transaction as the insert, and returns the
@@ -497,7 +551,31 @@ pub trait Store: Send + Sync + 'static {
     /// CDRs whose setup time is in `[from_ms, to_ms)`, naming `entity` as a billing entity
     /// if given, in id order.
     fn cdrs(&self, from_ms: i64, to_ms: i64, entity: Option<&str>) -> Result<Vec<Cdr>, StoreError>;
+    /// One page of [`Store::cdrs`]: at most `limit` of those records, oldest first after the
+    /// cursor `after` (ids above it), or with `newest_first` newest first (ids below it). The
+    /// last record's id is the cursor of the next page; `None` starts at the oldest (newest).
+    fn cdrs_page(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        entity: Option<&str>,
+        after: Option<i64>,
+        limit: u32,
+        newest_first: bool,
+    ) -> Result<Vec<Cdr>, StoreError> {
+        let mut all = self.cdrs(from_ms, to_ms, entity)?;
+        if newest_first {
+            all.reverse();
+            all.retain(|c| after.is_none_or(|a| c.id < a));
+        } else {
+            all.retain(|c| after.is_none_or(|a| c.id > a));
+        }
+        all.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(all)
+    }
     /// Walks the whole chain and names the first record that was changed, removed or
-    /// inserted out of band.
+    /// inserted out of band: its hash, its link to the record before, its stored columns and
+    /// its billing-entity rows (signatures are checked by
+    /// [`SqliteStore::verify_cdrs_with`], which needs the public key).
     fn verify_cdrs(&self) -> Result<ChainReport, StoreError>;
 }

@@ -14,7 +14,10 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-use crate::StoreError;
+pub use cdrs::cdr_hash;
+
+use crate::signing::{CdrPublicKey, CdrSigner, SignedHead};
+use crate::{ChainReport, StoreError};
 
 /// How long a statement waits for another connection's write lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,6 +31,8 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Debug)]
 pub struct SqliteStore {
     conn: Mutex<Connection>,
+    /// Signs every appended CDR and writes the signed head ([`SqliteStore::with_cdr_signing`]).
+    signer: Option<CdrSigner>,
 }
 
 impl SqliteStore {
@@ -68,6 +73,48 @@ impl SqliteStore {
         migrate::version(&self.conn())
     }
 
+    /// Signs every CDR appended from now on with the key in `dir/cdr-signing-key` (made, mode
+    /// 0600, if there is none) and keeps the signed head `dir/cdr-head` (`docs/cdr.md`).
+    ///
+    /// Refuses (so that the evidence is not overwritten by the next record) when the head
+    /// present does not match this database: not signed by this key (the key was replaced),
+    /// naming a record the database does not hold (truncated) or one with another hash
+    /// (rewritten); or when the head is missing while the database holds signed records.
+    /// The operator runs `trustring cdr verify` and, to go on anyway, moves the head aside.
+    /// Without a head yet (first start) it writes one for the current newest record, which
+    /// anchors the records written before signing began.
+    pub fn with_cdr_signing(self, dir: &Path) -> Result<Self, StoreError> {
+        cdrs::may_create_key(&self.conn(), dir)?;
+        let signer = CdrSigner::load_or_create(dir)?;
+        self.with_cdr_signer(signer)
+    }
+
+    /// [`SqliteStore::with_cdr_signing`] with a given signer.
+    pub fn with_cdr_signer(mut self, signer: CdrSigner) -> Result<Self, StoreError> {
+        cdrs::adopt_signer(&mut self.conn(), &signer)?;
+        self.signer = Some(signer);
+        Ok(self)
+    }
+
+    /// The public half of the CDR signing key, if records are signed.
+    pub fn cdr_public_key(&self) -> Option<CdrPublicKey> {
+        self.signer.as_ref().map(CdrSigner::public_key)
+    }
+
+    /// [`Store::verify_cdrs`](crate::Store::verify_cdrs), and with `key` every signature and
+    /// every head of `heads` (each named by where it came from): a record whose signature is
+    /// not `key`'s, an unsigned record after a signed one or past the newest signed head, a
+    /// head not signed by `key`, a head naming a record the chain does not hold (the chain
+    /// was truncated) or one with another hash (rewritten). Without `key`, heads are still
+    /// compared with the chain (but could be forged).
+    pub fn verify_cdrs_with(
+        &self,
+        key: Option<&CdrPublicKey>,
+        heads: &[(String, SignedHead)],
+    ) -> Result<ChainReport, StoreError> {
+        cdrs::verify(&self.conn(), key, heads)
+    }
+
     /// Per-connection settings, then migrations.
     fn setup(mut conn: Connection) -> Result<Self, StoreError> {
         let ctx =
@@ -89,6 +136,7 @@ impl SqliteStore {
         migrate::migrate(&mut conn, migrate::MIGRATIONS)?;
         Ok(Self {
             conn: Mutex::new(conn),
+            signer: None,
         })
     }
 

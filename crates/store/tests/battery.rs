@@ -52,6 +52,7 @@ backends!(
     battery_enrol_success,
     battery_enrol_refusals,
     battery_enrol_without_eula,
+    battery_code_bound_to_first_key,
     battery_device_service,
     battery_device_number,
     battery_device_registrations,
@@ -85,6 +86,14 @@ fn sqlite_file_concurrent_enrol() {
 fn sqlite_memory_concurrent_enrol() {
     let store: Arc<dyn Store> = Arc::new(SqliteStore::open_in_memory().unwrap());
     battery::battery_concurrent_enrol(&[store]);
+}
+
+#[test]
+fn sqlite_file_concurrent_first_presentation_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a: Arc<dyn Store> = Arc::new(sqlite_file(dir.path()));
+    let b: Arc<dyn Store> = Arc::new(sqlite_file(dir.path()));
+    battery::battery_concurrent_first_presentation(&[a, b]);
 }
 
 /// Two "nodes": two stores (two connections) on one file; `BEGIN IMMEDIATE` and the busy

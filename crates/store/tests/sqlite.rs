@@ -7,8 +7,8 @@ use std::process::{Command, Stdio};
 
 use rusqlite::Connection;
 use trustring_store::{
-    Enrolment, Eula, NewDevice, PoolCounts, Registration, RoutingProfile, SqliteStore, Store,
-    StoreError, Subscriber,
+    CdrSigner, ChainReport, Enrolment, Eula, NewDevice, PoolCounts, Registration, RoutingProfile,
+    SignedHead, SqliteStore, Store, StoreError, Subscriber, cdr_hash,
 };
 
 /// Set in the child process of [`committed_writes_survive_abort`]: the database path.
@@ -56,6 +56,8 @@ fn code(hash: &str) -> Enrolment {
         expires_at_ms: i64::MAX,
         used_at_ms: None,
         device_id: None,
+        zone_public_key: None,
+        presented_at_ms: None,
     }
 }
 
@@ -88,7 +90,7 @@ fn open_creates_a_private_wal_database() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("a/b/trustring.db");
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 4);
+    assert_eq!(store.schema_version().unwrap(), 6);
     let conn = Connection::open(&path).unwrap();
     let mode: String = conn
         .pragma_query_value(None, "journal_mode", |r| r.get(0))
@@ -132,7 +134,7 @@ fn reopen_keeps_schema_version_and_refuses_newer() {
     let path = dir.path().join("trustring.db");
     drop(SqliteStore::open(&path).unwrap());
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 4);
+    assert_eq!(store.schema_version().unwrap(), 6);
     drop(store);
 
     Connection::open(&path)
@@ -245,7 +247,7 @@ fn upgrade_from_version_1_keeps_data() {
         .unwrap();
     }
     let store = SqliteStore::open(&path).unwrap();
-    assert_eq!(store.schema_version().unwrap(), 4);
+    assert_eq!(store.schema_version().unwrap(), 6);
     assert_eq!(store.subscribers().unwrap(), vec![alice()]);
     assert_eq!(store.registrations(None, 0).unwrap(), vec![alice_reg()]);
     provision_alice_existing(&store);
@@ -335,10 +337,263 @@ fn cdr_tampering_is_refused_or_detected() {
             .unwrap();
     }
     let raw2 = Connection::open(&fresh).unwrap();
-    raw2.execute_batch("DROP TRIGGER cdrs_no_delete;").unwrap();
+    raw2.execute_batch("DROP TRIGGER cdrs_no_delete; DROP TRIGGER cdr_entities_no_delete;")
+        .unwrap();
     raw2.execute_batch("DELETE FROM cdr_entities WHERE cdr_id = 2; DELETE FROM cdrs WHERE id = 2;")
         .unwrap();
     let r = s2.verify_cdrs().unwrap();
     assert_eq!(r.first_bad.as_ref().map(|b| b.0), Some(3), "{r:?}");
     assert!(r.first_bad.unwrap().1.contains("link"));
+}
+
+/// A signing store in `dir` holding six records billed to acme and alice.
+fn signed_six(dir: &Path) -> (SqliteStore, Connection) {
+    let store = SqliteStore::open(&dir.join("trustring.db"))
+        .unwrap()
+        .with_cdr_signing(dir)
+        .unwrap();
+    for i in 1..=6 {
+        let c = store
+            .append_cdr(&cdr_fixture::cdr(
+                &format!("c{i}"),
+                1_000 * i,
+                &["acme", "alice"],
+            ))
+            .unwrap();
+        assert!(c.sig.is_some());
+    }
+    let raw = Connection::open(dir.join("trustring.db")).unwrap();
+    (store, raw)
+}
+
+/// `cdr verify` with the public key and the head file.
+fn verify_signed(store: &SqliteStore, dir: &Path) -> ChainReport {
+    let key = CdrSigner::load_or_create(dir).unwrap().public_key();
+    let head = SignedHead::read(&dir.join("cdr-head")).unwrap().unwrap();
+    store
+        .verify_cdrs_with(Some(&key), &[("cdr-head".to_owned(), head)])
+        .unwrap()
+}
+
+fn bad(r: ChainReport) -> (i64, String) {
+    let dbg = format!("{r:?}");
+    r.first_bad.unwrap_or_else(|| panic!("not detected: {dbg}"))
+}
+
+/// What [`rechain`] does with the signatures.
+enum Sigs<'a> {
+    Keep,
+    Drop,
+    Sign(&'a CdrSigner),
+}
+
+/// Re-computes every hash from record 1 on, as someone who knows the (public) format would
+/// after an edit.
+fn rechain(raw: &Connection, sigs: Sigs<'_>) {
+    let rows: Vec<(i64, String, i64, i64, String)> = raw
+        .prepare("SELECT id, call_id, setup_ms, end_ms, body FROM cdrs ORDER BY id")
+        .unwrap()
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut prev = "0".repeat(64);
+    for (id, call_id, setup_ms, end_ms, body) in rows {
+        let entities: Vec<String> = raw
+            .prepare("SELECT entity FROM cdr_entities WHERE cdr_id = ?1 ORDER BY entity")
+            .unwrap()
+            .query_map([id], |r| r.get(0))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let refs: Vec<&str> = entities.iter().map(String::as_str).collect();
+        let hash = cdr_hash(&prev, id, &call_id, setup_ms, end_ms, &refs, &body);
+        raw.execute(
+            "UPDATE cdrs SET prev_hash = ?1, hash = ?2 WHERE id = ?3",
+            rusqlite::params![prev, hash, id],
+        )
+        .unwrap();
+        let sig = match sigs {
+            Sigs::Keep => None,
+            Sigs::Drop => Some(None),
+            Sigs::Sign(s) => Some(Some(s.sign_record(id, &hash))),
+        };
+        if let Some(sig) = sig {
+            raw.execute(
+                "UPDATE cdrs SET sig = ?1 WHERE id = ?2",
+                rusqlite::params![sig, id],
+            )
+            .unwrap();
+        }
+        prev = hash;
+    }
+}
+
+/// Threat 18 (issue 12, item 9): the entity rows, call_id and setup time are checked, and with
+/// the public key a re-chained history or a dropped tail is detected.
+#[test]
+fn signed_cdrs_detect_deleted_entity_rows_and_edited_columns() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, raw) = signed_six(dir.path());
+    let r = verify_signed(&store, dir.path());
+    assert_eq!(r.first_bad, None, "{r:?}");
+    assert_eq!((r.records, r.signed, r.unsigned), (6, 6, None));
+    assert_eq!(r.heads, vec![("cdr-head".to_owned(), 6)]);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.path().join("cdr-signing-key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // The schema refuses it...
+    let err = raw
+        .execute("DELETE FROM cdr_entities WHERE entity = 'alice'", [])
+        .unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    // ...someone with the file does it anyway: alice's records vanish from her view.
+    raw.execute_batch("DROP TRIGGER cdr_entities_no_delete;")
+        .unwrap();
+    raw.execute("DELETE FROM cdr_entities WHERE entity = 'alice'", [])
+        .unwrap();
+    assert!(store.cdrs(0, i64::MAX, Some("alice")).unwrap().is_empty());
+    for r in [
+        store.verify_cdrs().unwrap(),
+        verify_signed(&store, dir.path()),
+    ] {
+        let (id, why) = bad(r);
+        assert_eq!(id, 1);
+        assert!(
+            why.contains("billing-entity rows") && why.contains("missing alice"),
+            "{why}"
+        );
+    }
+
+    let dir = tempfile::tempdir().unwrap();
+    let (store, raw) = signed_six(dir.path());
+    raw.execute_batch("DROP TRIGGER cdrs_no_update;").unwrap();
+    raw.execute("UPDATE cdrs SET call_id = 'other' WHERE id = 3", [])
+        .unwrap();
+    let (id, why) = bad(store.verify_cdrs().unwrap());
+    assert_eq!(id, 3);
+    assert!(why.contains("call_id column"), "{why}");
+    raw.execute("UPDATE cdrs SET call_id = 'c3' WHERE id = 3", [])
+        .unwrap();
+    raw.execute("UPDATE cdrs SET setup_ms = 999999 WHERE id = 4", [])
+        .unwrap();
+    let r = verify_signed(&store, dir.path());
+    let (id, why) = bad(r);
+    assert_eq!(id, 4);
+    assert!(why.contains("setup_ms column"), "{why}");
+}
+
+#[test]
+fn signed_cdrs_detect_an_edited_and_rechained_history() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, raw) = signed_six(dir.path());
+    raw.execute_batch("DROP TRIGGER cdrs_no_update; DROP TRIGGER cdrs_no_delete;")
+        .unwrap();
+    raw.execute(
+        "UPDATE cdrs SET body = replace(body, '\"duration_ms\":60000', '\"duration_ms\":1') \
+         WHERE id = 1",
+        [],
+    )
+    .unwrap();
+    // Signatures left as they were: the chain is consistent, the signatures are not.
+    rechain(&raw, Sigs::Keep);
+    assert_eq!(
+        store.verify_cdrs().unwrap().first_bad,
+        None,
+        "unkeyed: intact"
+    );
+    let r = verify_signed(&store, dir.path());
+    let (id, why) = bad(r);
+    assert_eq!(id, 1);
+    assert!(why.contains("signature does not match"), "{why}");
+    // Signatures removed: they all look like records from before signing began, but the
+    // signed head names record 6 with its old hash.
+    rechain(&raw, Sigs::Drop);
+    let r = verify_signed(&store, dir.path());
+    let (id, why) = bad(r);
+    assert_eq!(id, 6);
+    assert!(why.contains("rewritten"), "{why}");
+    // Signed with another key: refused record by record.
+    rechain(
+        &raw,
+        Sigs::Sign(&CdrSigner::from_seed([9; 32], dir.path().join("x"))),
+    );
+    let (id, why) = bad(verify_signed(&store, dir.path()));
+    assert_eq!(id, 1);
+    assert!(why.contains("signature"), "{why}");
+    // And the server refuses to sign on over it.
+    drop(store);
+    let e = SqliteStore::open(&dir.path().join("trustring.db"))
+        .unwrap()
+        .with_cdr_signing(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("rewritten"), "{e}");
+}
+
+#[test]
+fn signed_cdrs_detect_a_dropped_tail() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, raw) = signed_six(dir.path());
+    raw.execute_batch(
+        "PRAGMA foreign_keys = OFF; DROP TRIGGER cdrs_no_delete; \
+         DROP TRIGGER cdr_entities_no_delete;",
+    )
+    .unwrap();
+    raw.execute_batch("DELETE FROM cdrs WHERE id >= 5;")
+        .unwrap();
+    // The entity rows left behind give it away even without the key.
+    let (id, why) = bad(store.verify_cdrs().unwrap());
+    assert_eq!(id, 5);
+    assert!(why.contains("removed"), "{why}");
+    raw.execute_batch("DELETE FROM cdr_entities WHERE cdr_id >= 5;")
+        .unwrap();
+    assert_eq!(
+        store.verify_cdrs().unwrap().first_bad,
+        None,
+        "unkeyed: intact"
+    );
+    let r = verify_signed(&store, dir.path());
+    let (id, why) = bad(r);
+    assert_eq!(id, 5);
+    assert!(why.contains("records 5..6 were removed"), "{why}");
+    drop(store);
+    let e = SqliteStore::open(&dir.path().join("trustring.db"))
+        .unwrap()
+        .with_cdr_signing(dir.path())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("removed") && e.contains("cdr verify"), "{e}");
+}
+
+#[test]
+fn a_lost_key_or_head_stops_signing_rather_than_hiding_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _raw) = signed_six(dir.path());
+    drop(store);
+    let open = || {
+        SqliteStore::open(&dir.path().join("trustring.db"))
+            .unwrap()
+            .with_cdr_signing(dir.path())
+    };
+    // Reopening is fine.
+    drop(open().unwrap());
+    let key = dir.path().join("cdr-signing-key");
+    std::fs::rename(&key, dir.path().join("key.bak")).unwrap();
+    let e = open().unwrap_err().to_string();
+    assert!(e.contains("restore the key"), "{e}");
+    assert!(!key.exists(), "no new key is made");
+    std::fs::rename(dir.path().join("key.bak"), &key).unwrap();
+    std::fs::remove_file(dir.path().join("cdr-head")).unwrap();
+    let e = open().unwrap_err().to_string();
+    assert!(e.contains("cdr-head is missing"), "{e}");
 }

@@ -23,6 +23,15 @@
 //!
 //! The proxy verifies the first `Trust-Proof` of a branch only and remembers the outcome
 //! for that branch; it calls [`TrustAuthority::forget`] when a branch ends without a proof.
+//!
+//! **Attach challenges** (R29): a line attaching at the gateway with a phone's number proves
+//! the phone's zone key the same way, with a challenge from [`TrustAuthority::issue_attach`]
+//! bound to (`attach-` + random, [`ATTACH_BRANCH`]); no call's binding has that branch (a
+//! proxy's branch starts with `z9hG4bK`), so the two kinds never stand in for each other.
+//! They draw on the device's one counter, but are kept apart from call challenges and are
+//! checked by [`TrustAuthority::verify_attach`], whose failures **never** count toward the
+//! lockout: anyone can attempt an attach, and a squatter must not lock the phone out. A
+//! call lockout does not stop an attach either (attaching places no call).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -32,6 +41,23 @@ use crate::wire::{WireError, is_valid_device_id};
 
 /// Longest Call-ID or branch accepted in a binding (bytes).
 pub const MAX_BINDING_PART: usize = 1024;
+
+/// The branch of every attach challenge's binding. Never a proxy's branch (those start with
+/// the RFC 3261 magic cookie `z9hG4bK`), so no call binding equals an attach binding.
+pub const ATTACH_BRANCH: &str = "trustring-attach";
+
+/// Most attach challenges pending at once; the oldest is dropped when full.
+pub const MAX_ATTACH_PENDING: usize = 1024;
+
+/// A challenge for a line attaching with a phone's number ([`TrustAuthority::issue_attach`]).
+/// The zone proves it with the binding (`call_ref`, [`ATTACH_BRANCH`]).
+#[derive(Debug, Clone)]
+pub struct AttachChallenge {
+    /// The challenge (its `to_header()` is what the line's zone is given).
+    pub challenge: Challenge,
+    /// The binding's call reference: `attach-` and 32 hex digits, fresh for each challenge.
+    pub call_ref: String,
+}
 
 /// Tunables of the authority.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -169,6 +195,9 @@ pub struct TrustAuthority<R = rand::rngs::StdRng> {
     pending_order: VecDeque<(Instant, BindingKey, u64)>,
     spent: HashMap<BindingKey, Spent>,
     spent_order: VecDeque<(Instant, BindingKey, u64)>,
+    /// Attach challenges by call reference (apart from calls': no lockout, no replay memory).
+    attach: HashMap<String, Pending>,
+    attach_order: VecDeque<(Instant, String)>,
 }
 
 impl<R> std::fmt::Debug for TrustAuthority<R> {
@@ -215,6 +244,8 @@ impl<R: rand::CryptoRng> TrustAuthority<R> {
             pending_order: VecDeque::new(),
             spent: HashMap::new(),
             spent_order: VecDeque::new(),
+            attach: HashMap::new(),
+            attach_order: VecDeque::new(),
         }
     }
 
@@ -292,6 +323,128 @@ impl<R: rand::CryptoRng> TrustAuthority<R> {
 
     fn drop_pending_of(&mut self, device_id: &str) {
         self.pending.retain(|_, p| p.device_id != device_id);
+        self.attach.retain(|_, p| p.device_id != device_id);
+    }
+
+    /// Issues the challenge a line attaching at the gateway with `device_id`'s number must
+    /// have the device's zone prove (R29). Refused for an unknown or revoked device; a call
+    /// lockout does not stop it (see the module docs).
+    pub fn issue_attach(
+        &mut self,
+        now: Instant,
+        unix_ms: u64,
+        device_id: &str,
+    ) -> Result<AttachChallenge, TrustFailure> {
+        self.expire_attach(now);
+        if self.revoked.contains(device_id) {
+            return Err(TrustFailure::Revoked);
+        }
+        let mut nonce = [0u8; 16];
+        self.rng.fill_bytes(&mut nonce);
+        let mut reference = [0u8; 16];
+        self.rng.fill_bytes(&mut reference);
+        let call_ref: String = std::iter::once("attach-".to_owned())
+            .chain(reference.iter().map(|b| format!("{b:02x}")))
+            .collect();
+        let d = self
+            .devices
+            .get_mut(device_id)
+            .ok_or(TrustFailure::UnknownDevice)?;
+        let counter = d.last_counter.saturating_add(1).max(unix_ms);
+        d.last_counter = counter;
+        let binding = CallBinding {
+            call_id: &call_ref,
+            branch: ATTACH_BRANCH,
+        };
+        let challenge = Challenge::new_signed(&d.key, device_id, counter, nonce, &binding);
+        while self.attach.len() >= MAX_ATTACH_PENDING {
+            let Some((_, oldest)) = self.attach_order.pop_front() else {
+                break;
+            };
+            self.attach.remove(&oldest);
+        }
+        // Verified (or expired-on-verify) challenges leave their order entry behind until
+        // its deadline; keep the queue bounded too.
+        while self.attach_order.len() >= 2 * MAX_ATTACH_PENDING {
+            if let Some((_, k)) = self.attach_order.pop_front() {
+                self.attach.remove(&k);
+            }
+        }
+        let deadline = add(now, self.config.challenge_ttl);
+        self.attach_order.push_back((deadline, call_ref.clone()));
+        self.attach.insert(
+            call_ref.clone(),
+            Pending {
+                device_id: device_id.to_owned(),
+                counter,
+                nonce,
+                deadline,
+            },
+        );
+        Ok(AttachChallenge {
+            challenge,
+            call_ref,
+        })
+    }
+
+    /// Verifies a zone's `Trust-Proof` value for the attach challenge `call_ref` issued to
+    /// `device_id`, in constant time, and consumes the challenge (right or wrong).
+    ///
+    /// No failure here counts toward the device's lockout, and none is remembered: a line
+    /// squatting a phone's number fails as often as it likes without touching the phone.
+    pub fn verify_attach(
+        &mut self,
+        now: Instant,
+        device_id: &str,
+        call_ref: &str,
+        proof: &str,
+    ) -> Result<(), TrustFailure> {
+        let pending = self.attach.remove(call_ref);
+        self.expire_attach(now);
+        let proof = Proof::from_header(proof)?;
+        if self.revoked.contains(device_id) {
+            return Err(TrustFailure::Revoked);
+        }
+        let p = pending.ok_or(TrustFailure::WrongProof)?;
+        if p.device_id != device_id {
+            return Err(TrustFailure::WrongProof);
+        }
+        if p.deadline <= now {
+            return Err(TrustFailure::Expired);
+        }
+        let d = self
+            .devices
+            .get(device_id)
+            .ok_or(TrustFailure::UnknownDevice)?;
+        let binding = CallBinding {
+            call_id: call_ref,
+            branch: ATTACH_BRANCH,
+        };
+        let msg = proof::message(device_id, p.counter, &p.nonce, &binding);
+        let expected = proof::mac(d.key.expose(), PROOF_LABEL, &msg);
+        if proof::mac_eq(&expected, &proof.mac) && proof.counter == p.counter {
+            Ok(())
+        } else {
+            Err(TrustFailure::WrongProof)
+        }
+    }
+
+    /// Number of attach challenges waiting for a proof.
+    pub fn attach_pending_count(&self) -> usize {
+        self.attach.len()
+    }
+
+    /// Drops expired attach challenges (each call reference is fresh, so every pending one
+    /// has exactly one entry in the order queue).
+    fn expire_attach(&mut self, now: Instant) {
+        while let Some((deadline, _)) = self.attach_order.front() {
+            if *deadline > now {
+                break;
+            }
+            if let Some((_, k)) = self.attach_order.pop_front() {
+                self.attach.remove(&k);
+            }
+        }
     }
 
     fn device_ready(&mut self, now: Instant, device_id: &str) -> Result<&mut Device, TrustFailure> {
@@ -453,6 +606,7 @@ impl<R: rand::CryptoRng> TrustAuthority<R> {
     /// rely on the lazy expiry done by `issue`/`verify`.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.expire(now);
+        self.expire_attach(now);
         let window = self.config.failure_window;
         for d in self.devices.values_mut() {
             if d.locked_until.is_some_and(|u| u <= now) {
@@ -469,10 +623,8 @@ impl<R: rand::CryptoRng> TrustAuthority<R> {
     pub fn next_timeout(&self) -> Option<Instant> {
         let a = self.pending_order.front().map(|e| e.0);
         let b = self.spent_order.front().map(|e| e.0);
-        match (a, b) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let c = self.attach_order.front().map(|e| e.0);
+        [a, b, c].into_iter().flatten().min()
     }
 
     fn remember(&mut self, now: Instant, key: BindingKey, p: &Pending, outcome: Outcome) {
@@ -807,6 +959,159 @@ mod tests {
             Some(TrustFailure::UnknownDevice)
         );
         assert_eq!(a.set_device("bad id", key), Err(WireError::DeviceId));
+        Ok(())
+    }
+
+    #[test]
+    fn attach_round_trip_with_the_software_zone() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let mut zone = SoftwareZone::init_with_params(
+            tmp.path(),
+            "pin",
+            KdfParams {
+                m_kib: 64,
+                t: 1,
+                p: 1,
+            },
+        )?;
+        let signer = ServerSigningKey::generate();
+        let key = LicenseKey::generate();
+        let pkg = seal_for_zone(&zone.public_key()?, DEV, "+15551230000", &key, &signer)?;
+        zone.install(&pkg, &signer.public())?;
+        let mut auth = TrustAuthority::new(AuthorityConfig::default());
+        auth.set_device(DEV, key)?;
+        let now = Instant::now();
+        let a = auth.issue_attach(now, T0_MS, DEV)?;
+        assert!(a.call_ref.starts_with("attach-") && a.call_ref.len() == 39);
+        let binding = b(&a.call_ref, ATTACH_BRANCH);
+        let ch = Challenge::from_header(&a.challenge.to_header())?;
+        let proof = zone.prove(&ch, &binding)?.to_header();
+        auth.verify_attach(now, DEV, &a.call_ref, &proof)?;
+        assert_eq!(auth.attach_pending_count(), 0);
+        // Consumed: the same proof again is refused.
+        assert_eq!(
+            auth.verify_attach(now, DEV, &a.call_ref, &proof),
+            Err(TrustFailure::WrongProof)
+        );
+        // The device's one counter goes on rising: a call challenge after it is proved.
+        let call = b("c1@h", "z9hG4bK-1");
+        let ch = auth.issue(now, T0_MS, DEV, &call)?;
+        let proof = zone.prove(&ch, &call)?.to_header();
+        auth.verify_header(now, DEV, &call, Some(&proof))?;
+        Ok(())
+    }
+
+    #[test]
+    fn attach_failures_never_lock_the_device_out() -> TestResult {
+        let (mut a, key) = authority();
+        let t0 = Instant::now();
+        for i in 0..20u64 {
+            let at = a.issue_attach(t0, T0_MS + i, DEV)?;
+            let wrong = format!("v=1;ctr={};proof={}", at.challenge.counter, "A".repeat(43));
+            assert_eq!(
+                a.verify_attach(t0, DEV, &at.call_ref, &wrong),
+                Err(TrustFailure::WrongProof)
+            );
+            assert!(matches!(
+                a.verify_attach(t0, DEV, &at.call_ref, "junk"),
+                Err(TrustFailure::Malformed(_))
+            ));
+        }
+        assert_eq!(a.locked_until(t0, DEV), None);
+        // Calls still work.
+        let call = b("c", "z9hG4bK-2");
+        let ch = a.issue(t0, T0_MS, DEV, &call)?;
+        a.verify(t0, DEV, &call, &ch.prove_with(&key, &call))?;
+        // And a call lockout does not stop an attach.
+        for _ in 0..5 {
+            let ch = a.issue(t0, T0_MS, DEV, &call)?;
+            let mut p = ch.prove_with(&key, &call);
+            p.mac[0] ^= 1;
+            assert!(a.verify(t0, DEV, &call, &p).is_err());
+        }
+        assert!(a.locked_until(t0, DEV).is_some());
+        let at = a.issue_attach(t0, T0_MS, DEV)?;
+        let binding = b(&at.call_ref, ATTACH_BRANCH);
+        let good = at.challenge.prove_with(&key, &binding).to_header();
+        a.verify_attach(t0, DEV, &at.call_ref, &good)?;
+        Ok(())
+    }
+
+    #[test]
+    fn attach_and_call_proofs_do_not_stand_in_for_each_other() -> TestResult {
+        let (mut a, key) = authority();
+        let t0 = Instant::now();
+        let at = a.issue_attach(t0, T0_MS, DEV)?;
+        let attach_binding = b(&at.call_ref, ATTACH_BRANCH);
+        let attach_proof = at.challenge.prove_with(&key, &attach_binding);
+        // An attach proof offered as a call proof for its binding: no call challenge there.
+        assert_eq!(
+            a.verify(t0, DEV, &attach_binding, &attach_proof),
+            Err(TrustFailure::WrongProof)
+        );
+        // A call proof offered for an attach.
+        let call = b("c", "z9hG4bK-3");
+        let ch = a.issue(t0, T0_MS, DEV, &call)?;
+        let call_proof = ch.prove_with(&key, &call).to_header();
+        assert_eq!(
+            a.verify_attach(t0, DEV, &at.call_ref, &call_proof),
+            Err(TrustFailure::WrongProof)
+        );
+        // Another device's attach challenge.
+        a.set_device("dev-b", LicenseKey::from_bytes([7; 32]))?;
+        let other = a.issue_attach(t0, T0_MS, "dev-b")?;
+        let proof = other
+            .challenge
+            .prove_with(&key, &b(&other.call_ref, ATTACH_BRANCH))
+            .to_header();
+        assert_eq!(
+            a.verify_attach(t0, DEV, &other.call_ref, &proof),
+            Err(TrustFailure::WrongProof)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn attach_revoked_expired_unknown_and_bounded() -> TestResult {
+        let (mut a, key) = authority();
+        let t0 = Instant::now();
+        assert!(matches!(
+            a.issue_attach(t0, T0_MS, "nobody"),
+            Err(TrustFailure::UnknownDevice)
+        ));
+        let at = a.issue_attach(t0, T0_MS, DEV)?;
+        let proof = at
+            .challenge
+            .prove_with(&key, &b(&at.call_ref, ATTACH_BRANCH))
+            .to_header();
+        let late = t0 + Duration::from_secs(61);
+        assert_eq!(
+            a.verify_attach(late, DEV, &at.call_ref, &proof),
+            Err(TrustFailure::Expired)
+        );
+        // Revocation takes effect at once, on pending attach challenges too.
+        let at = a.issue_attach(t0, T0_MS, DEV)?;
+        let proof = at
+            .challenge
+            .prove_with(&key, &b(&at.call_ref, ATTACH_BRANCH))
+            .to_header();
+        a.revoke(DEV);
+        assert_eq!(
+            a.verify_attach(t0, DEV, &at.call_ref, &proof),
+            Err(TrustFailure::Revoked)
+        );
+        assert!(matches!(
+            a.issue_attach(t0, T0_MS, DEV),
+            Err(TrustFailure::Revoked)
+        ));
+        a.set_device(DEV, key)?;
+        for _ in 0..(MAX_ATTACH_PENDING + 50) {
+            a.issue_attach(t0, T0_MS, DEV)?;
+        }
+        assert_eq!(a.attach_pending_count(), MAX_ATTACH_PENDING);
+        assert!(a.attach_order.len() <= 2 * MAX_ATTACH_PENDING);
+        a.handle_timeout(late);
+        assert_eq!(a.attach_pending_count(), 0);
         Ok(())
     }
 

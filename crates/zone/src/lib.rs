@@ -69,6 +69,75 @@ pub struct ZoneStatus {
     pub revoked: Option<String>,
 }
 
+/// The credentials enrolment gives the phone's normal world: its SIP digest password and its
+/// bearer token for the server's `/api/v1/device*` endpoints.
+///
+/// They are not zone secrets in the R8 sense (the device agent must use them: the password
+/// for SIP digest, the token in HTTP), but they are kept **sealed in the zone** at rest, like
+/// the license key, never in a plaintext file ([`TrustedZone::store_secrets`]); the agent
+/// reads them back through the zone ([`TrustedZone::secrets`]) when it needs them.
+/// `Debug` prints neither; memory is zeroed on drop.
+#[derive(Clone)]
+pub struct DeviceSecrets {
+    /// The phone's SIP digest password.
+    pub sip_password: zeroize::Zeroizing<String>,
+    /// The phone's API bearer token.
+    pub token: zeroize::Zeroizing<String>,
+}
+
+impl DeviceSecrets {
+    /// Both credentials.
+    pub fn new(sip_password: &str, token: &str) -> Self {
+        Self {
+            sip_password: zeroize::Zeroizing::new(sip_password.to_owned()),
+            token: zeroize::Zeroizing::new(token.to_owned()),
+        }
+    }
+
+    /// Canonical bytes: version `1` ‖ lp32(password) ‖ lp32(token).
+    pub(crate) fn encode(&self) -> zeroize::Zeroizing<Vec<u8>> {
+        let mut out = zeroize::Zeroizing::new(Vec::with_capacity(
+            9 + self.sip_password.len() + self.token.len(),
+        ));
+        out.push(1);
+        util::put_lp32(&mut out, self.sip_password.as_bytes());
+        util::put_lp32(&mut out, self.token.as_bytes());
+        out
+    }
+
+    /// The inverse of [`DeviceSecrets::encode`]; `None` if malformed.
+    pub(crate) fn decode(bytes: &[u8]) -> Option<Self> {
+        let (&version, mut rest) = bytes.split_first()?;
+        if version != 1 {
+            return None;
+        }
+        let mut field = || -> Option<zeroize::Zeroizing<String>> {
+            let (len, tail) = rest.split_at_checked(4)?;
+            let len = usize::try_from(u32::from_be_bytes(len.try_into().ok()?)).ok()?;
+            let (value, tail) = tail.split_at_checked(len)?;
+            rest = tail;
+            Some(zeroize::Zeroizing::new(
+                String::from_utf8(value.to_vec()).ok()?,
+            ))
+        };
+        let sip_password = field()?;
+        let token = field()?;
+        rest.is_empty().then_some(Self {
+            sip_password,
+            token,
+        })
+    }
+}
+
+impl std::fmt::Debug for DeviceSecrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceSecrets")
+            .field("sip_password", &"<redacted>")
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
 /// Zone errors. None carries key material.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -126,4 +195,33 @@ pub trait TrustedZone {
     fn set_service(&mut self, on: bool) -> Result<(), ZoneError>;
     /// Records that the server revoked this device (R9); proofs are refused from then on.
     fn mark_revoked(&mut self, reason: &str) -> Result<(), ZoneError>;
+    /// Keeps the normal world's credentials sealed in the zone (software: inside the sealed
+    /// file; PKCS#11: a private token object), replacing any kept before; `None` erases them.
+    fn store_secrets(&mut self, secrets: Option<&DeviceSecrets>) -> Result<(), ZoneError>;
+    /// The credentials kept by [`TrustedZone::store_secrets`], if any.
+    fn secrets(&self) -> Result<Option<DeviceSecrets>, ZoneError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn device_secrets_round_trip_and_redact() {
+        let s = DeviceSecrets::new("pässword", "tok-123");
+        let bytes = s.encode();
+        let back = DeviceSecrets::decode(&bytes).unwrap_or_else(|| panic!("decodes"));
+        assert_eq!(back.sip_password.as_str(), "pässword");
+        assert_eq!(back.token.as_str(), "tok-123");
+        assert!(DeviceSecrets::decode(&bytes[..bytes.len() - 1]).is_none());
+        let mut longer = bytes.to_vec();
+        longer.push(0);
+        assert!(DeviceSecrets::decode(&longer).is_none());
+        assert!(DeviceSecrets::decode(&[2]).is_none());
+        let shown = format!("{s:?}");
+        assert!(
+            !shown.contains("pässword") && !shown.contains("tok-123"),
+            "{shown}"
+        );
+    }
 }

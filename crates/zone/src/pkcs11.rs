@@ -13,6 +13,11 @@
 //!   counter durable, then computes the proof inside the token (`C_Sign`, `CKM_SHA256_HMAC`
 //!   over `PROOF_LABEL ‖ msg`).
 //! - `mark_revoked` records the reason and destroys the license key and identifier objects.
+//! - `store_secrets` keeps the normal world's credentials (SIP password, device token) in a
+//!   private token data object ([`DEVICE_SECRETS_LABEL`]): readable only after logging in
+//!   with the user PIN, and kept encrypted at rest by the token (SoftHSM2 encrypts private
+//!   objects under its PIN-derived token key). They are the one thing that comes back out,
+//!   because the device agent must use them.
 //!
 //! Only the public key, the status and proofs come out. The license key object allows
 //! `CKA_SIGN`/`CKA_VERIFY` and nothing else: `CKA_ENCRYPT`, `CKA_DECRYPT`, `CKA_WRAP`,
@@ -50,7 +55,7 @@ use cryptoki::types::AuthPin;
 use self::state::{STATE_FILE, State};
 use crate::proof::{self, CallBinding, Challenge, Proof};
 use crate::seal::{DecodedBody, SCHEME_ECDH, SealedPackage, ServerPublicKey};
-use crate::{SecurityLevel, TrustedZone, ZoneError, ZonePublicKey, ZoneStatus};
+use crate::{DeviceSecrets, SecurityLevel, TrustedZone, ZoneError, ZonePublicKey, ZoneStatus};
 
 /// Default module path of SoftHSM2 on Debian/Ubuntu.
 pub const SOFTHSM2_MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
@@ -60,6 +65,8 @@ pub const ZONE_KEY_LABEL: &str = "trustring-zone-key";
 pub const LICENSE_KEY_LABEL: &str = "trustring-license-key";
 /// `CKA_LABEL` of the installed, padded identifier (generic secret, no usage at all).
 pub const IDENTIFIER_LABEL: &str = "trustring-identifier";
+/// `CKA_LABEL` of the private data object holding the device's SIP password and API token.
+pub const DEVICE_SECRETS_LABEL: &str = "trustring-device-secrets";
 
 /// DER of the named curve prime256v1 / secp256r1 (OID 1.2.840.10045.3.1.7), for `CKA_EC_PARAMS`.
 const P256_PARAMS: [u8; 10] = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -246,7 +253,36 @@ impl Pkcs11Zone {
         // A crash between unwrapping and saving the state can leave objects of an
         // unfinished install behind: remove them.
         zone.destroy_material_except(zone.state.material_id.as_deref());
+        zone.destroy_secrets_except(zone.state.secrets_id.as_deref());
         Ok(zone)
+    }
+
+    /// Destroys this zone's device-secret data objects whose id is not `keep` (best effort).
+    fn destroy_secrets_except(&self, keep: Option<&str>) {
+        let session = &self.session;
+        let template = [
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Label(DEVICE_SECRETS_LABEL.as_bytes().to_vec()),
+        ];
+        let Ok(found) = session.find_objects(&template) else {
+            return;
+        };
+        let ours = hex(&self.key_id);
+        for object in found {
+            let app = session
+                .get_attributes(object, &[AttributeType::Application])
+                .ok()
+                .and_then(|attrs| {
+                    attrs.into_iter().find_map(|a| match a {
+                        Attribute::Application(app) => Some(app),
+                        _ => None,
+                    })
+                });
+            let Some(app) = app else { continue };
+            if app.starts_with(ours.as_bytes()) && Some(app.as_slice()) != keep.map(str::as_bytes) {
+                let _ = session.destroy_object(object);
+            }
+        }
     }
 
     /// Destroys this zone's license key / identifier objects whose id is not `keep` (best
@@ -497,6 +533,75 @@ impl TrustedZone for Pkcs11Zone {
         self.state.service_on = on;
         self.save()
             .inspect_err(|_| self.state.service_on = previous)
+    }
+
+    fn store_secrets(&mut self, secrets: Option<&DeviceSecrets>) -> Result<(), ZoneError> {
+        let session = &self.session;
+        let created = match secrets {
+            None => None,
+            Some(secrets) => {
+                let mut id = self.key_id.clone();
+                id.extend(
+                    session
+                        .generate_random_vec(ID_LEN)
+                        .map_err(|e| backend("generating an object id", &e))?,
+                );
+                let id = hex(&id);
+                let value = secrets.encode();
+                let object = session
+                    .create_object(&[
+                        Attribute::Class(ObjectClass::DATA),
+                        Attribute::Token(true),
+                        Attribute::Private(true),
+                        Attribute::Modifiable(false),
+                        Attribute::Label(DEVICE_SECRETS_LABEL.as_bytes().to_vec()),
+                        Attribute::Application(id.as_bytes().to_vec()),
+                        Attribute::Value(value.to_vec()),
+                    ])
+                    .map_err(|e| backend("storing the device secrets in the token", &e))?;
+                Some((object, id))
+            }
+        };
+        let previous = self.state.secrets_id.clone();
+        self.state.secrets_id = created.as_ref().map(|(_, id)| id.clone());
+        if let Err(e) = self.save() {
+            self.state.secrets_id = previous;
+            if let Some((object, _)) = created {
+                let _ = self.session.destroy_object(object);
+            }
+            return Err(e);
+        }
+        // The previous object, if any, is no longer needed.
+        self.destroy_secrets_except(self.state.secrets_id.as_deref());
+        Ok(())
+    }
+
+    fn secrets(&self) -> Result<Option<DeviceSecrets>, ZoneError> {
+        let Some(id) = &self.state.secrets_id else {
+            return Ok(None);
+        };
+        let object = find_one(
+            &self.session,
+            &[
+                Attribute::Class(ObjectClass::DATA),
+                Attribute::Label(DEVICE_SECRETS_LABEL.as_bytes().to_vec()),
+                Attribute::Application(id.as_bytes().to_vec()),
+            ],
+            "device secrets",
+        )?;
+        let value = self
+            .session
+            .get_attributes(object, &[AttributeType::Value])
+            .map_err(|e| backend("reading the device secrets", &e))?
+            .into_iter()
+            .find_map(|a| match a {
+                Attribute::Value(v) => Some(zeroize::Zeroizing::new(v)),
+                _ => None,
+            })
+            .ok_or_else(|| ZoneError::Backend("token did not return the device secrets".into()))?;
+        DeviceSecrets::decode(&value)
+            .map(Some)
+            .ok_or_else(|| ZoneError::Backend("device secrets in the token are corrupt".into()))
     }
 
     fn mark_revoked(&mut self, reason: &str) -> Result<(), ZoneError> {

@@ -17,10 +17,12 @@
 //! the header cannot be altered (e.g. to weaker KDF parameters) without the file failing to
 //! open. A wrong passphrase fails the AEAD tag: [`ZoneError::WrongPin`].
 //!
-//! The sealed state (binary, version 1) holds: the X25519 secret key, the license key and the
+//! The sealed state (binary, version 2) holds: the X25519 secret key, the license key and the
 //! hidden identifier once enrolled, the last accepted challenge counter, the device id, the
-//! pinned server key, the service switch and the revocation reason. In memory the secrets live
-//! in zeroize-on-drop buffers.
+//! pinned server key, the service switch, the revocation reason and the normal world's
+//! credentials ([`DeviceSecrets`]: SIP password, device token). Version 1 (without the
+//! credentials) still opens and is rewritten as version 2 on the next change. In memory the
+//! secrets live in zeroize-on-drop buffers.
 //!
 //! One process should open a zone at a time (there is no cross-process lock).
 
@@ -33,13 +35,14 @@ use zeroize::Zeroizing;
 use crate::proof::{CallBinding, Challenge, LicenseKey, Proof};
 use crate::seal::{self, SealedPackage, ServerPublicKey};
 use crate::util::{b64, put_lp32, unb64, unb64_array};
-use crate::{SecurityLevel, TrustedZone, ZoneError, ZonePublicKey, ZoneStatus};
+use crate::{DeviceSecrets, SecurityLevel, TrustedZone, ZoneError, ZonePublicKey, ZoneStatus};
 
 /// File name of the sealed zone state inside the zone directory.
 pub const ZONE_FILE: &str = "zone.sealed";
 const FORMAT: &str = "trustring-software-zone";
 const FILE_VERSION: u8 = 1;
-const STATE_VERSION: u8 = 1;
+/// Version of the sealed state written now; version 1 (no device secrets) still opens.
+const STATE_VERSION: u8 = 2;
 const AAD_LABEL: &[u8] = b"trustring/v1/software-zone";
 const MAX_FILE_LEN: u64 = 64 * 1024;
 /// Longest revocation reason kept (characters).
@@ -137,6 +140,7 @@ struct State {
     server_key: Option<[u8; 32]>,
     service_on: bool,
     revoked: Option<String>,
+    secrets: Option<DeviceSecrets>,
 }
 
 fn put_opt(out: &mut Vec<u8>, v: Option<&[u8]>) {
@@ -167,12 +171,15 @@ impl State {
         put_opt(&mut out, self.device_id.as_deref().map(str::as_bytes));
         put_opt(&mut out, self.server_key.as_ref().map(<[u8; 32]>::as_slice));
         put_opt(&mut out, self.revoked.as_deref().map(str::as_bytes));
+        let secrets = self.secrets.as_ref().map(DeviceSecrets::encode);
+        put_opt(&mut out, secrets.as_ref().map(|s| s.as_slice()));
         out
     }
 
     fn decode(bytes: &[u8]) -> Option<Self> {
         let mut r = Reader(bytes);
-        if r.u8()? != STATE_VERSION {
+        let version = r.u8()?;
+        if !(1..=STATE_VERSION).contains(&version) {
             return None;
         }
         let secret = Zeroizing::new(r.array::<32>()?);
@@ -197,6 +204,14 @@ impl State {
             Some(b) => Some(<[u8; 32]>::try_from(b).ok()?),
         };
         let revoked = r.opt_string()?;
+        let secrets = if version >= 2 {
+            match r.opt()? {
+                None => None,
+                Some(b) => Some(DeviceSecrets::decode(b)?),
+            }
+        } else {
+            None
+        };
         if !r.0.is_empty() {
             return None;
         }
@@ -210,6 +225,7 @@ impl State {
             server_key,
             service_on,
             revoked,
+            secrets,
         })
     }
 }
@@ -313,6 +329,7 @@ impl SoftwareZone {
                 server_key: None,
                 service_on: true,
                 revoked: None,
+                secrets: None,
             },
         };
         let bytes = zone.seal_file()?;
@@ -567,6 +584,18 @@ impl TrustedZone for SoftwareZone {
             },
         )
     }
+
+    fn store_secrets(&mut self, secrets: Option<&DeviceSecrets>) -> Result<(), ZoneError> {
+        let new = secrets.cloned();
+        self.commit(
+            move |s| std::mem::replace(&mut s.secrets, new),
+            |s, old| s.secrets = old,
+        )
+    }
+
+    fn secrets(&self) -> Result<Option<DeviceSecrets>, ZoneError> {
+        Ok(self.state.secrets.clone())
+    }
 }
 
 #[cfg(test)]
@@ -583,6 +612,8 @@ mod tests {
     };
     const PASS: &str = "correct horse battery staple";
     const IDENT: &str = "+15550001111";
+    const SIP_PASSWORD: &str = "0123456789abcdef0123456789abcdef";
+    const DEVICE_TOKEN: &str = "feedfacecafebeef-device-token";
 
     fn binding() -> CallBinding<'static> {
         CallBinding {
@@ -663,8 +694,13 @@ mod tests {
     #[test]
     fn secrets_are_not_in_the_clear() -> TestResult {
         let tmp = tempfile::tempdir()?;
-        let (zone, key, _) = enrolled(tmp.path())?;
+        let (mut zone, key, _) = enrolled(tmp.path())?;
+        zone.store_secrets(Some(&DeviceSecrets::new(SIP_PASSWORD, DEVICE_TOKEN)))?;
         let bytes = std::fs::read(zone.file_path())?;
+        for secret in [SIP_PASSWORD, DEVICE_TOKEN] {
+            assert!(!bytes.windows(secret.len()).any(|w| w == secret.as_bytes()));
+            assert!(!String::from_utf8_lossy(&bytes).contains(&b64(secret.as_bytes())));
+        }
         let text = String::from_utf8_lossy(&bytes);
         let hay = |needle: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
         assert!(!hay(key.expose()));
@@ -849,6 +885,44 @@ mod tests {
         ));
         let zone = SoftwareZone::open(tmp.path(), "new pass")?;
         assert_eq!(zone.state.last_counter, 1_001);
+        Ok(())
+    }
+
+    #[test]
+    fn device_secrets_are_kept_sealed_and_survive_reopen() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let (mut zone, _key, _) = enrolled(tmp.path())?;
+        assert!(zone.secrets()?.is_none());
+        zone.store_secrets(Some(&DeviceSecrets::new(SIP_PASSWORD, DEVICE_TOKEN)))?;
+        drop(zone);
+        let mut zone = SoftwareZone::open(tmp.path(), PASS)?;
+        let got = zone.secrets()?.ok_or("secrets kept")?;
+        assert_eq!(got.sip_password.as_str(), SIP_PASSWORD);
+        assert_eq!(got.token.as_str(), DEVICE_TOKEN);
+        // Revocation keeps them (the token still reads the server's verdict); `None` erases.
+        zone.mark_revoked("lost")?;
+        assert!(zone.secrets()?.is_some());
+        zone.store_secrets(None)?;
+        drop(zone);
+        assert!(SoftwareZone::open(tmp.path(), PASS)?.secrets()?.is_none());
+        Ok(())
+    }
+
+    /// A zone file written before the device secrets existed (state version 1) still opens.
+    #[test]
+    fn version_1_state_still_opens() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let (zone, _key, _) = enrolled(tmp.path())?;
+        let v2 = zone.state.encode();
+        // Version 1 is version 2 without the trailing secrets option (here: absent, 1 byte).
+        let mut v1 = v2[..v2.len() - 1].to_vec();
+        v1[0] = 1;
+        let state = State::decode(&v1).ok_or("version 1 decodes")?;
+        assert!(state.secrets.is_none() && state.enrolment.is_some());
+        assert!(State::decode(&v2).is_some());
+        let mut v3 = v2.to_vec();
+        v3[0] = 3;
+        assert!(State::decode(&v3).is_none());
         Ok(())
     }
 

@@ -920,3 +920,61 @@ token_test!(
         Ok(())
     }
 );
+
+token_test!(
+    /// Issue #11 item 6: the device's SIP password and API token are a private token object,
+    /// read back after a reopen, replaced or erased cleanly, never in clear on disk.
+    device_secrets_are_private_token_objects,
+    &[TOKEN_A],
+    |env| {
+        use trustring_zone::DeviceSecrets;
+        use trustring_zone::pkcs11::DEVICE_SECRETS_LABEL;
+
+        const PASSWORD: &str = "7b1e0c9a4d2f8e3b6a5c1d0e9f8a7b6c";
+        const TOKEN: &str = "device-token-5f3c2a1b0e9d8c7b6a594837";
+        let server = Server::new();
+        let mut zone = enrolled(env, TOKEN_A, &server, "dev-1")?;
+        assert!(zone.secrets()?.is_none());
+        zone.store_secrets(Some(&DeviceSecrets::new("old", "old")))?;
+        zone.store_secrets(Some(&DeviceSecrets::new(PASSWORD, TOKEN)))?;
+        drop(zone);
+
+        let zone = Pkcs11Zone::open(&module(), TOKEN_A, PIN, &env.state_dir(TOKEN_A))?;
+        let got = zone.secrets()?.ok_or("secrets kept")?;
+        assert_eq!(got.sip_password.as_str(), PASSWORD);
+        assert_eq!(got.token.as_str(), TOKEN);
+        let data = [
+            Attribute::Class(ObjectClass::DATA),
+            Attribute::Label(DEVICE_SECRETS_LABEL.as_bytes().to_vec()),
+        ];
+        {
+            let session = inspect(TOKEN_A)?;
+            let objects = session.find_objects(&data)?;
+            assert_eq!(objects.len(), 1, "the replaced object is gone");
+            let attrs = session.get_attributes(
+                objects[0],
+                &[AttributeType::Private, AttributeType::Token],
+            )?;
+            assert!(
+                attrs
+                    .iter()
+                    .all(|a| matches!(a, Attribute::Private(true) | Attribute::Token(true))),
+                "{attrs:?}"
+            );
+        }
+        for (path, bytes) in files_under(&env.dir)? {
+            for secret in [PASSWORD, TOKEN] {
+                assert!(
+                    !contains(&bytes, secret.as_bytes()),
+                    "{} holds a device secret in clear",
+                    path.display()
+                );
+            }
+        }
+        let mut zone = zone;
+        zone.store_secrets(None)?;
+        assert!(zone.secrets()?.is_none());
+        assert!(inspect(TOKEN_A)?.find_objects(&data)?.is_empty());
+        Ok(())
+    }
+);

@@ -3,13 +3,16 @@
 //! It starts `trustring serve --gateway` and `trustring gateway` (the IP->PSTN gateway) as
 //! child processes on free loopback ports with temporary data directories, provisions alice
 //! (subscriber, number pool, EULA, enrolment code), enrols a phone with a software trusted
-//! zone and its own number (`trustring device init` / `enroll --number`, as a user would),
+//! zone and its own number over HTTPS with the enrolment URI the server issued, which pins the
+//! server's key (`trustring device init` / `enroll URI --number`, as a user would),
 //! registers a desktop softphone over SIP and attaches the phone to the gateway as a PSTN line
-//! (TR-ISUP, recording what it hears), and places a call to `sip:alice@localhost`. Both ring:
+//! (TR-ISUP over TLS with the gateway's key pinned; the gateway has the phone's zone prove
+//! its key to the server before it gives the line the number; the line records what it
+//! hears), and places a call to `sip:alice@localhost`. Both ring:
 //! the desktop directly, the phone through the gateway (INVITE with Trunk-Auth, then an IAM
 //! carrying the trust challenge). The phone answers with its zone's proof, the desktop is
-//! cancelled "elsewhere", the caller sends a 1 kHz tone as RTP to the gateway for the hold
-//! time and hangs up.
+//! cancelled "elsewhere", the caller sends a 1 kHz tone as SRTP (RTP/SAVP, SDES keys; plain
+//! RTP with `--plain-rtp`) to the gateway for the hold time and hangs up.
 //!
 //! It then prints the ladder diagram the server recorded with the ISUP messages of the
 //! phone's line spliced in, the fork skew at the server and as the two devices saw it, the
@@ -28,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use pstn::line::{Line, LineConfig, LineError, LineEvent, LineProver};
+use pstn::line::{Line, LineConfig, LineError, LineEvent, LineProver, LineTransport};
 use serde_json::{Value, json};
 
 use crate::admin::Client;
@@ -54,6 +57,9 @@ pub(crate) struct DemoArgs {
     /// Keep the temporary data directory (and print where it is).
     #[arg(long)]
     keep: bool,
+    /// The caller offers plain RTP (RTP/AVP) instead of SRTP (RTP/SAVP with SDES keys).
+    #[arg(long)]
+    plain_rtp: bool,
 }
 
 /// A port free for UDP and TCP on 127.0.0.1.
@@ -174,8 +180,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let gw_data = dir.path().join("gateway-data");
     let sip: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let http: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let enrol: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let gw_sip: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let gw_lines: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
+    let sip_tls: SocketAddr = format!("127.0.0.1:{}", free_port()?).parse()?;
     let token = {
         let mut b = [0u8; 16];
         rand::fill(&mut b[..]);
@@ -183,7 +191,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     };
 
     step(&format!(
-        "starting trustring serve (SIP {sip}, admin API http://{http}, gateway {gw_sip}, data {})",
+        "starting trustring serve (SIP {sip}, admin API http://{http}, enrolment https://{enrol}, gateway {gw_sip}, data {})",
         data.display()
     ));
     let log = std::fs::File::create(dir.path().join("server.log"))?;
@@ -194,6 +202,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             &sip.to_string(),
             "--http",
             &http.to_string(),
+            "--enrol",
+            &enrol.to_string(),
+            "--sip-tls",
+            &sip_tls.to_string(),
             "--gateway",
             &gw_sip.to_string(),
         ])
@@ -210,7 +222,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         .spawn()
         .context("starting the server")?;
     let server = ChildProc(child);
-    let api = Client::new(&format!("http://{http}"), &token);
+    let api = Client::new(&format!("http://{http}"), &token, None)?;
     let t0 = Instant::now();
     while api.call("GET", "/healthz", None).is_err() {
         if t0.elapsed() > Duration::from_secs(15) {
@@ -244,11 +256,23 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         "/api/v1/subscribers/alice/enrolments",
         Some(json!({})),
     )?;
-    let code = code["code"].as_str().context("no code")?.to_owned();
+    // What the operator hands the user: the code and the server's key fingerprint.
+    let uri = code["uri"]
+        .as_str()
+        .context("the server gave no enrolment URI")?
+        .to_owned();
 
     step(&format!(
-        "enrolling the phone: trusted zone (software), sealed identifier + license key, number {PHONE_NUMBER}"
+        "enrolling the phone over HTTPS, the server's key pinned by the enrolment URI: trusted zone (software), sealed identifier + license key + SIP credentials, number {PHONE_NUMBER}"
     ));
+    if let Ok(u) = uri.parse::<api::EnrolUri>() {
+        println!(
+            "    enrolment URI: {SCHEME}://{}?code=…&fp={}",
+            u.authority,
+            u.fingerprint,
+            SCHEME = api::enrol_uri::SCHEME
+        );
+    }
     let zone = dir.path().join("phone-zone");
     let zone_s = zone.to_str().context("temp path is not UTF-8")?.to_owned();
     let pin = [("TRUSTRING_ZONE_PIN", "demo-zone-passphrase")];
@@ -267,10 +291,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             "enroll",
             "--zone",
             &zone_s,
-            "--server",
-            &format!("http://{http}"),
-            "--code",
-            &code,
+            &uri,
             "--accept-eula",
             "--number",
             PHONE_NUMBER,
@@ -284,8 +305,18 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         println!("    {l}");
     }
 
+    // The gateway's line-port key, made here as an operator would before handing its
+    // fingerprint to the phones (the gateway finds and uses it under its data directory).
+    let gw_identity = tls::ServerIdentity::load_or_create(
+        &gw_data.join("tls"),
+        None,
+        None,
+        &["localhost".to_owned(), "127.0.0.1".to_owned()],
+    )
+    .context("making the gateway's line TLS key")?;
+    let gw_fp = gw_identity.fingerprint;
     step(&format!(
-        "starting trustring gateway (SIP trunk {gw_sip}, phone lines {gw_lines}, data {})",
+        "starting trustring gateway (SIP trunk {gw_sip}, phone lines {gw_lines} over TLS, key {gw_fp}, data {})",
         gw_data.display()
     ));
     let log = std::fs::File::create(dir.path().join("gateway.log"))?;
@@ -300,6 +331,9 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             "127.0.0.1",
             "--allow",
             "127.0.0.1",
+            // Where the gateway asks the server's trust authority about attaching lines.
+            "--server-api",
+            &format!("http://{http}"),
         ])
         .arg("--trunk-secret-file")
         .arg(data.join("trunk-secret"))
@@ -330,7 +364,11 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         proofs: Arc::new(Mutex::new(Vec::new())),
     };
     let recording = dir.path().join("phone-heard.wav");
-    let mut line_cfg = LineConfig::new(gw_lines.to_string(), PHONE_NUMBER.parse()?);
+    let mut line_cfg = LineConfig::new(
+        gw_lines.to_string(),
+        LineTransport::Tls(gw_fp),
+        PHONE_NUMBER.parse()?,
+    );
     line_cfg.device_id = Some(phone_cfg.contact_instance.clone());
     line_cfg.answer_after = Some(Duration::from_millis(a.answer_after_ms));
     line_cfg.record = Some(recording.clone());
@@ -351,10 +389,20 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         }
     };
     // The line's first event says how the attach went.
-    let attached = line_events
-        .recv()
-        .await
-        .map_or_else(|| "detached at once".to_owned(), |e| e.to_string());
+    let attached_event = line_events.recv().await;
+    let attach_proved = matches!(
+        attached_event,
+        Some(LineEvent::Attached {
+            tls: true,
+            proved: true,
+            ..
+        })
+    );
+    let attached = attached_event.map_or_else(|| "detached at once".to_owned(), |e| e.to_string());
+    // That was the attach challenge's proof; the ladder shows the call's.
+    if let Ok(mut proofs) = prover.proofs.lock() {
+        proofs.clear();
+    }
     println!(
         "    desktop {} registered; phone {who} {attached} on {gw_lines}",
         desk.local_addr()
@@ -388,9 +436,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let caller = uac::Uac::bind(sip).await?;
     let call = tokio::spawn({
         let hold = Duration::from_millis(a.hold_ms);
+        let srtp = !a.plain_rtp;
         async move {
             caller
-                .call("sip:alice@localhost", hold)
+                .call("sip:alice@localhost", hold, srtp)
                 .await
                 .map(|r| (r, caller.local_addr()))
         }
@@ -473,6 +522,24 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             &isup
         )
     );
+    // The media, hop by hop (the ladder above is the signalling).
+    let media_hops = match &result.audio {
+        Ok(s) => match s.srtp {
+            Some(suite) => format!(
+                "caller <-> gateway: SRTP ({}, SDES keys in the SDP; {} SRTP packets sent, {} received, {} refused)",
+                suite.name(),
+                s.sent,
+                s.received,
+                s.refused
+            ),
+            None => format!(
+                "caller <-> gateway: clear RTP (--plain-rtp; {} packets sent, {} received)",
+                s.sent, s.received
+            ),
+        },
+        Err(e) => format!("caller <-> gateway: no media ({e})"),
+    };
+    println!("    media: {media_hops}; gateway <-> phone line: G.711 frames inside the line's TLS");
 
     let invites: Vec<&sip_net::trace::TraceEntry> = entries
         .iter()
@@ -505,7 +572,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     }
 
     let events = api.call("GET", "/api/v1/security-events", None)?;
-    let proofs_failed = events.as_array().map_or(0, |v| {
+    let proofs_failed = events["events"].as_array().map_or(0, |v| {
         v.iter()
             .filter(|e| e["kind"].as_str().is_some_and(|k| k.ends_with("-proof")))
             .count()
@@ -542,10 +609,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
 
     let heard_tone = audio_check(&recording);
     let sent = match &result.audio {
-        Ok(s) => format!(
-            "the caller sent {} RTP packets ({}) to the gateway at {} and got {} back",
-            s.sent, s.law, s.to, s.received
-        ),
+        Ok(s) => s.summary(),
         Err(e) => format!("the caller sent no audio: {e}"),
     };
     let tone_ok = match &heard_tone {
@@ -638,6 +702,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             "both devices rang",
             invites.len() >= 2 && desk_rang.is_some() && line_rang.is_some(),
         ),
+        (
+            "the phone's line attached over TLS with its zone's proof",
+            attach_proved,
+        ),
         ("the phone answered through the gateway", line_answered),
         ("the caller got 200", result.status == 200),
         (
@@ -645,6 +713,17 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             desk_cancelled && cancel_with_reason,
         ),
         ("the trust proof was verified", trusted),
+        (
+            if a.plain_rtp {
+                "the caller's media was plain RTP, as asked (--plain-rtp)"
+            } else {
+                "the caller's media was SRTP"
+            },
+            result
+                .audio
+                .as_ref()
+                .is_ok_and(|s| s.srtp.is_some() != a.plain_rtp && s.refused == 0),
+        ),
         ("the phone heard the caller's tone", tone_ok),
         (
             "one CDR, its PSTN leg answered and billed to alice",

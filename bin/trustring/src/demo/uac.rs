@@ -1,8 +1,15 @@
 //! The demo's caller: a minimal SIP UAC over UDP (RFC 3261 §8.1, §12, §13) that places one
 //! call offering G.711 (PCMU, PCMA), waits for the answer, talks for the hold time (a 1 kHz
-//! tone as RTP, 20 ms packets, to where the answer's SDP says), and hangs up. Just enough for
-//! a demo on loopback: it retransmits the INVITE and the BYE on T1 doubling, and follows the
-//! route set of the 2xx.
+//! tone, 20 ms packets, to where the answer's SDP says), and hangs up. Just enough for a demo
+//! on loopback: it retransmits the INVITE and the BYE on T1 doubling, and follows the route
+//! set of the 2xx.
+//!
+//! By default it offers SRTP (`RTP/SAVP`, RFC 3711) keyed by SDES (RFC 4568): one
+//! `a=crypto` line, AES_CM_128_HMAC_SHA1_80 with a fresh master key from the OS random number
+//! generator. The answer must be SRTP with our tag (else no audio is sent); the tone leaves
+//! protected under our key, and what comes back is opened with the answerer's key (packets
+//! that do not authenticate are counted, never played). The key is never printed. Its SIP
+//! hop is plain UDP on loopback here: SDES keys must only cross TLS-protected signalling.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -10,6 +17,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use media::g711::{FRAME_SAMPLES, Law, SAMPLE_RATE};
+use media::sdp::Transport;
+use media::srtp::{Crypto, MasterKey, SrtpContext, Suite};
 use sip_core::message::{HeaderName, Message, Method, NameAddr, Request, Response, Uri, parse};
 use tokio::net::UdpSocket;
 use tokio::time::MissedTickBehavior;
@@ -43,10 +52,58 @@ pub(crate) struct AudioSent {
     pub(crate) to: SocketAddr,
     /// The law the answer chose.
     pub(crate) law: Law,
+    /// The SRTP suite the answer chose; `None`: clear RTP.
+    pub(crate) srtp: Option<Suite>,
     /// RTP packets sent.
     pub(crate) sent: u32,
-    /// RTP packets that came back (the phone's side of the call).
+    /// RTP packets that came back (the phone's side of the call), authenticated under the
+    /// answerer's key when SRTP.
     pub(crate) received: u32,
+    /// Packets that came back and did not authenticate (or were not RTP).
+    pub(crate) refused: u32,
+}
+
+impl AudioSent {
+    /// One line for the demo's summary, e.g. `101 SRTP packets (PCMU, AES_CM_128_HMAC_SHA1_80,
+    /// SDES keys) to the gateway at …`.
+    pub(crate) fn summary(&self) -> String {
+        let media = match self.srtp {
+            Some(suite) => format!("SRTP packets ({}, {}, SDES keys)", self.law, suite.name()),
+            None => format!("RTP packets ({}, clear: no SRTP)", self.law),
+        };
+        let refused = if self.refused > 0 {
+            format!(", refused {} that did not authenticate", self.refused)
+        } else {
+            String::new()
+        };
+        format!(
+            "the caller sent {} {media} to the gateway at {} and got {} back{refused}",
+            self.sent, self.to, self.received
+        )
+    }
+}
+
+/// The SDES line the demo's caller offers: tag 1, AES_CM_128_HMAC_SHA1_80, a fresh key from
+/// the OS random number generator.
+fn fresh_crypto() -> anyhow::Result<Crypto> {
+    use rand::TryRng as _;
+    let mut bytes = [0u8; 30];
+    rand::rngs::SysRng
+        .try_fill_bytes(&mut bytes)
+        .map_err(|e| anyhow::anyhow!("the OS random number generator failed: {e}"))?;
+    Ok(Crypto {
+        tag: 1,
+        suite: Suite::AesCm128HmacSha1_80,
+        key: MasterKey::from_bytes(&bytes),
+    })
+}
+
+/// How the caller's media is protected, once the answer is in: our context for what we
+/// send, the answerer's for what we receive.
+struct Protection {
+    suite: Suite,
+    tx: SrtpContext,
+    rx: SrtpContext,
 }
 
 pub(crate) struct Uac {
@@ -98,9 +155,14 @@ impl Uac {
         format!("SIP/2.0/UDP {};branch=z9hG4bK{branch};rport", self.local)
     }
 
-    /// Calls `target` (e.g. `sip:alice@localhost`), talks on an answered call for `hold`
-    /// (the tone as RTP), then sends BYE.
-    pub(crate) async fn call(&self, target: &str, hold: Duration) -> anyhow::Result<CallResult> {
+    /// Calls `target` (e.g. `sip:alice@localhost`) offering SRTP when `srtp` (else clear
+    /// RTP), talks on an answered call for `hold` (the tone), then sends BYE.
+    pub(crate) async fn call(
+        &self,
+        target: &str,
+        hold: Duration,
+        srtp: bool,
+    ) -> anyhow::Result<CallResult> {
         let call_id = format!("demo-{}", rand_hex(8));
         let from_tag = rand_hex(4);
         let uri = Uri::parse(target).map_err(|e| anyhow::anyhow!("{target}: {e:?}"))?;
@@ -118,13 +180,18 @@ impl Uac {
         h.push(HeaderName::Contact, format!("<sip:caller@{}>", self.local));
         h.push(HeaderName::ContentType, "application/sdp");
         let rtp = self.rtp.local_addr()?;
-        let sdp = format!(
+        let ours = if srtp { Some(fresh_crypto()?) } else { None };
+        let mut sdp = format!(
             "v=0\r\no=demo 1 1 IN IP4 {ip}\r\ns=-\r\nc=IN IP4 {ip}\r\nt=0 0\r\n\
-             m=audio {port} RTP/AVP 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
+             m=audio {port} {proto} 0 8\r\na=rtpmap:0 PCMU/8000\r\na=rtpmap:8 PCMA/8000\r\n\
              a=ptime:20\r\na=sendrecv\r\n",
             ip = rtp.ip(),
-            port = rtp.port()
+            port = rtp.port(),
+            proto = if srtp { "RTP/SAVP" } else { "RTP/AVP" },
         );
+        if let Some(c) = &ours {
+            sdp.push_str(&format!("a=crypto:{}\r\n", c.to_value()));
+        }
         let invite = Request {
             method: Method::Invite,
             uri,
@@ -213,12 +280,16 @@ impl Uac {
         self.sock.send_to(&ack.to_bytes(), self.proxy).await?;
         let talk_start = Instant::now();
         let audio = match media::sdp::parse_audio(&answer.body) {
-            Ok(sdp) => match sdp.laws.first().zip(sdp.payload_types.first()) {
-                Some((&law, &pt)) => {
+            Ok(sdp) => match (
+                sdp.laws.first().zip(sdp.payload_types.first()),
+                protection(ours.as_ref(), &sdp),
+            ) {
+                (Some((&law, &pt)), Ok(p)) => {
                     let to = SocketAddr::new(sdp.addr, sdp.port);
-                    self.talk(to, law, pt, hold).await
+                    self.talk(to, law, pt, p, hold).await
                 }
-                None => Err("the answer's SDP has no G.711".to_owned()),
+                (None, _) => Err("the answer's SDP has no G.711".to_owned()),
+                (_, Err(e)) => Err(e),
             },
             Err(e) => Err(format!("the answer's SDP: {e}")),
         };
@@ -262,13 +333,15 @@ impl Uac {
         bail!("no answer to the BYE")
     }
 
-    /// Sends the tone to `to` for `hold` as RTP in `law` under payload type `pt`, one 20 ms
-    /// packet per tick of a timer (RFC 3551 pacing), counting what comes back meanwhile.
+    /// Sends the tone to `to` for `hold` as RTP in `law` under payload type `pt` (protected
+    /// with SRTP when `protection` says so), one 20 ms packet per tick of a timer (RFC 3551
+    /// pacing), counting what comes back meanwhile.
     async fn talk(
         &self,
         to: SocketAddr,
         law: Law,
         pt: u8,
+        mut protection: Option<Protection>,
         hold: Duration,
     ) -> Result<AudioSent, String> {
         // One second of tone: a whole number of cycles and of packets, so it loops seamlessly.
@@ -283,7 +356,7 @@ impl Uac {
         // A late tick is made up at once: the stream keeps real time, as a phone's would.
         ticks.set_missed_tick_behavior(MissedTickBehavior::Burst);
         let end = tokio::time::Instant::now() + hold;
-        let (mut sent, mut received, mut at) = (0u32, 0u32, 0usize);
+        let (mut sent, mut received, mut refused, mut at) = (0u32, 0u32, 0u32, 0usize);
         let mut packet = Vec::with_capacity(media::rtp::HEADER_LEN + FRAME_SAMPLES);
         let mut buf = vec![0u8; 2048];
         loop {
@@ -296,6 +369,11 @@ impl Uac {
                     at = (at + FRAME_SAMPLES) % codes.len().max(1);
                     packet.clear();
                     sender.next_packet(frame, PACKET_SAMPLES, &mut packet);
+                    if let Some(p) = &mut protection {
+                        p.tx
+                            .protect_in_place(&mut packet)
+                            .map_err(|e| format!("protecting our RTP: {e}"))?;
+                    }
                     self.rtp
                         .send_to(&packet, to)
                         .await
@@ -303,10 +381,15 @@ impl Uac {
                     sent += 1;
                 }
                 got = self.rtp.recv_from(&mut buf) => {
-                    if let Ok((n, _)) = got
-                        && media::rtp::parse(&buf[..n]).is_ok()
-                    {
+                    let Ok((n, _)) = got else { continue };
+                    let ok = match &mut protection {
+                        Some(p) => p.rx.unprotect(&buf[..n]).is_ok(),
+                        None => media::rtp::parse(&buf[..n]).is_ok(),
+                    };
+                    if ok {
                         received += 1;
+                    } else {
+                        refused += 1;
                     }
                 }
             }
@@ -314,8 +397,10 @@ impl Uac {
         Ok(AudioSent {
             to,
             law,
+            srtp: protection.map(|p| p.suite),
             sent,
             received,
+            refused,
         })
     }
 
@@ -351,4 +436,28 @@ impl Uac {
             body: Bytes::new(),
         }
     }
+}
+
+/// The protection the answer agreed to: none when we offered clear RTP; with SRTP offered, the
+/// answer must be SRTP with our tag and suite (no audio otherwise: never fall back to clear).
+fn protection(
+    ours: Option<&Crypto>,
+    answer: &media::sdp::AudioOffer,
+) -> Result<Option<Protection>, String> {
+    let Some(ours) = ours else {
+        return Ok(None);
+    };
+    if answer.transport != Transport::Srtp {
+        return Err("SRTP was offered, the answer is clear RTP: no audio sent".to_owned());
+    }
+    let theirs = answer
+        .crypto
+        .iter()
+        .find(|c| c.tag == ours.tag && c.suite == ours.suite)
+        .ok_or("the answer's a=crypto does not answer ours: no audio sent")?;
+    Ok(Some(Protection {
+        suite: ours.suite,
+        tx: SrtpContext::from_crypto(ours),
+        rx: SrtpContext::from_crypto(theirs),
+    }))
 }

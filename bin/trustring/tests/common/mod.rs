@@ -36,6 +36,10 @@ pub struct Server {
     child: Option<Child>,
     pub sip: SocketAddr,
     pub http: SocketAddr,
+    /// The public enrolment listener (HTTPS, the phone's routes only).
+    pub enrol: SocketAddr,
+    /// SIP over TLS (`--sip-tls`).
+    pub sip_tls: SocketAddr,
     pub data: PathBuf,
     _dir: Option<tempfile::TempDir>,
     pub log: PathBuf,
@@ -67,6 +71,10 @@ impl Server {
         std::fs::create_dir_all(data).unwrap();
         let sip: SocketAddr = format!("127.0.0.1:{sip_port}").parse().unwrap();
         let http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        // The enrolment listener takes a port of its own choosing (one race fewer); its
+        // address is read back from `GET /api/v1/server` once the server is up.
+        let enrol: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        let sip_tls: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let log = data.join(format!("server-{}.log", http.port()));
         let child = Command::new(env!("CARGO_BIN_EXE_trustring"))
             .args([
@@ -75,6 +83,10 @@ impl Server {
                 &sip.to_string(),
                 "--http",
                 &http.to_string(),
+                "--enrol",
+                &enrol.to_string(),
+                "--sip-tls",
+                &sip_tls.to_string(),
             ])
             .arg("--data")
             .arg(data)
@@ -87,10 +99,12 @@ impl Server {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start trustring");
-        let s = Self {
+        let mut s = Self {
             child: Some(child),
             sip,
             http,
+            enrol,
+            sip_tls,
             data: data.to_owned(),
             _dir: None,
             log,
@@ -100,6 +114,14 @@ impl Server {
             if s.try_api("GET", "/healthz", None)
                 .is_some_and(|(c, _)| c == 200)
             {
+                let (c, b) = s.api("GET", "/api/v1/server", None);
+                assert_eq!(c, 200, "{b}");
+                let info: serde_json::Value = serde_json::from_str(&b).unwrap();
+                s.enrol = info["enrol_url"]
+                    .as_str()
+                    .and_then(|u| u.strip_prefix("https://"))
+                    .and_then(|a| a.parse().ok())
+                    .unwrap_or_else(|| panic!("no enrolment address in {b}"));
                 return s;
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -159,6 +181,11 @@ impl Server {
         );
         assert_eq!(code, 200, "{body}");
         body
+    }
+
+    /// The server process's id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn log_text(&self) -> String {
@@ -418,7 +445,7 @@ pub fn device(server: &Server, scenario: &str, delay_ms: u64, tcp: bool) -> Sipp
     }
     let uas = b.spawn();
     std::thread::sleep(Duration::from_millis(150));
-    register(server, "alice", "s3cret", uas.port, tcp);
+    register(server, "alice", "s3cret-passw0rd", uas.port, tcp);
     uas
 }
 

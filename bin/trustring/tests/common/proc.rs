@@ -28,6 +28,11 @@ impl Proc {
         }
     }
 
+    /// The process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn text(&self) -> String {
         let mut t = std::fs::read_to_string(&self.out).unwrap_or_default();
         t.push_str(&std::fs::read_to_string(self.out.with_extension("err")).unwrap_or_default());

@@ -30,7 +30,7 @@ pub(crate) fn request(method: &str, path: &str, authorization: Option<&str>) -> 
         req = req.header(header::AUTHORIZATION, value);
     }
     let body = match method {
-        "POST" => r#"{"user":"mallory","password":"pw","enterprise":"evil"}"#,
+        "POST" => r#"{"user":"mallory","password":"long-enough-pw","enterprise":"evil"}"#,
         "PUT" => r#"{"ring_timeout_secs":30}"#,
         _ => "",
     };

@@ -49,6 +49,7 @@ fn cdr(call_id: &str, setup_ms: i64, legs: Vec<CdrLeg>) -> Cdr {
         legs,
         prev_hash: String::new(),
         hash: String::new(),
+        sig: None,
     }
 }
 
@@ -250,4 +251,125 @@ async fn without_rates_the_amounts_are_zero() {
         .map(|t| t["amount"].as_f64().expect("amount"))
         .collect();
     assert_eq!(amounts, [0.0, 0.0]);
+}
+
+#[tokio::test]
+async fn records_come_in_pages_with_a_cursor_and_totals_on_the_first() {
+    let (app, _dir) = app();
+    let first = app.call("GET", "/api/v1/cdrs?limit=2", None).await;
+    assert_eq!(first.status, StatusCode::OK, "{}", first.json);
+    assert_eq!(call_ids(&first.json), ["nov-30", "dec-1"]);
+    let next = first.json["next"].as_i64().expect("a next cursor");
+    assert_eq!(Some(next), first.json["records"][1]["id"].as_i64());
+    // The totals cover the whole period, not only the page.
+    assert_eq!(
+        first.json["totals"],
+        json!([
+            {"entity": "acme", "calls": 2, "billable_secs": 91, "amount": 0.0303},
+            {"entity": "bob", "calls": 1, "billable_secs": 90, "amount": 0.15},
+        ])
+    );
+    let second = app
+        .call("GET", &format!("/api/v1/cdrs?limit=2&after={next}"), None)
+        .await;
+    assert_eq!(second.status, StatusCode::OK, "{}", second.json);
+    assert_eq!(call_ids(&second.json), ["dec-15", "jan-1"]);
+    assert_eq!(second.json["next"], Value::Null, "the last page");
+    assert_eq!(
+        second.json["totals"],
+        Value::Null,
+        "totals come with the first page"
+    );
+    assert_eq!(
+        second.json["rates"],
+        json!({"voip_per_min": 0.02, "pstn_per_min": 0.10})
+    );
+
+    // Filters and the cursor combine; an exact fit has no next page.
+    let acme = app
+        .call("GET", "/api/v1/cdrs?entity=acme&limit=1", None)
+        .await;
+    assert_eq!(call_ids(&acme.json), ["nov-30"]);
+    let after = acme.json["next"].as_i64().expect("cursor");
+    let acme2 = app
+        .call(
+            "GET",
+            &format!("/api/v1/cdrs?entity=acme&limit=2&after={after}"),
+            None,
+        )
+        .await;
+    assert_eq!(call_ids(&acme2.json), ["dec-1", "jan-1"]);
+    assert_eq!(acme2.json["next"], Value::Null);
+    let all = app.call("GET", "/api/v1/cdrs?limit=4", None).await;
+    assert_eq!(call_ids(&all.json).len(), 4);
+    assert_eq!(all.json["next"], Value::Null);
+
+    // Newest first: the same records the other way round, the cursor going down.
+    let newest = app
+        .call("GET", "/api/v1/cdrs?order=desc&limit=3", None)
+        .await;
+    assert_eq!(call_ids(&newest.json), ["jan-1", "dec-15", "dec-1"]);
+    assert_eq!(newest.json["totals"], first.json["totals"]);
+    let cursor = newest.json["next"].as_i64().expect("cursor");
+    let oldest = app
+        .call(
+            "GET",
+            &format!("/api/v1/cdrs?order=desc&limit=3&after={cursor}"),
+            None,
+        )
+        .await;
+    assert_eq!(call_ids(&oldest.json), ["nov-30"]);
+    assert_eq!(oldest.json["next"], Value::Null);
+    let asc = app
+        .call("GET", "/api/v1/cdrs?order=asc&limit=1", None)
+        .await;
+    assert_eq!(call_ids(&asc.json), ["nov-30"]);
+
+    // limit is kept within 1..=1000; a cursor past the end gives an empty last page.
+    let one = app.call("GET", "/api/v1/cdrs?limit=0", None).await;
+    assert_eq!(call_ids(&one.json), ["nov-30"]);
+    let big = app.call("GET", "/api/v1/cdrs?limit=100000", None).await;
+    assert_eq!(big.status, StatusCode::OK);
+    assert_eq!(call_ids(&big.json).len(), 4);
+    let past = app.call("GET", "/api/v1/cdrs?after=999", None).await;
+    assert_eq!(past.json["records"], json!([]));
+    assert_eq!(past.json["next"], Value::Null);
+    for (query, names) in [
+        ("after=-1", "after"),
+        ("after=x", "after"),
+        ("limit=-5", "limit"),
+        ("limit=many", "limit"),
+        ("order=newest", "order"),
+    ] {
+        let reply = app
+            .call("GET", &format!("/api/v1/cdrs?{query}"), None)
+            .await;
+        let message = reply.assert_error(StatusCode::BAD_REQUEST, "invalid_request");
+        assert!(message.contains(names), "{query}: {message}");
+    }
+}
+
+/// The default page is 100 records, and the totals still cover every record of the period.
+#[tokio::test]
+async fn the_default_page_is_bounded() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = SqliteStore::open(&dir.path().join("trustring.db")).expect("open sqlite");
+    for i in 0..1_205 {
+        store
+            .append_cdr(&cdr(
+                &format!("c{i}"),
+                DEC_1 + i,
+                vec![leg("sip:a@192.0.2.1", "voip", "answered", "acme", 1_000)],
+            ))
+            .expect("append");
+    }
+    let app = App::over(Arc::new(store), TOKEN);
+    let reply = app.call("GET", "/api/v1/cdrs", None).await;
+    assert_eq!(reply.status, StatusCode::OK);
+    assert_eq!(call_ids(&reply.json).len(), 100);
+    assert_eq!(reply.json["next"], 100);
+    assert_eq!(reply.json["totals"][0]["calls"], 1_205);
+    let max = app.call("GET", "/api/v1/cdrs?limit=5000", None).await;
+    assert_eq!(call_ids(&max.json).len(), 1_000);
+    assert_eq!(max.json["next"], 1_000);
 }

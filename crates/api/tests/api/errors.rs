@@ -99,7 +99,7 @@ async fn store_failure_is_a_generic_500() {
     let app = App::new();
     app.create("alice").await;
     app.store.break_it();
-    let body = r#"{"user":"bob","password":"pw","enterprise":"acme"}"#;
+    let body = r#"{"user":"bob","password":"bobs-passw0rd","enterprise":"acme"}"#;
     let replies = [
         app.call("GET", "/api/v1/subscribers", None).await,
         app.call("GET", "/api/v1/subscribers/alice", None).await,

@@ -11,6 +11,7 @@ mod ordering;
 mod provisioning;
 mod sqlite;
 mod subscribers;
+mod surfaces;
 
 use std::sync::{Arc, Mutex};
 
@@ -158,9 +159,10 @@ impl<S: Store> App<S> {
         }
     }
 
-    /// Creates `user` (password `s3cret`, enterprise `acme`) and checks the 201.
+    /// Creates `user` (password `s3cret-passw0rd`, enterprise `acme`) and checks the 201.
     pub(crate) async fn create(&self, user: &str) -> Reply {
-        let body = format!(r#"{{"user":"{user}","password":"s3cret","enterprise":"acme"}}"#);
+        let body =
+            format!(r#"{{"user":"{user}","password":"s3cret-passw0rd","enterprise":"acme"}}"#);
         let reply = self.call("POST", "/api/v1/subscribers", Some(&body)).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.json);
         reply

@@ -170,6 +170,15 @@ impl Store for MemStore {
         Err(unsupported())
     }
 
+    fn present_code(
+        &self,
+        _code_hash: &str,
+        _zone_public_key: &str,
+        _now_ms: i64,
+    ) -> Result<(), EnrolError> {
+        Err(unsupported().into())
+    }
+
     fn enrol(
         &self,
         _code_hash: &str,
@@ -231,6 +240,14 @@ impl Store for MemStore {
     fn security_events(
         &self,
         _since_id: i64,
+        _limit: u32,
+    ) -> Result<Vec<SecurityEvent>, StoreError> {
+        Err(unsupported())
+    }
+
+    fn security_events_newest(
+        &self,
+        _before_id: i64,
         _limit: u32,
     ) -> Result<Vec<SecurityEvent>, StoreError> {
         Err(unsupported())

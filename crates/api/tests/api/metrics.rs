@@ -36,10 +36,32 @@ async fn serves_the_source_as_text_with_the_token_only() {
         );
         assert!(METRICS_CONTENT_TYPE.starts_with("text/plain; version=0.0.4"));
         assert!(
-            reply.text.ends_with(&format!("\nt_total {n}\n")),
+            reply.text.starts_with(&format!(
+                "# HELP t_total Scrapes.\n# TYPE t_total counter\nt_total {n}\n"
+            )),
             "{}",
             reply.text
         );
+        // Then the API's own counters, declared like the source's.
+        for sample in [
+            "trustring_http_connections{listener=\"admin\"} 0",
+            "trustring_http_connections_refused_total{listener=\"enrol\"} 0",
+            "trustring_http_connections_dropped_total{listener=\"admin\"} 0",
+            "trustring_security_events_shed_total 0",
+        ] {
+            assert!(reply.text.contains(&format!("\n{sample}\n")), "{sample}");
+        }
+        for family in [
+            "trustring_http_connections gauge",
+            "trustring_http_connections_refused_total counter",
+            "trustring_http_connections_dropped_total counter",
+            "trustring_security_events_shed_total counter",
+        ] {
+            assert!(
+                reply.text.contains(&format!("\n# TYPE {family}\n")),
+                "{family}"
+            );
+        }
     }
 
     for bearer in [None, Some("wrong")] {

@@ -19,7 +19,9 @@ async fn racing_creates_and_deletes_leave_directory_equal_to_store() {
         let user = ["alice", "bob"][i % 2];
         tasks.push(tokio::spawn(async move {
             if i % 4 < 2 {
-                let body = format!(r#"{{"user":"{user}","password":"pw","enterprise":"acme"}}"#);
+                let body = format!(
+                    r#"{{"user":"{user}","password":"long-enough-pw","enterprise":"acme"}}"#
+                );
                 let reply = app.call("POST", "/api/v1/subscribers", Some(&body)).await;
                 assert!(
                     [StatusCode::CREATED, StatusCode::CONFLICT].contains(&reply.status),

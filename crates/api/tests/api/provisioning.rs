@@ -13,7 +13,7 @@ use axum::http::{StatusCode, header};
 use serde_json::{Value, json};
 use store::{SqliteStore, Store};
 use tempfile::TempDir;
-use trustring_api::{ApiOptions, Change, Provisioning, Rates};
+use trustring_api::{ApiOptions, Change, EventRate, Provisioning, Rates};
 use zone::master::{MasterKey, MasterKeyRing};
 use zone::seal::{open_hpke, x25519_generate};
 use zone::software::{KdfParams, SoftwareZone};
@@ -51,13 +51,19 @@ fn sqlite(dir: &TempDir) -> Arc<SqliteStore> {
 }
 
 fn env_with(require_pkcs11: bool) -> Env {
+    env_rate(require_pkcs11, EventRate::default())
+}
+
+/// [`env_with`] with security events of refused enrolments limited to `rate`.
+fn env_rate(require_pkcs11: bool, rate: EventRate) -> Env {
     let dir = tempfile::tempdir().expect("tempdir");
     let prov = provisioning(require_pkcs11);
     // Every optional part on, so the document's every route answers in full.
     let options = ApiOptions::default()
         .provisioning(Arc::clone(&prov))
         .rates(RATES)
-        .metrics(|| async { crate::metrics::SAMPLE.to_owned() });
+        .metrics(|| async { crate::metrics::SAMPLE.to_owned() })
+        .event_rate(rate);
     let app = App::over_options(sqlite(&dir), TOKEN, options);
     Env {
         app,
@@ -149,7 +155,10 @@ impl Env {
             .call("GET", "/api/v1/security-events?limit=1000", None)
             .await;
         assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-        reply.json.as_array().expect("events array").clone()
+        reply.json["events"]
+            .as_array()
+            .expect("events array")
+            .clone()
     }
 
     /// Waits until exactly `n` `enrolment-refused` events are visible (the API records them
@@ -900,8 +909,12 @@ async fn enrolment_refusals_are_clear_and_recorded() {
     let mut refusals = 0;
 
     // Unknown code.
-    let reply = env.enrol("AAAAA-BBBBB-CCCCC-DDDDD", &key).await;
-    reply.assert_error(StatusCode::FORBIDDEN, "code_invalid");
+    let unknown = env.enrol("AAAAA-BBBBB-CCCCC-DDDDD", &key).await;
+    let message = unknown.assert_error(StatusCode::FORBIDDEN, "code_invalid");
+    assert!(
+        message.contains("unknown, already used or expired"),
+        "{message}"
+    );
     refusals += 1;
     env.refusals(refusals).await;
 
@@ -941,8 +954,10 @@ async fn enrolment_refusals_are_clear_and_recorded() {
     let reply = env.enrol(&code, &key).await;
     assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.json);
     let id = reply.json["device_id"].as_str().expect("id").to_owned();
+    // Used: the very answer an unknown code gets (no enumeration, R30).
     let reply = env.enrol(&code, &key).await;
-    reply.assert_error(StatusCode::FORBIDDEN, "code_used");
+    reply.assert_error(StatusCode::FORBIDDEN, "code_invalid");
+    assert_eq!(reply.json, unknown.json, "used answers like unknown");
     refusals += 1;
     env.refusals(refusals).await;
 
@@ -961,7 +976,8 @@ async fn enrolment_refusals_are_clear_and_recorded() {
     let short = reply.json["code"].as_str().expect("code").to_owned();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let reply = env.enrol(&short, &key2).await;
-    reply.assert_error(StatusCode::FORBIDDEN, "code_expired");
+    reply.assert_error(StatusCode::FORBIDDEN, "code_invalid");
+    assert_eq!(reply.json, unknown.json, "expired answers like unknown");
     refusals += 1;
 
     // Each refusal: one event, in order, with a human detail and no user/device/call.
@@ -984,17 +1000,50 @@ async fn enrolment_refusals_are_clear_and_recorded() {
         assert!(e["at_ms"].as_i64().expect("at_ms") > 0);
         assert_eq!(e["call_id"], Value::Null);
     }
-    // Paging: since the first id, at most two.
-    let reply = app
-        .call(
-            "GET",
-            &format!("/api/v1/security-events?since={}&limit=2", ids[0]),
-            None,
-        )
-        .await;
-    assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-    assert_eq!(reply.json, json!([events[1], events[2]]));
-    for query in ["?limit=x", "?since=abc", "?kind=enrolment-refused"] {
+    // Paging by cursor: after the first id, two at a time; `next` is the cursor of the
+    // following page, `null` on the last.
+    let page = |query: String| async move {
+        let reply = app
+            .call("GET", &format!("/api/v1/security-events{query}"), None)
+            .await;
+        assert_eq!(reply.status, StatusCode::OK, "{query}: {}", reply.json);
+        reply.json
+    };
+    let first = page(format!("?after={}&limit=2", ids[0])).await;
+    assert_eq!(
+        first,
+        json!({"events": [events[1], events[2]], "next": ids[2]})
+    );
+    let second = page(format!("?after={}&limit=2", ids[2])).await;
+    assert_eq!(
+        second,
+        json!({"events": [events[3], events[4]], "next": null})
+    );
+    // Newest first, the same cursor going back.
+    let newest = page("?order=desc&limit=3".into()).await;
+    assert_eq!(
+        newest,
+        json!({"events": [events[4], events[3], events[2]], "next": ids[2]})
+    );
+    let older = page(format!("?order=desc&limit=3&after={}", ids[2])).await;
+    assert_eq!(
+        older,
+        json!({"events": [events[1], events[0]], "next": null})
+    );
+    // limit is clamped to 1..=1000; the default page holds them all.
+    let one = page("?limit=0".into()).await;
+    assert_eq!(one, json!({"events": [events[0]], "next": ids[0]}));
+    let all = page("?limit=5000".into()).await;
+    assert_eq!(all["events"].as_array().map(Vec::len), Some(5));
+    assert_eq!(all, page(String::new()).await);
+    for query in [
+        "?limit=x",
+        "?after=abc",
+        "?after=-1",
+        "?order=up",
+        "?since=1",
+        "?kind=enrolment-refused",
+    ] {
         let reply = app
             .call("GET", &format!("/api/v1/security-events{query}"), None)
             .await;
@@ -1016,6 +1065,111 @@ async fn enrolment_refusals_are_clear_and_recorded() {
         env.counts().await,
         json!({"free": 0, "assigned": 1, "quarantined": 0})
     );
+}
+
+/// R28 / threat 12: a code is bound to the first zone key that presents it, even when that
+/// first enrolment never finishes; another key gets `code_bound` (recorded), and the first
+/// key can still finish.
+#[tokio::test]
+async fn a_code_is_bound_to_the_first_zone_key_that_presents_it() {
+    let env = env();
+    env.ready(&["alice"], json!({"identifiers": ["+15550100000"]}))
+        .await;
+    let code = env.code("alice").await;
+    let (_, phone) = x25519();
+    let (_, thief) = x25519();
+
+    // The phone's first attempt stops short (a stale EULA): the code is bound all the same.
+    let reply = env.enrol_raw(&enrol_body(&code, &phone, "0.9", true)).await;
+    reply.assert_error(StatusCode::CONFLICT, "eula_not_current");
+    let bound = env.app.store.enrolments("alice").expect("enrolments");
+    assert_eq!(
+        bound[0].zone_public_key.as_deref(),
+        Some(phone.to_string().as_str())
+    );
+    assert!(bound[0].used_at_ms.is_none());
+
+    // Whoever copied the code cannot enrol another zone with it, in any spelling of the code.
+    for spelling in [code.clone(), code.to_lowercase().replace('-', "")] {
+        let reply = env.enrol(&spelling, &thief).await;
+        let message = reply.assert_error(StatusCode::FORBIDDEN, "code_bound");
+        assert!(message.contains("another trusted zone"), "{message}");
+    }
+    let events = env.refusals(3).await;
+    assert!(
+        events[1]["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("another")),
+        "{events:?}"
+    );
+    assert_eq!(env.counts().await["free"], 1, "nothing taken");
+
+    // The phone retries with the current EULA and is enrolled; the code is then spent.
+    let reply = env.enrol(&code, &phone).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.json);
+    env.enrol(&code, &thief)
+        .await
+        .assert_error(StatusCode::FORBIDDEN, "code_invalid");
+    let device = reply.json["device_id"].as_str().expect("id").to_owned();
+    assert_eq!(env.device_changes(), [device]);
+}
+
+/// R30: refused enrolments are unauthenticated, so the security events they write are
+/// limited per source address (a burst, then one per interval) and in all; the shed ones are
+/// counted in `/metrics`, and the answer is the same whether the event was written or not.
+#[tokio::test]
+async fn refused_enrolment_events_are_limited_per_source() {
+    let env = env_rate(
+        false,
+        EventRate {
+            burst: 3,
+            interval: Duration::from_secs(3600),
+            global_burst: 5,
+            global_interval: Duration::from_secs(3600),
+            max_sources: 100,
+        },
+    );
+    env.ready(&["alice"], json!({"identifiers": ["+15550100000"]}))
+        .await;
+    let (_, key) = x25519();
+    let from = |source: &str, code: &str| {
+        let body = enrol_body(code, &key, EULA, true).to_string();
+        let peer: std::net::SocketAddr = format!("{source}:40000").parse().expect("addr");
+        let mut req = axum::http::Request::builder()
+            .method("POST")
+            .uri("/api/v1/enrol")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(axum::body::Body::from(body))
+            .expect("request");
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        env.app.send(req)
+    };
+    let first = from("192.0.2.1", "BAD-0").await;
+    first.assert_error(StatusCode::FORBIDDEN, "code_invalid");
+    // 192.0.2.1 writes 3 of its 5 (its burst); 192.0.2.2 then 2 of its 3 (all sources: 5).
+    for i in 1..5 {
+        let reply = from("192.0.2.1", &format!("BAD-{i}")).await;
+        assert_eq!(reply.json, first.json, "shed or not, one answer");
+    }
+    assert_eq!(env.refusals(3).await.len(), 3);
+    for i in 0..3 {
+        let reply = from("192.0.2.2", &format!("OTHER-{i}")).await;
+        assert_eq!(reply.json, first.json);
+    }
+    env.refusals(5).await;
+    let metrics = env.app.call("GET", "/metrics", None).await;
+    assert!(
+        metrics
+            .text
+            .contains("\ntrustring_security_events_shed_total 3\n"),
+        "{}",
+        metrics.text
+    );
+    // The shed ones are only counted: a correct code still enrols from a shed source.
+    let code = env.code("alice").await;
+    let reply = from("192.0.2.1", &code).await;
+    assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.json);
 }
 
 // ---- R3 through the API, and R5 ----------------------------------------------------------
@@ -1080,7 +1234,17 @@ async fn concurrent_enrolments_never_share_an_identifier() {
     let changed = env.device_changes();
     assert_eq!(changed.len(), 150);
     assert_eq!(changed.into_iter().collect::<BTreeSet<_>>(), ids);
-    env.refusals(50).await;
+    // 50 refusals from one source: its burst of 20 security events is written, the other
+    // 30 are only counted (R30).
+    env.refusals(20).await;
+    let metrics = env.app.call("GET", "/metrics", None).await;
+    assert!(
+        metrics
+            .text
+            .contains("\ntrustring_security_events_shed_total 30\n"),
+        "{}",
+        metrics.text
+    );
 
     // R5: no response after provisioning shows an identifier or a license key.
     let mut hidden = Hidden::new(&all);

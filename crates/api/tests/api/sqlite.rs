@@ -19,18 +19,18 @@ async fn full_flow_on_sqlite() {
 
     let reply = app.create("alice").await;
     assert_eq!(reply.json["aor"], "sip:alice@example.com");
-    let body = r#"{"user":"alice","password":"x","enterprise":"acme"}"#;
+    let body = r#"{"user":"alice","password":"other-passw0rd","enterprise":"acme"}"#;
     let reply = app.call("POST", "/api/v1/subscribers", Some(body)).await;
     reply.assert_error(StatusCode::CONFLICT, "conflict");
 
     let stored = app.store.subscriber("alice").expect("read").expect("alice");
     assert_eq!(
         stored.ha1_sha256,
-        ha1(Algorithm::Sha256, "alice", DOMAIN, "s3cret")
+        ha1(Algorithm::Sha256, "alice", DOMAIN, "s3cret-passw0rd")
     );
     assert_eq!(
         stored.ha1_md5,
-        ha1(Algorithm::Md5, "alice", DOMAIN, "s3cret")
+        ha1(Algorithm::Md5, "alice", DOMAIN, "s3cret-passw0rd")
     );
 
     let profile =

@@ -10,11 +10,34 @@ use crate::cause::Cause;
 use crate::codec::{EncodeError, ProtocolError};
 use crate::msg::{Cic, Law, Number};
 
+/// How the link to the exchange is carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum LineTransport {
+    /// TLS (1.2/1.3), accepting only the exchange key with this fingerprint (the gateway
+    /// prints it; an attach URI carries it). The default of every program.
+    Tls(tls::Fingerprint),
+    /// Plain TCP: signalling, the zone's attach proof and the voice in clear, and nothing
+    /// proves the exchange is the gateway. Only behind an explicit `--danger-plain-lines`.
+    Plain,
+}
+
+impl fmt::Display for LineTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tls(pin) => write!(f, "TLS, exchange key {pin}"),
+            Self::Plain => f.write_str("plain TCP (no TLS)"),
+        }
+    }
+}
+
 /// How to attach and how the line behaves.
 #[derive(Debug, Clone)]
 pub struct LineConfig {
     /// The exchange's TCP address (`host:port`).
     pub exchange: String,
+    /// TLS with the exchange's key pinned, or (explicitly) plain TCP.
+    pub transport: LineTransport,
     /// The line's own number, announced in ATT.
     pub number: Number,
     /// The device id announced in ATT (informational).
@@ -31,9 +54,10 @@ pub struct LineConfig {
 
 impl LineConfig {
     /// A line that rings until told to answer, sends silence and records nothing.
-    pub fn new(exchange: impl Into<String>, number: Number) -> Self {
+    pub fn new(exchange: impl Into<String>, transport: LineTransport, number: Number) -> Self {
         Self {
             exchange: exchange.into(),
+            transport,
             number,
             device_id: None,
             answer_after: None,
@@ -56,9 +80,32 @@ pub enum LineError {
         /// The connect error.
         error: std::io::Error,
     },
+    /// The TLS handshake with the exchange failed: most often a key other than the pinned
+    /// one (a man in the middle, or the wrong gateway), or an exchange without TLS.
+    #[error("TLS with the exchange at {addr} failed: {reason}")]
+    Tls {
+        /// The address tried.
+        addr: String,
+        /// What failed (no key material).
+        reason: String,
+    },
     /// The exchange refused the attach (ATR).
     #[error("the exchange refused the attach: cause {0}")]
     Refused(Cause),
+    /// The number belongs to an enrolled phone and the exchange asked for its zone's proof
+    /// (ATC), but this line has no trusted zone.
+    #[error(
+        "the exchange asks for the proof of the phone's zone key for this number, and this \
+         line has no trusted zone (use `trustring device run --attach`)"
+    )]
+    ProofRequired,
+    /// The zone did not prove the attach challenge (the text is the zone's, free of secrets).
+    #[error("the zone did not prove the attach challenge: {0}")]
+    Prove(String),
+    /// The ATC was not an attach challenge (its branch is not the attach branch): the line
+    /// does not prove it.
+    #[error("the exchange sent an attach challenge not bound to an attach; not proved")]
+    BadAttachChallenge,
     /// The exchange did not answer ATT in time.
     #[error("the exchange did not answer the attach within {0:?}")]
     Timeout(Duration),
@@ -143,6 +190,11 @@ pub enum LineEvent {
         /// The law of the link's frames.
         #[serde(serialize_with = "law_name")]
         law: Law,
+        /// The link runs over TLS with the exchange's key pinned.
+        tls: bool,
+        /// The line's zone proved the phone's key (an ATC was answered); false for a plain
+        /// PSTN line.
+        proved: bool,
     },
     /// The exchange offers a call (the line is ringing, unless busy).
     Incoming {
@@ -234,7 +286,23 @@ fn by(remote: bool) -> &'static str {
 impl fmt::Display for LineEvent {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Attached { number, law } => write!(f, "attached as {number} ({law})"),
+            Self::Attached {
+                number,
+                law,
+                tls,
+                proved,
+            } => {
+                write!(f, "attached as {number} ({law})")?;
+                f.write_str(if *tls {
+                    " over TLS (exchange key pinned)"
+                } else {
+                    " over plain TCP (no TLS)"
+                })?;
+                if *proved {
+                    f.write_str("; zone key proved")?;
+                }
+                Ok(())
+            }
             Self::Incoming {
                 cic,
                 calling,

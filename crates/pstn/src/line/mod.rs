@@ -1,10 +1,12 @@
 //! An attached phone line: the tokio agent behind `trustring line` and
 //! `trustring device run --attach`.
 //!
-//! [`Line::attach`] connects to the exchange, attaches (ATT → ATA) and spawns one task that
-//! owns the link. The task answers the exchange's IAMs (asking the [`LineProver`] for the
-//! trust proof), follows the procedures of `docs/isup.md`, sends a tone or silence as FRM on
-//! answered calls and can record what it receives. The program steers it through the
+//! [`Line::attach`] connects to the exchange (TLS with its key pinned, unless the transport
+//! is explicitly plain), attaches (ATT, then ATC → ATP with the zone's proof when the number
+//! is a phone's, → ATA) and spawns one task that owns the link. The task answers the
+//! exchange's IAMs (asking the [`LineProver`] for the trust proof), follows the procedures of
+//! `docs/isup.md`, sends a tone or silence as FRM on answered calls and can record what it
+//! receives. The program steers it through the
 //! [`LineHandle`] and learns what happened from [`LineEvent`]s.
 //!
 //! Challenge and proof values never appear in events or logs: they are security material.
@@ -15,26 +17,27 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::BufWriter;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use media::g711;
 use media::wav::PcmWavWriter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::{Instant, MissedTickBehavior};
 
 use crate::cause::Cause;
 use crate::codec::{self, Decoder};
-use crate::msg::{Cic, Event, FRAME_LEN, Iam, Law, Message, Number};
+use crate::msg::{ATTACH_BRANCH, Cic, Event, FRAME_LEN, Iam, Law, Message, Number};
 
-pub use api::{CommandError, LineConfig, LineError, LineEvent};
+pub use api::{CommandError, LineConfig, LineError, LineEvent, LineTransport};
 
 /// Sample rate of the bearer (G.711).
 const RATE: u32 = 8000;
-/// How long the exchange has to answer ATT.
-const ATTACH_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the exchange has to finish the attach (TLS, ATT, its ATC and our ATP, ATA): the
+/// exchange asks the server for the challenge and for the proof's check on the way.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long a REL waits for its RLC before the circuit is freed anyway (Q.764 T1, shortened).
 const RELEASE_GUARD: Duration = Duration::from_secs(4);
 /// How long [`LineHandle::shutdown`] waits for the RLCs of the calls it releases.
@@ -50,40 +53,48 @@ pub trait LineProver: Send {
     /// (the INVITE's Call-ID) and branch (its top Via branch), returns the `Trust-Proof`
     /// value. An `Err` is shown to the user, so it must not contain secrets; the call then
     /// rings and answers without a proof.
+    ///
+    /// The attach challenge (ATC) is proved the same way, with the binding it carries.
     fn prove(&mut self, challenge: &str, call_ref: &str, branch: &str) -> Result<String, String>;
 }
+
+/// Anything the link can run over: a TCP stream, or TLS over one.
+trait LinkStream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> LinkStream for T {}
+
+type Link = Box<dyn LinkStream>;
+type LinkReader = ReadHalf<Link>;
+type LinkWriter = WriteHalf<Link>;
 
 /// The attached line (the entry point).
 #[derive(Debug)]
 pub struct Line;
 
 impl Line {
-    /// Connects to the exchange, attaches, and starts the line's task.
+    /// Connects to the exchange (TLS with its key pinned, unless the transport is plain),
+    /// attaches, and starts the line's task. When the number is an enrolled phone's, the
+    /// exchange sends an attach challenge (ATC) first, which `prover` (the phone's zone)
+    /// answers (ATP); a line without a prover cannot attach such a number.
     ///
     /// The first event is [`LineEvent::Attached`]; the last is [`LineEvent::Detached`], after
     /// which the channel closes.
     pub async fn attach(
         cfg: LineConfig,
-        prover: Option<Box<dyn LineProver>>,
+        mut prover: Option<Box<dyn LineProver>>,
     ) -> Result<(LineHandle, mpsc::Receiver<LineEvent>), LineError> {
-        let stream =
-            TcpStream::connect(&cfg.exchange)
-                .await
-                .map_err(|error| LineError::Connect {
-                    addr: cfg.exchange.clone(),
-                    error,
-                })?;
-        stream.set_nodelay(true)?;
-        let (mut reader, mut writer) = stream.into_split();
+        let (link, tls) = tokio::time::timeout(ATTACH_TIMEOUT, connect(&cfg))
+            .await
+            .map_err(|_| LineError::Timeout(ATTACH_TIMEOUT))??;
+        let (mut reader, mut writer) = tokio::io::split(link);
         let mut decoder = Decoder::new();
         let att = Message::Att {
             number: cfg.number.clone(),
             device: cfg.device_id.clone(),
         };
         writer.write_all(&codec::encode_to_vec(&att)?).await?;
-        let law = tokio::time::timeout(
+        let (law, proved) = tokio::time::timeout(
             ATTACH_TIMEOUT,
-            await_attach_answer(&mut reader, &mut decoder),
+            await_attach_answer(&mut reader, &mut writer, &mut decoder, &mut prover),
         )
         .await
         .map_err(|_| LineError::Timeout(ATTACH_TIMEOUT))??;
@@ -91,13 +102,15 @@ impl Line {
             Some(path) => Some(Recorder::create(path, law)?),
             None => None,
         };
-        tracing::info!(number = %cfg.number, %law, "attached to the exchange");
+        tracing::info!(number = %cfg.number, %law, tls, proved, "attached to the exchange");
 
         let (event_tx, event_rx) = mpsc::channel(1024);
         let (cmd_tx, cmd_rx) = mpsc::channel(16);
         let _ = event_tx.try_send(LineEvent::Attached {
             number: cfg.number.clone(),
             law,
+            tls,
+            proved,
         });
         let tone = cfg.play_tone_hz.map(|hz| Tone::new(hz, law));
         let agent = Agent {
@@ -123,19 +136,103 @@ impl Line {
     }
 }
 
-/// Reads until ATA (the law) or ATR (refused).
+/// TCP to the exchange, then TLS with its key pinned (unless the transport is plain).
+/// Returns the link and whether it is TLS.
+async fn connect(cfg: &LineConfig) -> Result<(Link, bool), LineError> {
+    let stream = TcpStream::connect(&cfg.exchange)
+        .await
+        .map_err(|error| LineError::Connect {
+            addr: cfg.exchange.clone(),
+            error,
+        })?;
+    stream.set_nodelay(true)?;
+    let LineTransport::Tls(pin) = cfg.transport else {
+        return Ok((Box::new(stream), false));
+    };
+    let tls_err = |reason: String| LineError::Tls {
+        addr: cfg.exchange.clone(),
+        reason,
+    };
+    let config = tls::pinned_client_config(pin).map_err(|e| tls_err(e.to_string()))?;
+    // The pin is the trust anchor; the name only fills SNI.
+    let host = cfg
+        .exchange
+        .rsplit_once(':')
+        .map_or(cfg.exchange.as_str(), |(h, _)| h)
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_owned();
+    let name = tls::pki_types::ServerName::try_from(host)
+        .or_else(|_| tls::pki_types::ServerName::try_from("trustring-gateway".to_owned()))
+        .map_err(|e| tls_err(e.to_string()))?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::clone(&config));
+    let stream = connector
+        .connect(name, stream)
+        .await
+        .map_err(|e| tls_err(tls_reason(&e, pin)))?;
+    Ok((Box::new(stream), true))
+}
+
+/// A TLS failure in plain words (a key mismatch names the pinned key).
+fn tls_reason(e: &std::io::Error, pin: tls::Fingerprint) -> String {
+    let inner = e.get_ref().map(ToString::to_string).unwrap_or_default();
+    if inner.contains("ApplicationVerificationFailure") {
+        format!(
+            "the exchange's TLS key is not the pinned one ({pin}): refused (a man in the middle, \
+             or not the gateway the fingerprint names)"
+        )
+    } else if inner.contains("InvalidContentType") || inner.contains("corrupt message") {
+        "the exchange does not speak TLS (a plain-TCP gateway needs --danger-plain-lines on \
+         both sides)"
+            .to_owned()
+    } else {
+        format!("TLS handshake failed: {e}")
+    }
+}
+
+/// Reads until ATA (the law) or ATR (refused), answering an attach challenge (ATC) with the
+/// zone's proof on the way. Returns the law and whether the zone proved.
 async fn await_attach_answer(
-    reader: &mut OwnedReadHalf,
+    reader: &mut LinkReader,
+    writer: &mut LinkWriter,
     decoder: &mut Decoder,
-) -> Result<Law, LineError> {
+    prover: &mut Option<Box<dyn LineProver>>,
+) -> Result<(Law, bool), LineError> {
     let mut chunk = [0u8; 2048];
+    let mut proved = false;
     loop {
         if let Some(msg) = decoder.pop() {
-            return match msg? {
-                Message::Ata { law } => Ok(law),
-                Message::Atr { cause } => Err(LineError::Refused(cause)),
-                other => Err(LineError::Unexpected(other.name())),
-            };
+            match msg? {
+                Message::Ata { law } => return Ok((law, proved)),
+                Message::Atr { cause } => return Err(LineError::Refused(cause)),
+                Message::Atc {
+                    challenge,
+                    call_ref,
+                    branch,
+                } if !proved => {
+                    if branch != ATTACH_BRANCH {
+                        return Err(LineError::BadAttachChallenge);
+                    }
+                    let Some(mut p) = prover.take() else {
+                        return Err(LineError::ProofRequired);
+                    };
+                    let (p, result) = tokio::task::spawn_blocking(move || {
+                        let result = p.prove(&challenge, &call_ref, &branch);
+                        (p, result)
+                    })
+                    .await
+                    .map_err(|_| LineError::Prove("the prover panicked".to_owned()))?;
+                    *prover = Some(p);
+                    let proof = result.map_err(LineError::Prove)?;
+                    writer
+                        .write_all(&codec::encode_to_vec(&Message::Atp { proof })?)
+                        .await?;
+                    proved = true;
+                    tracing::info!("attach challenge proved by the zone (ATP sent)");
+                    continue;
+                }
+                other => return Err(LineError::Unexpected(other.name())),
+            }
         }
         let n = reader.read(&mut chunk).await?;
         if n == 0 {
@@ -347,7 +444,7 @@ struct Agent {
     recorder: Option<Recorder>,
     calls: BTreeMap<Cic, Call>,
     events: mpsc::Sender<LineEvent>,
-    writer: OwnedWriteHalf,
+    writer: LinkWriter,
     out: Vec<u8>,
     /// Set by a shutdown: when to give up waiting for RLCs, and whom to tell.
     shutdown: Option<(Instant, Option<oneshot::Sender<()>>)>,
@@ -362,7 +459,7 @@ enum Exit {
 impl Agent {
     async fn run(
         mut self,
-        mut reader: OwnedReadHalf,
+        mut reader: LinkReader,
         mut decoder: Decoder,
         mut commands: mpsc::Receiver<Command>,
     ) {
@@ -390,7 +487,7 @@ impl Agent {
 
     async fn serve(
         &mut self,
-        reader: &mut OwnedReadHalf,
+        reader: &mut LinkReader,
         decoder: &mut Decoder,
         commands: &mut mpsc::Receiver<Command>,
     ) -> Exit {
@@ -533,7 +630,13 @@ impl Agent {
                 self.on_frame(cic, &payload).await;
                 Ok(())
             }
-            Message::Att { .. } | Message::Ata { .. } | Message::Atr { .. } => {
+            Message::Atr { cause } => Err(Exit::Link(format!(
+                "the exchange detached the line: cause {cause}"
+            ))),
+            Message::Att { .. }
+            | Message::Ata { .. }
+            | Message::Atc { .. }
+            | Message::Atp { .. } => {
                 self.emit(LineEvent::Error {
                     message: format!("unexpected {} after the attach", msg.name()),
                 })

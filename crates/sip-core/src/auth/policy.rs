@@ -272,9 +272,19 @@ mod tests {
     #[test]
     fn listed_products_get_sha256_from_the_first_challenge() {
         let mut c = AlgorithmChoice::new(DigestPolicy::Auto);
-        assert_eq!(c.offer("alice", "Linphonec/5.1.65 (belle-sip/5.1.64)", false), BOTH);
-        c.verified("alice", "Linphonec/5.1.65 (belle-sip/5.1.64)", Algorithm::Sha256);
-        assert_eq!(c.offer("alice", "Linphonec/5.1.65 (belle-sip/5.1.64)", false), SHA256);
+        assert_eq!(
+            c.offer("alice", "Linphonec/5.1.65 (belle-sip/5.1.64)", false),
+            BOTH
+        );
+        c.verified(
+            "alice",
+            "Linphonec/5.1.65 (belle-sip/5.1.64)",
+            Algorithm::Sha256,
+        );
+        assert_eq!(
+            c.offer("alice", "Linphonec/5.1.65 (belle-sip/5.1.64)", false),
+            SHA256
+        );
         assert_eq!(c.offer("alice", "baresip v1.0.0", false), MD5);
         let mut none = AlgorithmChoice::with_agents(DigestPolicy::Auto, "");
         assert_eq!(none.offer("alice", "Linphonec/5.1.65", false), MD5);

@@ -45,7 +45,7 @@ pub struct Binding {
     pub contact: String,
     /// Parsed contact URI (the branch's Request-URI).
     pub uri: Uri,
-    /// Where requests for this contact go (see [`Binding::target_for`]).
+    /// Where requests for this contact go (see [`Binding::locate`]).
     pub target: Target,
     /// Where the REGISTER came from (transport and source address, RFC 3581 style).
     pub source: Target,
@@ -80,6 +80,12 @@ pub enum Reach {
         /// The `reg-id`.
         reg_id: u32,
     },
+    /// Only over the connection the REGISTER came over, like an RFC 5626 flow: a
+    /// registration over TLS. The proxy opens no TLS connection of its own (it would have to
+    /// verify the client's certificate against a name it does not have), so the
+    /// registration's connection is the only way to the contact; the binding is dropped
+    /// when that connection closes, and does not survive a restart.
+    Connection,
 }
 
 impl Binding {
@@ -88,6 +94,9 @@ impl Binding {
     /// for an RFC 5626 flow (`outbound`: instance and reg-id, or `;ob` in the URI), for a
     /// private or unspecified address that is not the source, and for a host name we do
     /// not resolve; at the Contact's own address otherwise.
+    ///
+    /// A registration over TLS is reached over its connection only, whatever its Contact
+    /// says ([`Reach::Connection`]): the proxy never opens a TLS connection of its own.
     pub fn locate(
         contact: &Uri,
         outbound: Option<(String, u32)>,
@@ -96,6 +105,9 @@ impl Binding {
     ) -> (Target, Reach) {
         if let Some((instance, reg_id)) = outbound {
             return (source, Reach::Outbound { instance, reg_id });
+        }
+        if source.transport == Transport::Tls {
+            return (source, Reach::Connection);
         }
         if contact.param("ob").is_some() {
             return (source, Reach::Nat);
@@ -342,9 +354,9 @@ impl Directory {
     /// A binding whose contact URI host:port is `addr`, used to reach in-dialog targets over
     /// the transport and connection the device registered with.
     pub(crate) fn target_for_contact(&self, uri: &Uri) -> Option<Target> {
-        let port = uri.port.unwrap_or(5060);
+        let port = super::route::uri_port(uri);
         self.bindings.values().flatten().find_map(|b| {
-            (b.uri.host == uri.host && b.uri.port.unwrap_or(5060) == port).then_some(b.target)
+            (b.uri.host == uri.host && super::route::uri_port(&b.uri) == port).then_some(b.target)
         })
     }
 }

@@ -169,7 +169,8 @@ impl Proxy {
             decrement_max_forwards(&mut r);
             if record_route {
                 let call_id = r.call_id().to_owned();
-                for rr in self.record_route(inbound.transport, t.target.transport, &call_id) {
+                let sips = req.uri.scheme.eq_ignore_ascii_case("sips");
+                for rr in self.record_route(inbound.transport, t.target.transport, &call_id, sips) {
                     r.headers.push_front(HeaderName::RecordRoute, rr);
                 }
             }

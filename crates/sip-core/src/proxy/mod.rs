@@ -9,6 +9,25 @@
 //! All branches of a fork are produced by one call, back to back, so they leave within
 //! microseconds of each other (R11); their [`Transmit::fork`] lets the driver measure it.
 //! [`Proxy::stats`] gives the counters and gauges metrics are made of (`stats` module).
+//!
+//! # SIP over TLS (RFC 3261 §26, RFC 5630)
+//! [`Transport::Tls`] is a reliable stream transport like TCP, at its own address
+//! ([`ProxyConfig::advertised_tls`], port 5061 by default): Via `SIP/2.0/TLS` with that
+//! address, Record-Route `<sip:ADDR;transport=tls;lr>` (a `sips:` URI when the Request-URI
+//! is one), and double record-routing when one side of a call is TLS and the other UDP or
+//! TCP, as between UDP and TCP. `sips:` URIs mean TLS on port 5061 unless they say
+//! otherwise; a `sips:` request must arrive over TLS (416 otherwise) and rings only the
+//! contacts registered over TLS (never the gateway).
+//!
+//! The proxy never opens a TLS connection itself: doing so safely means verifying the
+//! client's certificate against a name, and phones have neither a name nor a certificate
+//! we could check. Instead a contact registered over TLS is reached over the connection its
+//! REGISTER came over, whatever its Contact says ([`Reach::Connection`], like an RFC 5626
+//! flow): the binding is dropped when that connection closes and is not restored after a
+//! restart (the client registers again). Requests for a TLS target with no live connection
+//! are dropped by the driver. Callers over TLS get their responses over their connection;
+//! in-dialog requests reach them over it when they are registered (their Contact is a
+//! binding's), not otherwise.
 
 mod caller;
 mod calls;
@@ -59,6 +78,10 @@ pub enum Transport {
     Udp,
     /// TCP (reliable).
     Tcp,
+    /// TLS over TCP (reliable; RFC 3261 §26, RFC 5630). The proxy never opens a TLS
+    /// connection itself: it answers and forwards over connections clients opened (see
+    /// "SIP over TLS" in the module docs).
+    Tls,
 }
 
 impl Transport {
@@ -67,12 +90,29 @@ impl Transport {
         match self {
             Self::Udp => "UDP",
             Self::Tcp => "TCP",
+            Self::Tls => "TLS",
         }
+    }
+
+    /// The transport from a Via token or a stored name (`UDP`, `tcp`, `TLS`, …; any case).
+    pub fn from_token(s: &str) -> Option<Self> {
+        [Self::Udp, Self::Tcp, Self::Tls]
+            .into_iter()
+            .find(|t| t.as_str().eq_ignore_ascii_case(s.trim()))
     }
 
     /// Whether the transport is reliable (RFC 3261 §17: no retransmissions).
     pub fn is_reliable(self) -> bool {
-        matches!(self, Self::Tcp)
+        matches!(self, Self::Tcp | Self::Tls)
+    }
+
+    /// The port a URI without one means over this transport (RFC 3261 §19.1.2: 5061 for
+    /// TLS, 5060 otherwise).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Self::Tls => 5061,
+            Self::Udp | Self::Tcp => 5060,
+        }
     }
 }
 
@@ -148,6 +188,9 @@ pub struct ProxyConfig {
     pub aliases: Vec<String>,
     /// Our address as written into Via and Record-Route.
     pub advertised: SocketAddr,
+    /// Our SIP over TLS address as written into Via and Record-Route (`transport=tls`), when
+    /// the driver listens for TLS; `None`: no TLS.
+    pub advertised_tls: Option<SocketAddr>,
     /// Transaction timers.
     pub timers: Timers,
     /// Registration expiry bounds and default (seconds).
@@ -182,6 +225,7 @@ impl ProxyConfig {
             domain: domain.into(),
             aliases: vec!["localhost".into()],
             advertised,
+            advertised_tls: None,
             timers: Timers::default(),
             min_expires: 60,
             max_expires: 3600,
@@ -349,13 +393,26 @@ impl Proxy {
     /// Restores a binding loaded from the store at start. Where it is reached is decided
     /// again here from its contact and source (its `target` and `reach` are replaced; an
     /// RFC 5626 flow does not survive a restart, the client registers a new one).
-    pub fn restore_binding(&mut self, user: &str, mut binding: Binding, now: Instant) {
+    ///
+    /// A registration made over TLS is not restored: it was reachable only over its
+    /// connection ([`Reach::Connection`]), which died with the old process. It is reported
+    /// as [`Event::BindingRemoved`] (the store forgets it) and `false` is returned.
+    pub fn restore_binding(&mut self, user: &str, mut binding: Binding, now: Instant) -> bool {
+        binding.source.conn = None;
         (binding.target, binding.reach) =
             Binding::locate(&binding.uri, None, binding.source, &self.cfg.nat);
+        if binding.reach == Reach::Connection {
+            self.out
+                .push_back(Output::Event(Box::new(Event::BindingRemoved {
+                    user: user.to_owned(),
+                    contact: binding.contact,
+                })));
+            return false;
+        }
         if binding.reach != Reach::Direct && binding.target.transport == Transport::Udp {
             self.arm_keepalive(now);
         }
-        self.directory.put_binding(user, binding, now);
+        self.directory.put_binding(user, binding, now)
     }
 
     /// Live bindings of `user` (for tests and the console).

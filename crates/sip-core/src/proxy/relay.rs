@@ -94,26 +94,31 @@ impl Proxy {
     /// Whether `req` has been through this server already (a Via below the top one names
     /// our address): a loop.
     pub(crate) fn is_looping(&self, req: &Request) -> bool {
-        let me = self.cfg.advertised;
         req.headers.get_all(&HeaderName::Via).skip(1).any(|v| {
             crate::message::Via::parse(v).is_ok_and(|via| {
-                via.port.unwrap_or(5060) == me.port()
-                    && via
-                        .host
-                        .trim_matches(['[', ']'])
-                        .parse::<std::net::IpAddr>()
-                        .is_ok_and(|ip| ip == me.ip())
+                let port = via.port.or_else(|| {
+                    super::Transport::from_token(&via.transport).map(super::Transport::default_port)
+                });
+                via.host
+                    .trim_matches(['[', ']'])
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| self.is_our_address(ip, port))
             })
         })
     }
 
-    /// Whether `addr` is this server or no address at all: never a next hop.
+    /// Whether `addr` is this server (its UDP/TCP or its TLS address) or no address at all:
+    /// never a next hop.
     pub(crate) fn is_self_or_unspecified(&self, addr: SocketAddr) -> bool {
-        let me = self.cfg.advertised;
+        let is = |me: SocketAddr| {
+            addr == me
+                || (addr.port() == me.port()
+                    && (addr.ip().is_loopback() || me.ip().is_unspecified()))
+        };
         addr.ip().is_unspecified()
             || addr.port() == 0
-            || addr == me
-            || (addr.port() == me.port() && (addr.ip().is_loopback() || me.ip().is_unspecified()))
+            || is(self.cfg.advertised)
+            || self.cfg.advertised_tls.is_some_and(is)
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::caller::Caller;
-use super::{Proxy, ServerEntry, Target, TimerRef, TxKey, route};
+use super::{Proxy, ServerEntry, Target, TimerRef, Transport, TxKey, route};
 use crate::message::{HeaderName, Method, Request};
 use crate::transaction::ServerTx;
 
@@ -63,7 +63,7 @@ impl Proxy {
 
         let invite = req.method == Method::Invite;
         let id = self.new_server_tx(key, &req, peer);
-        if let Some(status) = self.check_request(&req) {
+        if let Some(status) = self.check_request(&req, peer) {
             self.reply_unsupported(id, &req, status, now);
             self.forget_unforked_invite(invite, id, now);
             return;
@@ -180,7 +180,12 @@ impl Proxy {
     }
 
     /// §16.3 checks and RFC 4475 §3.3 application-layer answers. `Some(status)` refuses.
-    fn check_request(&self, req: &Request) -> Option<u16> {
+    /// A `sips:` Request-URI that did not come over TLS is refused with 416 (RFC 5630 §3.1.3:
+    /// the first hop of a SIPS request is TLS too; we do not carry on what it already lost).
+    fn check_request(&self, req: &Request, peer: Target) -> Option<u16> {
+        if req.uri.scheme.eq_ignore_ascii_case("sips") && peer.transport != Transport::Tls {
+            return Some(416);
+        }
         if let Some(mf) = req.headers.get(&HeaderName::MaxForwards)
             && mf.trim() == "0"
             && req.method != Method::Register
@@ -331,9 +336,15 @@ impl Proxy {
             self.reply(id, &req, 480, now);
             return;
         };
-        let bindings = self.directory.live_bindings(&user, now);
+        // A `sips:` request travels over TLS on every hop (RFC 5630 §3.1.3): it rings only
+        // the contacts registered over TLS, never the gateway (UDP).
+        let sips = req.uri.scheme.eq_ignore_ascii_case("sips");
+        let mut bindings = self.directory.live_bindings(&user, now);
+        if sips {
+            bindings.retain(|b| b.target.transport == Transport::Tls);
+        }
         let invite = req.method == Method::Invite;
-        let pstn_legs = if invite {
+        let pstn_legs = if invite && !sips {
             self.pstn_targets(&user, &bindings)
         } else {
             Vec::new()
@@ -409,7 +420,7 @@ impl Proxy {
                 Some(super::fork::BranchTarget {
                     uri: Some(uri),
                     target: Target {
-                        transport: super::Transport::Udp,
+                        transport: Transport::Udp,
                         addr: trunk.addr,
                         conn: None,
                     },

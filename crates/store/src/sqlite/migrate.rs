@@ -37,6 +37,16 @@ pub(super) const MIGRATIONS: &[Migration] = &[
         name: "0004_device_number.sql",
         sql: include_str!("../../migrations/sqlite/0004_device_number.sql"),
     },
+    Migration {
+        version: 5,
+        name: "0005_enrolment_key.sql",
+        sql: include_str!("../../migrations/sqlite/0005_enrolment_key.sql"),
+    },
+    Migration {
+        version: 6,
+        name: "0006_cdr_signatures.sql",
+        sql: include_str!("../../migrations/sqlite/0006_cdr_signatures.sql"),
+    },
 ];
 
 /// Brings the schema up to the last of `migrations` and returns the resulting version.

@@ -87,6 +87,8 @@ fn enrolment_from_row(row: &Row<'_>) -> rusqlite::Result<Enrolment> {
         expires_at_ms: row.get(3)?,
         used_at_ms: row.get(4)?,
         device_id: row.get(5)?,
+        zone_public_key: row.get(6)?,
+        presented_at_ms: row.get(7)?,
     })
 }
 
@@ -228,7 +230,8 @@ pub(super) fn create_enrolment(conn: &mut Connection, e: &Enrolment) -> Result<(
     let inserted = tx
         .prepare_cached(
             "INSERT INTO enrolments (code_hash, username, created_at_ms, expires_at_ms, \
-             used_at_ms, device_id) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+             used_at_ms, device_id, zone_public_key, presented_at_ms) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
              ON CONFLICT (code_hash) DO NOTHING",
         )
         .and_then(|mut stmt| {
@@ -239,6 +242,8 @@ pub(super) fn create_enrolment(conn: &mut Connection, e: &Enrolment) -> Result<(
                 e.expires_at_ms,
                 e.used_at_ms,
                 e.device_id,
+                e.zone_public_key,
+                e.presented_at_ms,
             ])
         });
     match inserted {
@@ -258,11 +263,99 @@ pub(super) fn create_enrolment(conn: &mut Connection, e: &Enrolment) -> Result<(
 
 pub(super) fn enrolments(conn: &Connection, user: &str) -> Result<Vec<Enrolment>, StoreError> {
     conn.prepare_cached(
-        "SELECT code_hash, username, created_at_ms, expires_at_ms, used_at_ms, device_id \
+        "SELECT code_hash, username, created_at_ms, expires_at_ms, used_at_ms, device_id, \
+         zone_public_key, presented_at_ms \
          FROM enrolments WHERE username = ?1 ORDER BY created_at_ms, code_hash",
     )
     .and_then(|mut stmt| stmt.query_map([user], enrolment_from_row)?.collect())
     .map_err(db("enrolments"))
+}
+
+/// Checks the code `code_hash` inside `tx` for a presentation with `zone_public_key` at
+/// `now_ms` (exists, unused, unexpired, not bound to another key) and binds it to that key if
+/// it is not bound yet. Returns the code's subscriber.
+fn check_and_bind_code(
+    tx: &Transaction<'_>,
+    op: &'static str,
+    code_hash: &str,
+    zone_public_key: &str,
+    now_ms: i64,
+) -> Result<String, EnrolError> {
+    /// What a presentation checks of a code.
+    struct Code {
+        user: String,
+        expires_at_ms: i64,
+        used_at_ms: Option<i64>,
+        used_by: Option<String>,
+        bound: Option<String>,
+    }
+    let code: Option<Code> = tx
+        .prepare_cached(
+            "SELECT username, expires_at_ms, used_at_ms, device_id, zone_public_key \
+             FROM enrolments WHERE code_hash = ?1",
+        )
+        .and_then(|mut stmt| {
+            stmt.query_row([code_hash], |r| {
+                Ok(Code {
+                    user: r.get(0)?,
+                    expires_at_ms: r.get(1)?,
+                    used_at_ms: r.get(2)?,
+                    used_by: r.get(3)?,
+                    bound: r.get(4)?,
+                })
+            })
+            .optional()
+        })
+        .map_err(db(op))?;
+    let Some(Code {
+        user,
+        expires_at_ms,
+        used_at_ms,
+        used_by,
+        bound,
+    }) = code
+    else {
+        return Err(EnrolError::CodeUnknown);
+    };
+    if used_at_ms.is_some() || used_by.is_some() {
+        return Err(EnrolError::CodeUsed);
+    }
+    if now_ms >= expires_at_ms {
+        return Err(EnrolError::CodeExpired);
+    }
+    match bound {
+        Some(key) if key != zone_public_key => Err(EnrolError::CodeBound),
+        Some(_) => Ok(user),
+        None => {
+            // Under the write lock: no other presentation can bind it in between.
+            let bound = tx
+                .prepare_cached(
+                    "UPDATE enrolments SET zone_public_key = ?2, presented_at_ms = ?3 \
+                     WHERE code_hash = ?1 AND zone_public_key IS NULL",
+                )
+                .and_then(|mut stmt| stmt.execute(params![code_hash, zone_public_key, now_ms]))
+                .map_err(db(op))?;
+            if bound != 1 {
+                return Err(EnrolError::CodeBound);
+            }
+            Ok(user)
+        }
+    }
+}
+
+/// The code's first presentation binds it; see
+/// [`Store::present_code`](crate::Store::present_code).
+pub(super) fn present_code(
+    conn: &mut Connection,
+    code_hash: &str,
+    zone_public_key: &str,
+    now_ms: i64,
+) -> Result<(), EnrolError> {
+    const OP: &str = "present_code";
+    let tx = immediate(conn, OP)?;
+    check_and_bind_code(&tx, OP, code_hash, zone_public_key, now_ms)?;
+    tx.commit().map_err(db(OP))?;
+    Ok(())
 }
 
 // ---- devices -----------------------------------------------------------------------------
@@ -277,28 +370,8 @@ pub(super) fn enrol(
     const OP: &str = "enrol";
     let tx = immediate(conn, OP)?;
 
-    // The code.
-    let code: Option<(String, i64, Option<i64>, Option<String>)> = tx
-        .prepare_cached(
-            "SELECT username, expires_at_ms, used_at_ms, device_id FROM enrolments \
-             WHERE code_hash = ?1",
-        )
-        .and_then(|mut stmt| {
-            stmt.query_row([code_hash], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-            })
-            .optional()
-        })
-        .map_err(db(OP))?;
-    let Some((user, expires_at_ms, used_at_ms, used_by)) = code else {
-        return Err(EnrolError::CodeUnknown);
-    };
-    if used_at_ms.is_some() || used_by.is_some() {
-        return Err(EnrolError::CodeUsed);
-    }
-    if now_ms >= expires_at_ms {
-        return Err(EnrolError::CodeExpired);
-    }
+    // The code, bound to this zone key (in this transaction if it was not yet).
+    let user = check_and_bind_code(&tx, OP, code_hash, &new.zone_public_key, now_ms)?;
 
     // The EULA.
     let current = current_eula_in(&tx).map_err(db(OP))?.map(|e| e.version);
@@ -581,4 +654,20 @@ pub(super) fn security_events(
             .collect()
     })
     .map_err(db("security_events"))
+}
+
+pub(super) fn security_events_newest(
+    conn: &Connection,
+    before_id: i64,
+    limit: u32,
+) -> Result<Vec<SecurityEvent>, StoreError> {
+    conn.prepare_cached(
+        "SELECT id, at_ms, kind, username, device_id, call_id, detail FROM security_events \
+         WHERE id < ?1 ORDER BY id DESC LIMIT ?2",
+    )
+    .and_then(|mut stmt| {
+        stmt.query_map(params![before_id, limit], security_event_from_row)?
+            .collect()
+    })
+    .map_err(db("security_events_newest"))
 }

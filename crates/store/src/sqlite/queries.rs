@@ -323,6 +323,15 @@ impl Store for SqliteStore {
         provisioning::enrolments(&self.conn(), user)
     }
 
+    fn present_code(
+        &self,
+        code_hash: &str,
+        zone_public_key: &str,
+        now_ms: i64,
+    ) -> Result<(), EnrolError> {
+        provisioning::present_code(&mut self.conn(), code_hash, zone_public_key, now_ms)
+    }
+
     fn enrol(&self, code_hash: &str, now_ms: i64, new: &NewDevice) -> Result<Enrolled, EnrolError> {
         provisioning::enrol(&mut self.conn(), code_hash, now_ms, new)
     }
@@ -356,15 +365,32 @@ impl Store for SqliteStore {
     }
 
     fn append_cdr(&self, cdr: &Cdr) -> Result<Cdr, StoreError> {
-        super::cdrs::append(&mut self.conn(), cdr)
+        super::cdrs::append(&mut self.conn(), cdr, self.signer.as_ref())
     }
 
     fn cdrs(&self, from_ms: i64, to_ms: i64, entity: Option<&str>) -> Result<Vec<Cdr>, StoreError> {
-        super::cdrs::query(&self.conn(), from_ms, to_ms, entity)
+        super::cdrs::query(&self.conn(), from_ms, to_ms, entity, super::cdrs::Page::ALL)
+    }
+
+    fn cdrs_page(
+        &self,
+        from_ms: i64,
+        to_ms: i64,
+        entity: Option<&str>,
+        after: Option<i64>,
+        limit: u32,
+        newest_first: bool,
+    ) -> Result<Vec<Cdr>, StoreError> {
+        let page = super::cdrs::Page {
+            after,
+            limit: Some(limit),
+            newest_first,
+        };
+        super::cdrs::query(&self.conn(), from_ms, to_ms, entity, page)
     }
 
     fn verify_cdrs(&self) -> Result<ChainReport, StoreError> {
-        super::cdrs::verify(&self.conn())
+        super::cdrs::verify(&self.conn(), None, &[])
     }
 
     fn add_security_event(&self, event: &SecurityEvent) -> Result<i64, StoreError> {
@@ -373,5 +399,13 @@ impl Store for SqliteStore {
 
     fn security_events(&self, since_id: i64, limit: u32) -> Result<Vec<SecurityEvent>, StoreError> {
         provisioning::security_events(&self.conn(), since_id, limit)
+    }
+
+    fn security_events_newest(
+        &self,
+        before_id: i64,
+        limit: u32,
+    ) -> Result<Vec<SecurityEvent>, StoreError> {
+        provisioning::security_events_newest(&self.conn(), before_id, limit)
     }
 }

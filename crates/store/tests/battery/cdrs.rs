@@ -37,6 +37,7 @@ pub(crate) fn cdr(call_id: &str, setup_ms: i64, entities: &[&str]) -> Cdr {
             .collect(),
         prev_hash: "ignored".to_owned(),
         hash: "ignored".to_owned(),
+        sig: Some("ignored".to_owned()),
     }
 }
 
@@ -53,6 +54,10 @@ pub(crate) fn battery_cdrs_append_query_verify(store: &dyn Store) {
     assert_eq!(c.prev_hash, b.hash);
     assert_eq!(a.hash.len(), 64);
     assert_ne!(a.hash, b.hash);
+    assert_eq!(
+        a.sig, None,
+        "no signing key: whatever the caller put there is ignored"
+    );
 
     let all = store.cdrs(0, i64::MAX, None).unwrap();
     assert_eq!(
@@ -68,6 +73,29 @@ pub(crate) fn battery_cdrs_append_query_verify(store: &dyn Store) {
     );
     assert_eq!(ids(store.cdrs(0, i64::MAX, Some("alice")).unwrap()), ["c2"]);
     assert!(store.cdrs(0, i64::MAX, Some("nobody")).unwrap().is_empty());
+
+    // Pages: after a cursor (the last id seen), at most `limit`, same filters; oldest or
+    // newest first.
+    let page = |after: Option<i64>, limit: u32, entity: Option<&str>, newest: bool| {
+        ids(store
+            .cdrs_page(0, i64::MAX, entity, after, limit, newest)
+            .unwrap())
+    };
+    assert_eq!(page(None, 2, None, false), ["c1", "c2"]);
+    assert_eq!(page(Some(b.id), 2, None, false), ["c3"]);
+    assert!(page(Some(c.id), 2, None, false).is_empty());
+    assert_eq!(page(Some(a.id), 1, Some("acme"), false), ["c2"]);
+    assert_eq!(page(None, 0, None, false), Vec::<String>::new());
+    assert_eq!(page(None, 2, None, true), ["c3", "c2"]);
+    assert_eq!(page(Some(b.id), 2, None, true), ["c1"]);
+    assert!(page(Some(a.id), 2, None, true).is_empty());
+    assert_eq!(page(None, 5, Some("acme"), true), ["c2", "c1"]);
+    assert_eq!(
+        ids(store
+            .cdrs_page(1_500, 3_001, None, None, 10, false)
+            .unwrap()),
+        ["c2", "c3"]
+    );
 
     let report = store.verify_cdrs().unwrap();
     assert_eq!(report.records, 3);

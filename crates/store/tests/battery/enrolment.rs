@@ -87,6 +87,8 @@ pub(crate) fn battery_enrol_success(store: &dyn Store) {
         vec![Enrolment {
             used_at_ms: Some(NOW),
             device_id: Some("phone-1".to_owned()),
+            zone_public_key: Some(nd.zone_public_key.clone()),
+            presented_at_ms: Some(NOW),
             ..code("c1", "alice")
         }]
     );
@@ -138,6 +140,7 @@ fn refused(
         EnrolError::CodeUnknown => "CodeUnknown",
         EnrolError::CodeUsed => "CodeUsed",
         EnrolError::CodeExpired => "CodeExpired",
+        EnrolError::CodeBound => "CodeBound",
         EnrolError::EulaNotCurrent { .. } => "EulaNotCurrent",
         EnrolError::PoolExhausted => "PoolExhausted",
         EnrolError::Store(StoreError::Conflict(_)) => "Conflict",
@@ -252,6 +255,100 @@ pub(crate) fn battery_enrol_refusals(store: &dyn Store) {
     refused(store, store.enrol("c2", NOW, &same_token), "Conflict", pool);
     let ok = store.enrol("c2", NOW, &new_device("d2", "v2")).unwrap();
     assert_eq!(ok.identifier, identifiers(500, 1)[0]);
+}
+
+/// R28: a code is bound to the first zone key that presents it, durably, even when that
+/// enrolment never finishes; another key is refused, the first key can still finish.
+pub(crate) fn battery_code_bound_to_first_key(store: &dyn Store) {
+    provision(store, &["alice"], 0);
+    store.create_enrolment(&code("c", "alice")).unwrap();
+    let mine = new_device("mine", "v1");
+    let theirs = new_device("theirs", "v1");
+    let empty = PoolCounts::default();
+
+    // Unknown, expired and used codes bind nothing.
+    let err = store
+        .present_code("nope", &mine.zone_public_key, NOW)
+        .unwrap_err();
+    assert!(matches!(err, EnrolError::CodeUnknown), "{err:?}");
+    let err = store
+        .present_code("c", &mine.zone_public_key, LATER)
+        .unwrap_err();
+    assert!(matches!(err, EnrolError::CodeExpired), "{err:?}");
+    assert_eq!(store.enrolments("alice").unwrap(), vec![code("c", "alice")]);
+
+    // The first presentation binds, although the enrolment then fails (empty pool).
+    store.present_code("c", &mine.zone_public_key, NOW).unwrap();
+    refused(store, store.enrol("c", NOW, &mine), "PoolExhausted", empty);
+    let bound = Enrolment {
+        zone_public_key: Some(mine.zone_public_key.clone()),
+        presented_at_ms: Some(NOW),
+        ..code("c", "alice")
+    };
+    assert_eq!(store.enrolments("alice").unwrap(), vec![bound.clone()]);
+
+    // Another key: refused, by presentation and by enrolment; the binding is unchanged.
+    let err = store
+        .present_code("c", &theirs.zone_public_key, NOW + 1)
+        .unwrap_err();
+    assert!(matches!(err, EnrolError::CodeBound), "{err:?}");
+    store.add_identifiers(&identifiers(100, 1)).unwrap();
+    let pool = store.pool_counts().unwrap();
+    refused(store, store.enrol("c", NOW + 1, &theirs), "CodeBound", pool);
+    assert_eq!(store.enrolments("alice").unwrap(), vec![bound]);
+
+    // The same key again is fine, and finishes.
+    store
+        .present_code("c", &mine.zone_public_key, NOW + 2)
+        .unwrap();
+    let got = store.enrol("c", NOW + 2, &mine).unwrap();
+    assert_eq!(got.device.id, "mine");
+    let err = store
+        .present_code("c", &mine.zone_public_key, NOW + 3)
+        .unwrap_err();
+    assert!(matches!(err, EnrolError::CodeUsed), "{err:?}");
+
+    // `enrol` alone binds too, atomically with the device.
+    store.add_identifiers(&identifiers(200, 1)).unwrap();
+    store.create_enrolment(&code("c2", "alice")).unwrap();
+    store.enrol("c2", NOW, &theirs).unwrap();
+    let c2 = store.enrolments("alice").unwrap();
+    let c2 = c2.iter().find(|e| e.code_hash == "c2").unwrap();
+    assert_eq!(
+        c2.zone_public_key.as_deref(),
+        Some(theirs.zone_public_key.as_str())
+    );
+}
+
+/// Two threads present one fresh code with different keys at once: exactly one binds.
+pub(crate) fn battery_concurrent_first_presentation(nodes: &[Arc<dyn Store>]) {
+    let first = &*nodes[0];
+    provision(first, &["alice"], 0);
+    for round in 0..20 {
+        let hash = format!("race-{round}");
+        first.create_enrolment(&code(&hash, "alice")).unwrap();
+        let barrier = Arc::new(Barrier::new(2));
+        let handles: Vec<_> = (0..2)
+            .map(|t| {
+                let store = Arc::clone(&nodes[t % nodes.len()]);
+                let barrier = Arc::clone(&barrier);
+                let hash = hash.clone();
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    store.present_code(&hash, &format!("key-{t}"), NOW)
+                })
+            })
+            .collect();
+        let results: Vec<_> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let won = results.iter().filter(|r| r.is_ok()).count();
+        assert_eq!(won, 1, "{results:?}");
+        assert!(
+            results
+                .iter()
+                .any(|r| matches!(r, Err(EnrolError::CodeBound))),
+            "{results:?}"
+        );
+    }
 }
 
 /// No EULA published: every enrolment is refused as not current.

@@ -55,4 +55,27 @@ pub(crate) fn battery_security_events(store: &dyn Store) {
         seen.extend(page);
     }
     assert_eq!(seen, stored);
+
+    // Newest first, paging back with the last id seen.
+    let newest: Vec<SecurityEvent> = stored.iter().rev().cloned().collect();
+    assert_eq!(store.security_events_newest(i64::MAX, 100).unwrap(), newest);
+    assert_eq!(
+        store.security_events_newest(i64::MAX, 2).unwrap(),
+        newest[..2]
+    );
+    assert_eq!(
+        store.security_events_newest(ids[3], 100).unwrap(),
+        newest[1..]
+    );
+    assert_eq!(store.security_events_newest(ids[0], 100).unwrap(), vec![]);
+    assert_eq!(store.security_events_newest(i64::MAX, 0).unwrap(), vec![]);
+    let mut seen = Vec::new();
+    let mut before = i64::MAX;
+    loop {
+        let page = store.security_events_newest(before, 3).unwrap();
+        let Some(last) = page.last() else { break };
+        before = last.id;
+        seen.extend(page);
+    }
+    assert_eq!(seen, newest);
 }

@@ -72,6 +72,8 @@ pub(crate) fn code(hash: &str, user: &str) -> Enrolment {
         expires_at_ms: LATER,
         used_at_ms: None,
         device_id: None,
+        zone_public_key: None,
+        presented_at_ms: None,
     }
 }
 

@@ -37,6 +37,10 @@ pub(super) struct State {
     pub(super) service_on: bool,
     /// Revocation reason, once revoked.
     pub(super) revoked: Option<String>,
+    /// `CKA_APPLICATION` of the private data object holding the device secrets (SIP password,
+    /// device token), while present. Absent from files written before it existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(super) secrets_id: Option<String>,
 }
 
 impl State {
@@ -52,6 +56,7 @@ impl State {
             last_counter: 0,
             service_on: true,
             revoked: None,
+            secrets_id: None,
         }
     }
 
