@@ -1427,3 +1427,78 @@ fn baresip_over_tls_with_srtp_calls_the_phone_through_the_gateway() {
     );
     assert!(!log.contains("whose own hop is not TLS"), "{log}");
 }
+
+/// Issue 11 item 1's call: one desktop over TLS, one over UDP and the phone through the
+/// gateway all ring for one call (bob, over TLS with SRTP); the phone answers with its proof,
+/// both desktops get CANCEL with `Reason: SIP;cause=200;text="Call completed elsewhere"`, the
+/// TLS desktop only ever over TLS, and audio crosses.
+#[test]
+fn a_fork_to_a_tls_desktop_a_udp_desktop_and_the_phone_completes() {
+    use common::baresip::{Account, Baresip, Transport};
+    let _g = serial();
+    common::baresip::require();
+    let r = rig(&[]);
+    let wav = r.dir.path().join("heard3.wav");
+    let mut phone = r.attach_phone(
+        &[
+            "--answer-after-ms",
+            "800",
+            "--record",
+            wav.to_str().unwrap(),
+            "--play-tone",
+            "1000",
+        ],
+        false,
+    );
+    let cert = r.s.data.join("tls").join(tls::CERT_FILE);
+    // The desktops take SRTP too (bob offers only RTP/SAVP); they ring and never answer.
+    let desk_tls = Baresip::start(
+        "alice-tls",
+        Account::new("alice", "s3cret-passw0rd", Transport::Tls, r.s.sip_tls)
+            .cafile(&cert)
+            .mediaenc("srtp"),
+    );
+    let desk_udp = Baresip::start(
+        "alice-udp",
+        Account::new("alice", "s3cret-passw0rd", Transport::Udp, r.s.sip).mediaenc("srtp"),
+    );
+    desk_tls.wait_registered(&r.s, "alice", |reg| reg["transport"] == "TLS");
+    desk_udp.wait_registered(&r.s, "alice", |reg| reg["transport"] == "UDP");
+    let bob = Baresip::start(
+        "bob-3way",
+        Account::new("bob", "b0b-passw0rd", Transport::Tls, r.s.sip_tls)
+            .cafile(&cert)
+            .tone(1000)
+            .mediaenc("srtp-mand"),
+    );
+    bob.wait_registered(&r.s, "bob", |reg| reg["transport"] == "TLS");
+    bob.command("dial", Some("sip:alice@localhost"));
+    desk_tls.wait_event("CALL_INCOMING", WAIT);
+    desk_udp.wait_event("CALL_INCOMING", WAIT);
+    bob.wait_event("CALL_ESTABLISHED", WAIT);
+    desk_tls.wait_event("CALL_CLOSED", WAIT);
+    desk_udp.wait_event("CALL_CLOSED", WAIT);
+    std::thread::sleep(Duration::from_millis(2000));
+    bob.command("hangup", None);
+    bob.wait_event("CALL_CLOSED", WAIT);
+    phone.wait_for("cause 16");
+    let phone_out = phone.stop();
+    assert!(phone_out.contains("trust challenge"), "{phone_out}");
+    assert_tone(&wav);
+    for (desk, transport) in [(&desk_tls, "TLS"), (&desk_udp, "UDP")] {
+        let cancels = desk.traced("CANCEL ");
+        assert!(
+            cancels.iter().any(|c| c
+                .header("Reason")
+                .iter()
+                .any(|v| v == r#"SIP;cause=200;text="Call completed elsewhere""#)),
+            "{transport} desktop: CANCEL with the Reason: {cancels:#?}"
+        );
+        let invites = desk.traced("INVITE ");
+        assert!(
+            !invites.is_empty() && invites.iter().all(|m| m.transport == transport),
+            "{transport} desktop rang over {transport} only: {invites:#?}"
+        );
+    }
+    assert_eq!(r.metric("trustring_gateway_srtp_calls_total"), 1.0);
+}
