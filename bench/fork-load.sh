@@ -202,7 +202,8 @@ trustring)
   export TRUSTRING_ADMIN_TOKEN=${TRUSTRING_ADMIN_TOKEN:-bench-$(od -An -N16 -tx1 /dev/urandom | tr -d ' \n')}
   mkdir -p "$WORK/data"
   TRUSTRING_LOG=${TRUSTRING_LOG:-warn} timeout -k 5 $((MAX_SECONDS + 120)) "$TRUSTRING_BIN" serve \
-    --sip "$TARGET" --http "127.0.0.1:$HTTP_PORT" --data "$WORK/data" --domain "$DOMAIN" ${TRUSTRING_ARGS:-} \
+    --sip "$TARGET" --http "127.0.0.1:$HTTP_PORT" --enrol 127.0.0.1:0 \
+    --sip-tls "${SIP_TLS:-off}" --data "$WORK/data" --domain "$DOMAIN" ${TRUSTRING_ARGS:-} \
     >"$WORK/trustring.log" 2>&1 &
   WRAP=$!; PIDS+=($WRAP)   # the timeout wrapper: a hard bound on trustring's life
   API=http://127.0.0.1:$HTTP_PORT
