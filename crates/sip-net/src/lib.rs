@@ -316,6 +316,10 @@ pub fn spawn_with(
     events: mpsc::Sender<Event>,
     options: NetOptions,
 ) -> (SipHandle, tokio::task::JoinHandle<()>) {
+    // Unbounded on purpose, and still small: every command comes from an admin API request
+    // (or a metrics scrape) that is itself capped by the HTTP connection limits, and the loop
+    // takes control commands first (`biased` select), so the queue holds at most what those
+    // requests sent while one store write blocked the loop.
     let (control_tx, control_rx) = mpsc::unbounded_channel();
     let metrics = Arc::new(Metrics::new());
     let task = tokio::spawn(run(
