@@ -185,6 +185,33 @@ struct Device {
     locked_until: Option<Instant>,
 }
 
+impl Device {
+    /// The device's next challenge for `binding`: its counter rises above every earlier
+    /// one and is at least the wall clock (`unix_ms`), so it keeps rising across restarts.
+    fn next_challenge(
+        &mut self,
+        device_id: &str,
+        unix_ms: u64,
+        nonce: [u8; 16],
+        binding: &CallBinding<'_>,
+    ) -> (Challenge, u64) {
+        let counter = self.last_counter.saturating_add(1).max(unix_ms);
+        self.last_counter = counter;
+        let challenge = Challenge::new_signed(&self.key, device_id, counter, nonce, binding);
+        (challenge, counter)
+    }
+}
+
+impl Pending {
+    /// Whether `proof` answers this challenge for `binding` under the device's `key`: the
+    /// MAC compared in constant time, the (public) counter in the clear.
+    fn answered_by(&self, key: &LicenseKey, binding: &CallBinding<'_>, proof: &Proof) -> bool {
+        let msg = proof::message(&self.device_id, self.counter, &self.nonce, binding);
+        let expected = proof::mac(key.expose(), PROOF_LABEL, &msg);
+        proof::mac_eq(&expected, &proof.mac) && proof.counter == self.counter
+    }
+}
+
 /// The server's trust state for all devices (see the module docs).
 pub struct TrustAuthority<R = rand::rngs::StdRng> {
     config: AuthorityConfig,
@@ -350,13 +377,11 @@ impl<R: rand::CryptoRng> TrustAuthority<R> {
             .devices
             .get_mut(device_id)
             .ok_or(TrustFailure::UnknownDevice)?;
-        let counter = d.last_counter.saturating_add(1).max(unix_ms);
-        d.last_counter = counter;
         let binding = CallBinding {
             call_id: &call_ref,
             branch: ATTACH_BRANCH,
         };
-        let challenge = Challenge::new_signed(&d.key, device_id, counter, nonce, &binding);
+        let (challenge, counter) = d.next_challenge(device_id, unix_ms, nonce, &binding);
         while self.attach.len() >= MAX_ATTACH_PENDING {
             let Some((_, oldest)) = self.attach_order.pop_front() else {
                 break;
@@ -420,9 +445,7 @@ impl<R: rand::CryptoRng> TrustAuthority<R> {
             call_id: call_ref,
             branch: ATTACH_BRANCH,
         };
-        let msg = proof::message(device_id, p.counter, &p.nonce, &binding);
-        let expected = proof::mac(d.key.expose(), PROOF_LABEL, &msg);
-        if proof::mac_eq(&expected, &proof.mac) && proof.counter == p.counter {
+        if p.answered_by(&d.key, &binding, &proof) {
             Ok(())
         } else {
             Err(TrustFailure::WrongProof)
@@ -479,9 +502,7 @@ impl<R: rand::CryptoRng> TrustAuthority<R> {
         let mut nonce = [0u8; 16];
         self.rng.fill_bytes(&mut nonce);
         let d = self.device_ready(now, device_id)?;
-        let counter = d.last_counter.saturating_add(1).max(unix_ms);
-        d.last_counter = counter;
-        let challenge = Challenge::new_signed(&d.key, device_id, counter, nonce, binding);
+        let (challenge, counter) = d.next_challenge(device_id, unix_ms, nonce, binding);
 
         let key = BindingKey::new(binding);
         self.spent.remove(&key);
@@ -551,20 +572,12 @@ impl<R: rand::CryptoRng> TrustAuthority<R> {
             self.remember(now, key, &p, Outcome::Expired);
             return Err(TrustFailure::Expired);
         }
-        let expected = match self.devices.get(device_id) {
-            Some(d) if p.device_id == device_id => {
-                let msg = proof::message(device_id, p.counter, &p.nonce, binding);
-                Some(proof::mac(d.key.expose(), PROOF_LABEL, &msg))
-            }
-            _ => None,
+        let answered = match self.devices.get(device_id) {
+            Some(d) if p.device_id == device_id => p.answered_by(&d.key, binding, proof),
+            _ => false,
         };
         self.remember(now, key, &p, Outcome::Consumed);
-        let Some(expected) = expected else {
-            return Err(TrustFailure::WrongProof);
-        };
-        // Counter compared in the clear (it is public); the MAC in constant time.
-        let mac_ok = proof::mac_eq(&expected, &proof.mac);
-        if mac_ok && proof.counter == p.counter {
+        if answered {
             Ok(())
         } else {
             Err(TrustFailure::WrongProof)
@@ -755,11 +768,12 @@ mod tests {
         (a, key)
     }
 
-    #[test]
-    fn full_round_trip_with_the_software_zone() -> TestResult {
-        let tmp = tempfile::tempdir()?;
+    /// A software zone enrolled as `DEV` (in `tmp`) and an authority that knows its key.
+    fn enrolled_zone(
+        tmp: &std::path::Path,
+    ) -> Result<(SoftwareZone, TrustAuthority), Box<dyn std::error::Error>> {
         let mut zone = SoftwareZone::init_with_params(
-            tmp.path(),
+            tmp,
             "pin",
             KdfParams {
                 m_kib: 64,
@@ -771,9 +785,15 @@ mod tests {
         let key = LicenseKey::generate();
         let pkg = seal_for_zone(&zone.public_key()?, DEV, "+15551230000", &key, &signer)?;
         zone.install(&pkg, &signer.public())?;
-
         let mut auth = TrustAuthority::new(AuthorityConfig::default());
         auth.set_device(DEV, key)?;
+        Ok((zone, auth))
+    }
+
+    #[test]
+    fn full_round_trip_with_the_software_zone() -> TestResult {
+        let tmp = tempfile::tempdir()?;
+        let (mut zone, mut auth) = enrolled_zone(tmp.path())?;
         let now = Instant::now();
         for (i, call) in ["c1@h", "c2@h", "c3@h"].into_iter().enumerate() {
             let binding = b(call, "z9hG4bK-m1");
@@ -965,21 +985,7 @@ mod tests {
     #[test]
     fn attach_round_trip_with_the_software_zone() -> TestResult {
         let tmp = tempfile::tempdir()?;
-        let mut zone = SoftwareZone::init_with_params(
-            tmp.path(),
-            "pin",
-            KdfParams {
-                m_kib: 64,
-                t: 1,
-                p: 1,
-            },
-        )?;
-        let signer = ServerSigningKey::generate();
-        let key = LicenseKey::generate();
-        let pkg = seal_for_zone(&zone.public_key()?, DEV, "+15551230000", &key, &signer)?;
-        zone.install(&pkg, &signer.public())?;
-        let mut auth = TrustAuthority::new(AuthorityConfig::default());
-        auth.set_device(DEV, key)?;
+        let (mut zone, mut auth) = enrolled_zone(tmp.path())?;
         let now = Instant::now();
         let a = auth.issue_attach(now, T0_MS, DEV)?;
         assert!(a.call_ref.starts_with("attach-") && a.call_ref.len() == 39);
