@@ -18,17 +18,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::Server;
-
-/// The server's resident set size (`VmRSS`), KiB.
-fn rss_kib(s: &Server) -> u64 {
-    let pid = s.pid().expect("running");
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
-}
+use common::mem::rss_kib;
 
 fn register(n: u32) -> String {
     format!(
@@ -114,7 +104,7 @@ fn pipelined_registers_from_a_peer_that_does_not_read_keep_memory_bounded() {
     }
     drop(warm);
     std::thread::sleep(Duration::from_millis(300));
-    let before = rss_kib(&s);
+    let before = rss_kib(s.pid().expect("running"));
 
     let flood: String = (0..15_000).map(register).collect();
     let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
@@ -131,7 +121,7 @@ fn pipelined_registers_from_a_peer_that_does_not_read_keep_memory_bounded() {
         let _ = w.write_all(flood.as_bytes());
     });
     std::thread::sleep(Duration::from_secs(1));
-    let during = rss_kib(&s);
+    let during = rss_kib(s.pid().expect("running"));
     assert!(
         closed_within(&mut c, Duration::from_secs(30)),
         "the connection of the peer that does not read was kept"
@@ -139,7 +129,7 @@ fn pipelined_registers_from_a_peer_that_does_not_read_keep_memory_bounded() {
     let closed = t0.elapsed();
     writer.join().unwrap();
     std::thread::sleep(Duration::from_millis(300));
-    let after = rss_kib(&s);
+    let after = rss_kib(s.pid().expect("running"));
     eprintln!(
         "{bytes} bytes of 15000 REGISTERs pipelined without reading: RSS {before} KiB before, \
          {during} KiB during, {after} KiB after; the connection was closed after {closed:?}"

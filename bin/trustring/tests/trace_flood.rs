@@ -9,16 +9,7 @@ use std::net::UdpSocket;
 use std::time::Duration;
 
 use common::Server;
-
-/// The server's resident set size (`VmRSS`), KiB.
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
+use common::mem::rss_kib;
 
 #[test]
 fn junk_and_huge_messages_with_one_call_id_keep_memory_bounded() {

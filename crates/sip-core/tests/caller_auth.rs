@@ -3,106 +3,39 @@
 //! callee's device by feeding the proxy bytes and reading what it sends where.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod common;
 
-use sip_core::auth::{Algorithm, DigestPolicy, ResponseInput, ha1, response};
-use sip_core::message::{HeaderName, Message, Request, Response, Uri, parse};
-use sip_core::proxy::{
-    Binding, DeviceEntry, Output, Proxy, ProxyConfig, SubscriberEntry, Target, Transport,
-};
+use std::time::Duration;
 
-const PROXY: &str = "127.0.0.1:5060";
-const CALLER: &str = "127.0.0.1:6000";
+use common::digest::{creds, nonce_of};
+use common::msg::register;
+use common::setup::{binding, config, device, subscriber};
+use common::sim::{Sent, Sim, all_requests_to as requests_to, final_to, responses_to};
+use common::{CALLER, PROXY};
+use sip_core::auth::{Algorithm, DigestPolicy};
+use sip_core::message::{HeaderName, Response};
+use sip_core::proxy::{ProxyConfig, Transport};
+
 const DESK: &str = "127.0.0.1:7001";
-const REALM: &str = "localhost";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-struct Sim {
-    proxy: Proxy,
-    now: Instant,
-    sent: Vec<(SocketAddr, Message)>,
-    branch: u32,
-}
-
-fn subscriber(user: &str, pw: &str) -> SubscriberEntry {
-    SubscriberEntry {
-        user: user.into(),
-        ha1_md5: ha1(Algorithm::Md5, user, REALM, pw),
-        ha1_sha256: ha1(Algorithm::Sha256, user, REALM, pw),
-        ring_timeout: Duration::from_secs(30),
-        ring_delays: Vec::new(),
-    }
-}
 
 impl Sim {
     /// alice (desk at DESK) and bob are subscribers; bob has the phone `d-9`.
     fn new() -> Self {
-        let now = Instant::now();
         // Both challenges every time: these tests are about who is challenged, not with
         // what (the default `auto` policy is tested in `digest_policy.rs`).
-        let cfg = ProxyConfig {
+        let mut sim = Self::with_config(ProxyConfig {
             digest: DigestPolicy::Both,
-            ..ProxyConfig::new(REALM, addr(PROXY), [7; 32])
-        };
-        let mut proxy = Proxy::new(cfg, now);
-        proxy.upsert_subscriber(subscriber("alice", "alicepw"));
-        proxy.upsert_subscriber(subscriber("bob", "bobpw"));
-        proxy.upsert_device(DeviceEntry {
-            id: "d-9".into(),
-            user: "bob".into(),
-            ha1_md5: ha1(Algorithm::Md5, "~d-9", REALM, "devpw"),
-            ha1_sha256: ha1(Algorithm::Sha256, "~d-9", REALM, "devpw"),
-            service_on: true,
-            number: None,
+            ..config()
         });
-        let uri = format!("sip:alice@{DESK}");
-        let target = Target {
-            transport: Transport::Udp,
-            addr: addr(DESK),
-            conn: None,
-        };
-        proxy.restore_binding(
-            "alice",
-            Binding {
-                contact: uri.clone(),
-                uri: Uri::parse(&uri).unwrap(),
-                target,
-                source: target,
-                call_id: "reg-desk".into(),
-                cseq: 1,
-                expires_at: now + Duration::from_secs(3600),
-                q: 1000,
-                device: None,
-                reach: sip_core::proxy::Reach::Direct,
-            },
-            now,
-        );
-        Self {
-            proxy,
-            now,
-            sent: Vec::new(),
-            branch: 0,
-        }
-    }
-
-    fn recv(&mut self, from: &str, msg: &str) {
-        let bytes = msg.replace('\n', "\r\n");
-        self.proxy
-            .handle_receive(self.now, Transport::Udp, addr(from), None, bytes.as_bytes());
-        while let Some(o) = self.proxy.poll_output() {
-            if let Output::Transmit(t) = o {
-                let m = parse(&t.payload).expect("proxy output parses");
-                self.sent.push((t.target.addr, m));
-            }
-        }
-    }
-
-    fn take(&mut self) -> Vec<(SocketAddr, Message)> {
-        std::mem::take(&mut self.sent)
+        let now = sim.now;
+        sim.proxy
+            .upsert_subscriber(subscriber("alice", Some("alicepw")));
+        sim.proxy
+            .upsert_subscriber(subscriber("bob", Some("bobpw")));
+        sim.proxy.upsert_device(device("d-9", "bob", Some("devpw")));
+        let desk = binding("alice", DESK, None, now + Duration::from_secs(3600));
+        sim.proxy.restore_binding("alice", desk, now);
+        sim
     }
 
     /// Sends an out-of-dialog `method` for `to_user@localhost` from `from` (`user@host`) in a
@@ -114,9 +47,8 @@ impl Sim {
         from: &str,
         to_user: &str,
         extra: &str,
-    ) -> Vec<(SocketAddr, Message)> {
-        self.branch += 1;
-        let b = self.branch;
+    ) -> Vec<Sent> {
+        let b = self.next_n();
         let msg = format!(
             "{method} sip:{to_user}@localhost SIP/2.0
 Via: SIP/2.0/UDP {src};branch=z9hG4bKc{b};rport
@@ -135,7 +67,7 @@ Contact: <sip:caller@{src}>
     }
 
     /// An INVITE for alice from `from` sent from CALLER.
-    fn invite(&mut self, from: &str, extra: &str) -> Vec<(SocketAddr, Message)> {
+    fn invite(&mut self, from: &str, extra: &str) -> Vec<Sent> {
         self.send(CALLER, "INVITE", from, "alice", extra)
     }
 
@@ -144,68 +76,6 @@ Contact: <sip:caller@{src}>
         let sent = self.invite(from, "");
         nonce_of(&final_to(&sent, CALLER))
     }
-}
-
-fn final_to(sent: &[(SocketAddr, Message)], to: &str) -> Response {
-    responses_to(sent, to)
-        .into_iter()
-        .rfind(|r| r.status >= 200)
-        .expect("a final response")
-}
-
-fn responses_to(sent: &[(SocketAddr, Message)], to: &str) -> Vec<Response> {
-    sent.iter()
-        .filter(|(a, _)| *a == addr(to))
-        .filter_map(|(_, m)| match m {
-            Message::Response(r) => Some(r.clone()),
-            Message::Request(_) => None,
-        })
-        .collect()
-}
-
-fn requests_to(sent: &[(SocketAddr, Message)], to: &str) -> Vec<Request> {
-    sent.iter()
-        .filter(|(a, _)| *a == addr(to))
-        .filter_map(|(_, m)| match m {
-            Message::Request(r) => Some(r.clone()),
-            Message::Response(_) => None,
-        })
-        .collect()
-}
-
-fn nonce_of(resp: &Response) -> String {
-    let c = resp
-        .headers
-        .get(&HeaderName::ProxyAuthenticate)
-        .expect("a Proxy-Authenticate");
-    c.split("nonce=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap()
-        .to_owned()
-}
-
-/// Digest credentials (`qop=auth`, nc 1) for `method` and digest-uri `uri`.
-fn creds(user: &str, pw: &str, nonce: &str, method: &str, uri: &str, alg: Algorithm) -> String {
-    let h = ha1(alg, user, REALM, pw);
-    let r = response(
-        alg,
-        &h,
-        &ResponseInput {
-            nonce,
-            nc: "00000001",
-            cnonce: "c0ffee",
-            qop: "auth",
-            method,
-            uri,
-        },
-    );
-    format!(
-        "Digest username=\"{user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{r}\", algorithm={}, qop=auth, nc=00000001, cnonce=\"c0ffee\"",
-        alg.as_str()
-    )
 }
 
 fn proxy_auth(user: &str, pw: &str, nonce: &str, uri: &str) -> String {
@@ -251,7 +121,7 @@ fn other_methods_from_local_users_are_challenged_too_but_not_an_options_ping() {
         assert!(requests_to(&sent, DESK).is_empty(), "{method}");
     }
     // OPTIONS for the server itself is answered, whoever asks.
-    sim.branch += 1;
+    sim.n += 1;
     sim.recv(
         CALLER,
         "OPTIONS sip:localhost SIP/2.0
@@ -486,7 +356,7 @@ fn known_and_unknown_local_users_get_identical_407s() {
                 String::new()
             };
             // Same branch, Call-ID and CSeq for both, so only the user differs.
-            sim.branch = 100;
+            sim.n = 100;
             let sent = sim.invite(&from, &extra);
             assert!(requests_to(&sent, DESK).is_empty());
             replies.push(masked(&final_to(&sent, CALLER), user));
@@ -567,55 +437,36 @@ fn digest_uri_must_name_the_request_uri() {
 #[test]
 fn register_digest_uri_is_checked_too() {
     let mut sim = Sim::new();
+    const BOB: &str = "127.0.0.1:6100";
     let register = |sim: &mut Sim, auth: &str| {
-        sim.branch += 1;
-        let b = sim.branch;
+        let n = sim.next_n();
+        let contact = format!("<sip:bob@{BOB}>");
         sim.recv(
-            "127.0.0.1:6100",
-            &format!(
-                "REGISTER sip:localhost SIP/2.0
-Via: SIP/2.0/UDP 127.0.0.1:6100;branch=z9hG4bKr{b}
-Max-Forwards: 70
-From: <sip:bob@localhost>;tag=r
-To: <sip:bob@localhost>
-Call-ID: reg-bob
-CSeq: {b} REGISTER
-Contact: <sip:bob@127.0.0.1:6100>
-{auth}Content-Length: 0
-
-"
-            ),
+            BOB,
+            &register(Transport::Udp, BOB, n, "bob", "reg-bob", &contact, auth),
         );
-        let sent = sim.take();
-        responses_to(&sent, "127.0.0.1:6100").pop().unwrap()
+        responses_to(&sim.take(), BOB).pop().unwrap()
     };
-    let nonce = |r: &Response| {
-        let c = r.headers.get(&HeaderName::WwwAuthenticate).unwrap();
-        c.split("nonce=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap()
-            .to_owned()
-    };
-    // SIPp 3.6's default digest uri (the proxy's address) and the Request-URI itself pass.
-    for uri in ["sip:127.0.0.1:5060", "sip:localhost"] {
+    // SIPp 3.6's default digest uri (the proxy's address) and the Request-URI itself pass;
+    // another host or the AOR do not.
+    for (uri, status) in [
+        ("sip:127.0.0.1:5060", 200),
+        ("sip:localhost", 200),
+        ("sip:evil.example", 400),
+        ("sip:bob@localhost", 400),
+    ] {
         let r = register(&mut sim, "");
         assert_eq!(r.status, 401);
-        let auth = format!(
-            "Authorization: {}\n",
-            creds("bob", "bobpw", &nonce(&r), "REGISTER", uri, Algorithm::Md5)
+        let digest = creds(
+            "bob",
+            "bobpw",
+            &nonce_of(&r),
+            "REGISTER",
+            uri,
+            Algorithm::Md5,
         );
-        assert_eq!(register(&mut sim, &auth).status, 200, "{uri}");
-    }
-    for uri in ["sip:evil.example", "sip:bob@localhost"] {
-        let r = register(&mut sim, "");
-        let auth = format!(
-            "Authorization: {}\n",
-            creds("bob", "bobpw", &nonce(&r), "REGISTER", uri, Algorithm::Md5)
-        );
-        assert_eq!(register(&mut sim, &auth).status, 400, "{uri}");
+        let auth = format!("Authorization: {digest}\n");
+        assert_eq!(register(&mut sim, &auth).status, status, "{uri}");
     }
 }
 
@@ -664,7 +515,7 @@ Content-Length: 0
 #[test]
 fn unauthenticated_local_caller_to_a_foreign_domain_is_challenged_first() {
     let mut sim = Sim::new();
-    sim.branch += 1;
+    sim.n += 1;
     sim.recv(
         CALLER,
         "INVITE sip:someone@other.example SIP/2.0

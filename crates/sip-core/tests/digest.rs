@@ -2,10 +2,13 @@
 //! nonces, user enumeration, the SIPp 3.6.1 compatibility of the challenge format, the
 //! failure limiter, and a no-panic property test of the credentials parser.
 
+mod common;
+
 use std::cell::Cell;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
 
+use common::digest::param;
 use proptest::prelude::*;
 use sip_core::auth::{
     Algorithm, AuthError, AuthFailureLimiter, Authenticator, Credentials, DigestConfig,
@@ -22,17 +25,6 @@ fn authenticator(t0: Instant) -> Authenticator {
 /// The store: alice/wonderland, in both algorithms.
 fn store(user: &str, alg: Algorithm) -> Option<String> {
     (user == "alice").then(|| ha1(alg, "alice", REALM, "wonderland"))
-}
-
-/// The first value of parameter `name` in a challenge (quoted or not).
-fn param(challenge: &str, name: &str) -> Option<String> {
-    for part in challenge.trim_start_matches("Digest ").split(", ") {
-        let (n, v) = part.split_once('=')?;
-        if n.trim() == name {
-            return Some(v.trim().trim_matches('"').to_owned());
-        }
-    }
-    None
 }
 
 struct Answer<'a> {

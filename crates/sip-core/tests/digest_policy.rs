@@ -3,91 +3,59 @@
 //! on a registration refresh, and remembers the answer; `both`, `sha256` and `md5` are fixed.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod common;
 
-use sip_core::auth::{Algorithm, DigestPolicy, ResponseInput, ha1, response};
-use sip_core::message::{HeaderName, Message, Response, parse};
-use sip_core::proxy::{Output, Proxy, ProxyConfig, SubscriberEntry, Transport};
+use std::time::Duration;
 
-const PROXY: &str = "127.0.0.1:5060";
+use common::digest::{answer_challenge, challenge_header, param};
+use common::msg::register;
+use common::setup::{config, subscriber};
+use common::sim::{Sim, final_to};
+use sip_core::auth::{Algorithm, DigestPolicy};
+use sip_core::message::{HeaderName, Response};
+use sip_core::proxy::{ProxyConfig, Transport};
+
 const CLIENT: &str = "127.0.0.1:6000";
-const REALM: &str = "localhost";
-
-struct Sim {
-    proxy: Proxy,
-    now: Instant,
-    cseq: u32,
-}
+const PW: &str = "pw-0123456789";
 
 impl Sim {
     fn new(policy: DigestPolicy) -> Self {
-        let now = Instant::now();
-        let cfg = ProxyConfig {
+        let mut sim = Self::with_config(ProxyConfig {
             digest: policy,
-            ..ProxyConfig::new(REALM, PROXY.parse().unwrap(), [3; 32])
-        };
-        let mut proxy = Proxy::new(cfg, now);
+            ..config()
+        });
         for user in ["alice", "bob"] {
-            proxy.upsert_subscriber(SubscriberEntry {
-                user: user.into(),
-                ha1_md5: ha1(Algorithm::Md5, user, REALM, "pw-0123456789"),
-                ha1_sha256: ha1(Algorithm::Sha256, user, REALM, "pw-0123456789"),
-                ring_timeout: Duration::from_secs(30),
-                ring_delays: Vec::new(),
-            });
+            sim.proxy.upsert_subscriber(subscriber(user, Some(PW)));
         }
-        Self {
-            proxy,
-            now,
-            cseq: 0,
-        }
+        sim
     }
 
     /// Sends `msg` from CLIENT; returns the final response sent back.
     fn exchange(&mut self, msg: &str) -> Response {
-        let bytes = msg.replace('\n', "\r\n");
-        let from: SocketAddr = CLIENT.parse().unwrap();
-        self.proxy
-            .handle_receive(self.now, Transport::Udp, from, None, bytes.as_bytes());
-        let mut last = None;
-        while let Some(o) = self.proxy.poll_output() {
-            if let Output::Transmit(t) = o
-                && t.target.addr == from
-                && let Ok(Message::Response(r)) = parse(&t.payload)
-                && r.status >= 200
-            {
-                last = Some(r);
-            }
-        }
-        last.expect("a final response")
+        self.recv(CLIENT, msg);
+        final_to(&self.take(), CLIENT)
     }
 
     /// A REGISTER for alice in Call-ID `call_id` from user agent `ua`, with `auth`.
     fn register(&mut self, call_id: &str, ua: &str, auth: Option<String>) -> Response {
-        self.cseq += 1;
-        let c = self.cseq;
+        let c = self.next_n();
         let auth = auth.map_or(String::new(), |a| format!("Authorization: {a}\n"));
-        self.exchange(&format!(
-            "REGISTER sip:localhost SIP/2.0
-Via: SIP/2.0/UDP {CLIENT};branch=z9hG4bKr{c};rport
-Max-Forwards: 70
-From: <sip:alice@localhost>;tag=r{c}
-To: <sip:alice@localhost>
-Call-ID: {call_id}
-CSeq: {c} REGISTER
-User-Agent: {ua}
-Contact: <sip:alice@{CLIENT}>;expires=600
-{auth}Content-Length: 0
-
-"
+        let contact = format!("<sip:alice@{CLIENT}>;expires=600");
+        let headers = format!("User-Agent: {ua}\n{auth}");
+        self.exchange(&register(
+            Transport::Udp,
+            CLIENT,
+            c,
+            "alice",
+            call_id,
+            &contact,
+            &headers,
         ))
     }
 
     /// An INVITE from alice to bob from user agent `ua`, with `auth`.
     fn invite(&mut self, ua: &str, auth: Option<String>) -> Response {
-        self.cseq += 1;
-        let c = self.cseq;
+        let c = self.next_n();
         let auth = auth.map_or(String::new(), |a| format!("Proxy-Authorization: {a}\n"));
         self.exchange(&format!(
             "INVITE sip:bob@localhost SIP/2.0
@@ -108,49 +76,15 @@ Contact: <sip:alice@{CLIENT}>
 
 /// The `algorithm` of every challenge of a 401/407, in order.
 fn offered(resp: &Response) -> Vec<String> {
-    let name = if resp.status == 401 {
-        HeaderName::WwwAuthenticate
-    } else {
-        HeaderName::ProxyAuthenticate
-    };
     resp.headers
-        .get_all(&name)
+        .get_all(&challenge_header(resp))
         .map(|c| param(c, "algorithm").unwrap_or_default())
         .collect()
 }
 
-fn param(challenge: &str, name: &str) -> Option<String> {
-    challenge.split(", ").find_map(|p| {
-        let v = p.trim_start_matches("Digest ").strip_prefix(name)?;
-        Some(v.strip_prefix('=')?.trim_matches('"').to_owned())
-    })
-}
-
 /// Credentials for alice answering `resp`'s challenge with `alg`.
 fn answer(resp: &Response, alg: Algorithm, method: &str, uri: &str) -> String {
-    let name = if resp.status == 401 {
-        HeaderName::WwwAuthenticate
-    } else {
-        HeaderName::ProxyAuthenticate
-    };
-    let nonce = param(resp.headers.get(&name).unwrap(), "nonce").unwrap();
-    let h = ha1(alg, "alice", REALM, "pw-0123456789");
-    let r = response(
-        alg,
-        &h,
-        &ResponseInput {
-            nonce: &nonce,
-            nc: "00000001",
-            cnonce: "c1",
-            qop: "auth",
-            method,
-            uri,
-        },
-    );
-    format!(
-        "Digest username=\"alice\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"{uri}\", response=\"{r}\", algorithm={}, qop=auth, nc=00000001, cnonce=\"c1\"",
-        alg.as_str()
-    )
+    answer_challenge(resp, "alice", PW, alg, method, uri)
 }
 
 #[test]

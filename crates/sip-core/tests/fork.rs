@@ -3,166 +3,39 @@
 //! sends where (STYLE habit 3).
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod common;
 
-use sip_core::message::{HeaderName, Message, Request, Response, parse};
-use sip_core::proxy::{Binding, Output, Proxy, ProxyConfig, SubscriberEntry, Target, Transport};
+use std::time::Duration;
 
-const PROXY: &str = "127.0.0.1:5060";
-const CALLER: &str = "127.0.0.1:6000";
+use common::msg::{answer, cancel, in_call, invite};
+use common::setup::{binding, config, subscriber};
+use common::sim::{Sim, requests_to, responses_to, statuses};
+use common::{CALLER, PROXY};
+use sip_core::message::{HeaderName, Request};
+use sip_core::proxy::SubscriberEntry;
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-struct Sim {
-    proxy: Proxy,
-    now: Instant,
-    /// Everything the proxy sent: (destination, message).
-    sent: Vec<(SocketAddr, Message)>,
-}
-
-impl Sim {
-    fn new(devices: &[&str], ring_timeout: u64) -> Self {
-        let now = Instant::now();
-        let mut proxy = Proxy::new(ProxyConfig::new("localhost", addr(PROXY), [7; 32]), now);
-        proxy.upsert_subscriber(SubscriberEntry {
-            user: "alice".into(),
-            ha1_md5: String::new(),
-            ha1_sha256: String::new(),
-            ring_timeout: Duration::from_secs(ring_timeout),
-            ring_delays: vec![("6099".into(), Duration::from_secs(2))],
-        });
-        for d in devices {
-            let uri = format!("sip:alice@{d}");
-            proxy.restore_binding(
-                "alice",
-                Binding {
-                    contact: uri.clone(),
-                    uri: sip_core::message::Uri::parse(&uri).unwrap(),
-                    target: Target {
-                        transport: Transport::Udp,
-                        addr: addr(d),
-                        conn: None,
-                    },
-                    source: Target {
-                        transport: Transport::Udp,
-                        addr: addr(d),
-                        conn: None,
-                    },
-                    call_id: format!("reg-{d}"),
-                    cseq: 1,
-                    expires_at: now + Duration::from_secs(3600),
-                    q: 1000,
-                    device: None,
-                    reach: sip_core::proxy::Reach::Direct,
-                },
-                now,
-            );
-        }
-        Self {
-            proxy,
-            now,
-            sent: Vec::new(),
-        }
+/// alice (ringing `ring_timeout` seconds, a contact at port 6099 two seconds late) with a
+/// binding at each of `devices`.
+fn forking(devices: &[&str], ring_timeout: u64) -> Sim {
+    let mut sim = Sim::with_config(config());
+    let now = sim.now;
+    sim.proxy.upsert_subscriber(SubscriberEntry {
+        ring_timeout: Duration::from_secs(ring_timeout),
+        ring_delays: vec![("6099".into(), Duration::from_secs(2))],
+        ..subscriber("alice", None)
+    });
+    for d in devices {
+        let b = binding("alice", d, None, now + Duration::from_secs(3600));
+        sim.proxy.restore_binding("alice", b, now);
     }
-
-    fn recv(&mut self, from: &str, msg: &str) {
-        let bytes = msg.replace('\n', "\r\n");
-        self.proxy
-            .handle_receive(self.now, Transport::Udp, addr(from), None, bytes.as_bytes());
-        self.drain();
-    }
-
-    fn advance(&mut self, d: Duration) {
-        let end = self.now + d;
-        while let Some(t) = self.proxy.poll_timeout() {
-            if t > end {
-                break;
-            }
-            self.now = self.now.max(t);
-            self.proxy.handle_timeout(self.now);
-            self.drain();
-        }
-        self.now = end;
-    }
-
-    fn drain(&mut self) {
-        while let Some(o) = self.proxy.poll_output() {
-            if let Output::Transmit(t) = o {
-                let m = parse(&t.payload).expect("proxy output parses");
-                self.sent.push((t.target.addr, m));
-            }
-        }
-    }
-
-    /// Takes the messages sent so far.
-    fn take(&mut self) -> Vec<(SocketAddr, Message)> {
-        std::mem::take(&mut self.sent)
-    }
-}
-
-fn requests_to(sent: &[(SocketAddr, Message)], to: &str, method: &str) -> Vec<Request> {
-    sent.iter()
-        .filter(|(a, _)| *a == addr(to))
-        .filter_map(|(_, m)| match m {
-            Message::Request(r) if r.method.as_str() == method => Some(r.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn responses_to(sent: &[(SocketAddr, Message)], to: &str) -> Vec<Response> {
-    sent.iter()
-        .filter(|(a, _)| *a == addr(to))
-        .filter_map(|(_, m)| match m {
-            Message::Response(r) => Some(r.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn statuses(r: &[Response]) -> Vec<u16> {
-    r.iter().map(|r| r.status).collect()
-}
-
-fn invite(extra: &str) -> String {
-    format!(
-        "INVITE sip:alice@localhost SIP/2.0
-Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKcaller1;rport
-Max-Forwards: 70
-From: <sip:bob@example.net>;tag=bobtag
-To: <sip:alice@localhost>
-Call-ID: call-1
-CSeq: 1 INVITE
-Contact: <sip:bob@{CALLER}>
-{extra}Content-Type: application/sdp
-Content-Length: 4
-
-v=0
-"
-    )
-}
-
-/// A response from a device to the branch INVITE `req`.
-fn answer(req: &Request, status: u16, tag: &str, device: &str) -> String {
-    let mut resp = Response::to_request(req, status, "X", Some(tag));
-    for rr in req.headers.get_all(&HeaderName::RecordRoute) {
-        resp.headers.push(HeaderName::RecordRoute, rr);
-    }
-    resp.headers
-        .push(HeaderName::Contact, format!("<sip:alice@{device}>"));
-    String::from_utf8(resp.to_bytes())
-        .unwrap()
-        .replace("\r\n", "\n")
+    sim
 }
 
 const D1: &str = "127.0.0.1:6001";
 const D2: &str = "127.0.0.1:6002";
 
 fn fork_two() -> (Sim, Request, Request) {
-    let mut sim = Sim::new(&[D1, D2], 30);
+    let mut sim = forking(&[D1, D2], 30);
     sim.recv(CALLER, &invite(""));
     let sent = sim.take();
     assert_eq!(statuses(&responses_to(&sent, CALLER)), [100]);
@@ -271,16 +144,14 @@ fn busy_plus_200_gives_200_and_all_busy_gives_486() {
     // The caller ACKs the 486: the server transaction absorbs it (no forwarding).
     sim.recv(
         CALLER,
-        "ACK sip:alice@localhost SIP/2.0
-Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKcaller1;rport
-Max-Forwards: 70
-From: <sip:bob@example.net>;tag=bobtag
-To: <sip:alice@localhost>;tag=t2
-Call-ID: call-1
-CSeq: 1 ACK
-Content-Length: 0
-
-",
+        &in_call(
+            "ACK",
+            "sip:alice@localhost",
+            "caller1",
+            1,
+            "<sip:alice@localhost>;tag=t2",
+            "",
+        ),
     );
     assert!(sim.take().is_empty());
 }
@@ -299,7 +170,7 @@ fn six_xx_cancels_the_rest_and_wins() {
 
 #[test]
 fn ring_timeout_gives_480_and_cancels() {
-    let mut sim = Sim::new(&[D1, D2], 5);
+    let mut sim = forking(&[D1, D2], 5);
     sim.recv(CALLER, &invite(""));
     let sent = sim.take();
     let b1 = requests_to(&sent, D1, "INVITE").pop().unwrap();
@@ -329,19 +200,7 @@ fn caller_cancel_reaches_every_branch() {
     sim.recv(D1, &answer(&b1, 180, "t1", D1));
     sim.recv(D2, &answer(&b2, 183, "t2", D2));
     sim.take();
-    sim.recv(
-        CALLER,
-        "CANCEL sip:alice@localhost SIP/2.0
-Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKcaller1;rport
-Max-Forwards: 70
-From: <sip:bob@example.net>;tag=bobtag
-To: <sip:alice@localhost>
-Call-ID: call-1
-CSeq: 1 CANCEL
-Content-Length: 0
-
-",
-    );
+    sim.recv(CALLER, &cancel(1));
     let sent = sim.take();
     assert_eq!(
         statuses(&responses_to(&sent, CALLER)),
@@ -357,7 +216,7 @@ Content-Length: 0
 
 #[test]
 fn early_dialog_terminated_199_for_a_caller_that_supports_it() {
-    let mut sim = Sim::new(&[D1, D2], 30);
+    let mut sim = forking(&[D1, D2], 30);
     sim.recv(CALLER, &invite("Supported: 199\n"));
     let sent = sim.take();
     let b1 = requests_to(&sent, D1, "INVITE").pop().unwrap();
@@ -373,7 +232,7 @@ fn early_dialog_terminated_199_for_a_caller_that_supports_it() {
 
 #[test]
 fn winner_2xx_is_preceded_by_199_for_the_losers_early_dialogs() {
-    let mut sim = Sim::new(&[D1, D2], 30);
+    let mut sim = forking(&[D1, D2], 30);
     sim.recv(CALLER, &invite("Supported: 199\n"));
     let sent = sim.take();
     let b1 = requests_to(&sent, D1, "INVITE").pop().unwrap();
@@ -401,14 +260,14 @@ fn no_199_without_supported() {
 #[test]
 fn delayed_branch_leaves_later_and_never_if_answered_first() {
     const LATE: &str = "127.0.0.1:6099";
-    let mut sim = Sim::new(&[D1, LATE], 30);
+    let mut sim = forking(&[D1, LATE], 30);
     sim.recv(CALLER, &invite(""));
     let sent = sim.take();
     assert!(requests_to(&sent, LATE, "INVITE").is_empty());
     sim.advance(Duration::from_millis(2_000));
     assert_eq!(requests_to(&sim.take(), LATE, "INVITE").len(), 1);
 
-    let mut sim = Sim::new(&[D1, LATE], 30);
+    let mut sim = forking(&[D1, LATE], 30);
     sim.recv(CALLER, &invite(""));
     let b1 = requests_to(&sim.take(), D1, "INVITE").pop().unwrap();
     sim.recv(D1, &answer(&b1, 200, "t1", D1));
@@ -442,7 +301,7 @@ fn udp_retransmissions_and_state_is_freed() {
 
 #[test]
 fn foreign_domain_is_refused_and_unknown_user_is_480() {
-    let mut sim = Sim::new(&[D1], 30);
+    let mut sim = forking(&[D1], 30);
     sim.recv(
         CALLER,
         &invite("").replace(
@@ -451,7 +310,7 @@ fn foreign_domain_is_refused_and_unknown_user_is_480() {
         ),
     );
     assert_eq!(statuses(&responses_to(&sim.take(), CALLER)), [403]);
-    let mut sim = Sim::new(&[D1], 30);
+    let mut sim = forking(&[D1], 30);
     sim.recv(
         CALLER,
         &invite("").replace("INVITE sip:alice@localhost", "INVITE sip:nobody@localhost"),
@@ -462,7 +321,7 @@ fn foreign_domain_is_refused_and_unknown_user_is_480() {
 
 #[test]
 fn bad_requests_get_400_or_are_dropped() {
-    let mut sim = Sim::new(&[D1], 30);
+    let mut sim = forking(&[D1], 30);
     sim.recv(CALLER, &invite("").replace("CSeq: 1 INVITE", "CSeq: 1 BYE"));
     assert_eq!(statuses(&responses_to(&sim.take(), CALLER)), [400]);
     sim.recv(CALLER, "garbage\n\n");

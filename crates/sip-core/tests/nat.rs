@@ -4,91 +4,32 @@
 //! connection, STUN keep-alives are answered. Nothing here touches a socket.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod common;
 
-use sip_core::auth::{Algorithm, DigestPolicy, ResponseInput, ha1, response};
-use sip_core::message::{HeaderName, Message, Request, Response, parse};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::msg::call;
+use common::sim::{Sent, Sim, all_requests_to, requests};
+use common::{CALLER, addr, setup};
+use sip_core::auth::DigestPolicy;
+use sip_core::message::{HeaderName, Request, Response};
 use sip_core::proxy::{
-    ConnId, Event, NatConfig, Output, Proxy, ProxyConfig, Reach, SubscriberEntry, Transport,
-    parse_ranges, stun_mapped_address,
+    ConnId, Event, NatConfig, ProxyConfig, Reach, Transport, parse_ranges, stun_mapped_address,
 };
 
-const PROXY: &str = "127.0.0.1:5060";
 const NAT_PUBLIC: &str = "127.0.0.1:40000";
-const CALLER: &str = "127.0.0.1:6000";
-const REALM: &str = "localhost";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-struct Sim {
-    proxy: Proxy,
-    now: Instant,
-    sent: Vec<(SocketAddr, Transport, Option<ConnId>, Vec<u8>)>,
-    events: Vec<Event>,
-    n: u32,
-}
 
 impl Sim {
     fn new(nat: NatConfig) -> Self {
-        let now = Instant::now();
-        let cfg = ProxyConfig {
+        let mut sim = Self::with_config(ProxyConfig {
             digest: DigestPolicy::Md5,
             nat,
-            ..ProxyConfig::new(REALM, addr(PROXY), [5; 32])
-        };
-        let mut proxy = Proxy::new(cfg, now);
-        proxy.upsert_subscriber(SubscriberEntry {
-            user: "alice".into(),
-            ha1_md5: ha1(Algorithm::Md5, "alice", REALM, "alice-password"),
-            ha1_sha256: ha1(Algorithm::Sha256, "alice", REALM, "alice-password"),
-            ring_timeout: Duration::from_secs(30),
-            ring_delays: Vec::new(),
+            ..setup::config()
         });
-        Self {
-            proxy,
-            now,
-            sent: Vec::new(),
-            events: Vec::new(),
-            n: 0,
-        }
-    }
-
-    fn drain(&mut self) {
-        while let Some(o) = self.proxy.poll_output() {
-            match o {
-                Output::Transmit(t) => self.sent.push((
-                    t.target.addr,
-                    t.target.transport,
-                    t.target.conn,
-                    t.payload.to_vec(),
-                )),
-                Output::Event(e) => self.events.push(*e),
-            }
-        }
-    }
-
-    fn recv(&mut self, transport: Transport, from: &str, conn: Option<ConnId>, msg: &str) {
-        let bytes = msg.replace('\n', "\r\n");
-        self.proxy
-            .handle_receive(self.now, transport, addr(from), conn, bytes.as_bytes());
-        self.drain();
-    }
-
-    fn advance(&mut self, d: Duration) {
-        let end = self.now + d;
-        while let Some(t) = self.proxy.poll_timeout().filter(|t| *t <= end) {
-            self.now = self.now.max(t);
-            self.proxy.handle_timeout(self.now);
-            self.drain();
-        }
-        self.now = end;
-    }
-
-    fn take(&mut self) -> Vec<(SocketAddr, Transport, Option<ConnId>, Vec<u8>)> {
-        std::mem::take(&mut self.sent)
+        sim.proxy
+            .upsert_subscriber(setup::subscriber("alice", Some("alice-password")));
+        sim
     }
 
     /// Registers alice (challenge, then credentials) from `from` with Contact `contact`
@@ -101,76 +42,22 @@ impl Sim {
         contact: &str,
         extra: &str,
     ) -> Response {
-        let mut auth = String::new();
-        for _ in 0..2 {
-            self.n += 1;
-            let n = self.n;
-            let proto = if transport == Transport::Tcp {
-                "TCP"
-            } else {
-                "UDP"
-            };
-            self.recv(
-                transport,
-                from,
-                conn,
-                &format!(
-                    "REGISTER sip:localhost SIP/2.0
-Via: SIP/2.0/{proto} 192.168.1.20:5060;branch=z9hG4bKreg{n};rport
-Max-Forwards: 70
-From: <sip:alice@localhost>;tag=r{n}
-To: <sip:alice@localhost>
-Call-ID: reg-{from}
-CSeq: {n} REGISTER
-Contact: {contact}
-{extra}{auth}Expires: 600
-Content-Length: 0
-
-"
-                ),
-            );
-            let resp = self
-                .take()
-                .into_iter()
-                .filter_map(|(_, _, _, b)| match parse(&b) {
-                    Ok(Message::Response(r)) if r.status >= 200 => Some(r),
-                    _ => None,
-                })
-                .next_back()
-                .expect("a final response");
-            if resp.status != 401 {
-                return resp;
-            }
-            auth = format!("Authorization: {}\n", creds(&resp));
-        }
-        panic!("still challenged after answering");
+        self.register_as(
+            (transport, from, conn),
+            ("alice", "alice-password"),
+            "192.168.1.20:5060",
+            contact,
+            &format!("{extra}Expires: 600\n"),
+        )
     }
 
     /// An INVITE for alice from a foreign caller; returns where its branches went.
     fn invite(&mut self) -> Vec<(SocketAddr, Transport, Option<ConnId>)> {
-        self.n += 1;
-        let n = self.n;
-        self.recv(
-            Transport::Udp,
-            CALLER,
-            None,
-            &format!(
-                "INVITE sip:alice@localhost SIP/2.0
-Via: SIP/2.0/UDP {CALLER};branch=z9hG4bKinv{n};rport
-Max-Forwards: 70
-From: <sip:bob@example.net>;tag=i{n}
-To: <sip:alice@localhost>
-Call-ID: call-{n}
-CSeq: 1 INVITE
-Contact: <sip:bob@{CALLER}>
-Content-Length: 0
-
-"
-            ),
-        );
-        self.take()
+        let n = self.next_n();
+        let msg = call(n, Transport::Udp, CALLER, "sip:alice@localhost");
+        self.recv(CALLER, &msg);
+        requests(&self.take(), "INVITE")
             .into_iter()
-            .filter(|(_, _, _, b)| b.starts_with(b"INVITE "))
             .map(|(a, t, c, _)| (a, t, c))
             .collect()
     }
@@ -184,39 +71,10 @@ Content-Length: 0
     }
 }
 
-fn creds(challenge: &Response) -> String {
-    let c = challenge.headers.get(&HeaderName::WwwAuthenticate).unwrap();
-    let nonce = c
-        .split("nonce=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap();
-    let h = ha1(Algorithm::Md5, "alice", REALM, "alice-password");
-    let r = response(
-        Algorithm::Md5,
-        &h,
-        &ResponseInput {
-            nonce,
-            nc: "00000001",
-            cnonce: "c",
-            qop: "auth",
-            method: "REGISTER",
-            uri: "sip:localhost",
-        },
-    );
-    format!(
-        "Digest username=\"alice\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:localhost\", response=\"{r}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\""
-    )
-}
-
-fn options_sent(sent: &[(SocketAddr, Transport, Option<ConnId>, Vec<u8>)]) -> Vec<Request> {
-    sent.iter()
-        .filter_map(|(_, _, _, b)| match parse(b) {
-            Ok(Message::Request(r)) if r.method.as_str() == "OPTIONS" => Some(r),
-            _ => None,
-        })
+fn options_sent(sent: &[Sent]) -> Vec<Request> {
+    requests(sent, "OPTIONS")
+        .into_iter()
+        .map(|(.., r)| r)
         .collect()
 }
 
@@ -311,32 +169,18 @@ fn nated_bindings_are_pinged_and_dropped_when_silent() {
     let sent = sim.take();
     let pings = options_sent(&sent);
     assert_eq!(pings.len(), 1, "one ping per NATed binding");
-    assert!(sent.iter().all(|(a, _, _, _)| *a == addr(NAT_PUBLIC)));
+    assert!(sent.iter().all(|s| s.to == addr(NAT_PUBLIC)));
     assert_eq!(pings[0].uri.to_string(), "sip:alice@10.0.0.5:5060");
     // The device answers: alive, and it keeps being pinged.
     let mut answer = Response::to_request(&pings[0], 200, "OK", Some("ka"));
     answer.headers.push(HeaderName::Server, "device");
-    sim.proxy.handle_receive(
-        sim.now,
-        Transport::Udp,
-        addr(NAT_PUBLIC),
-        None,
-        &answer.to_bytes(),
-    );
-    sim.drain();
+    sim.recv_raw(NAT_PUBLIC, &answer.to_bytes());
     for _ in 0..5 {
         sim.advance(Duration::from_secs(25));
         let pings = options_sent(&sim.take());
         assert_eq!(pings.len(), 1);
         let answer = Response::to_request(&pings[0], 404, "Not Found", Some("ka"));
-        sim.proxy.handle_receive(
-            sim.now,
-            Transport::Udp,
-            addr(NAT_PUBLIC),
-            None,
-            &answer.to_bytes(),
-        );
-        sim.drain();
+        sim.recv_raw(NAT_PUBLIC, &answer.to_bytes());
     }
     assert_eq!(sim.bindings().len(), 2, "any answer counts");
     // Then it goes silent: three missed pings, and the fourth round drops it.
@@ -415,13 +259,11 @@ fn stun_keepalives_are_answered_with_the_mapped_address() {
     let mut sim = Sim::new(NatConfig::default());
     let mut req = vec![0x00, 0x01, 0x00, 0x00, 0x21, 0x12, 0xa4, 0x42];
     req.extend_from_slice(&[9; 12]);
-    sim.proxy
-        .handle_receive(sim.now, Transport::Udp, addr(NAT_PUBLIC), None, &req);
-    sim.drain();
+    sim.recv_raw(NAT_PUBLIC, &req);
     let sent = sim.take();
     assert_eq!(sent.len(), 1);
-    assert_eq!(sent[0].0, addr(NAT_PUBLIC));
-    assert_eq!(stun_mapped_address(&sent[0].3), Some(addr(NAT_PUBLIC)));
+    assert_eq!(sent[0].to, addr(NAT_PUBLIC));
+    assert_eq!(stun_mapped_address(&sent[0].bytes), Some(addr(NAT_PUBLIC)));
     assert_eq!(sim.proxy.stats(sim.now).parse_errors, 0);
 }
 
@@ -446,7 +288,7 @@ fn a_caller_behind_nat_gets_its_contact_fixed() {
     ] {
         sim.n += 1;
         let n = sim.n;
-        sim.recv(
+        sim.recv_over(
             Transport::Udp,
             NAT_PUBLIC,
             None,
@@ -464,14 +306,7 @@ Content-Length: 0
 "
             ),
         );
-        let fwd: Vec<Request> = sim
-            .take()
-            .into_iter()
-            .filter_map(|(a, _, _, b)| match parse(&b) {
-                Ok(Message::Request(r)) if a == addr("127.0.0.1:7001") => Some(r),
-                _ => None,
-            })
-            .collect();
+        let fwd = all_requests_to(&sim.take(), "127.0.0.1:7001");
         assert_eq!(fwd.len(), 1);
         assert_eq!(fwd[0].headers.get(&HeaderName::Contact), Some(want));
     }

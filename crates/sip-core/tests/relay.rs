@@ -3,122 +3,42 @@
 //! the attack and shows it fail; nothing here touches a socket.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+mod common;
 
-use sip_core::auth::{Algorithm, ha1};
-use sip_core::message::{Message, parse};
-use sip_core::proxy::{
-    Binding, Output, Proxy, ProxyConfig, Reach, SubscriberEntry, Target, Transport,
-};
+use std::time::Duration;
 
-const PROXY: &str = "127.0.0.1:5060";
+use common::digest::answer_challenge;
+use common::msg::register;
+use common::setup::{binding, config, subscriber};
+use common::sim::{Sent, Sim, responses_to};
+use common::{PROXY, addr};
+use sip_core::auth::Algorithm;
+use sip_core::proxy::Transport;
+
 const ATTACKER: &str = "127.0.0.1:6666";
 const VICTIM: &str = "127.0.0.1:9999";
 const DESK: &str = "127.0.0.1:7001";
 
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-struct Sim {
-    proxy: Proxy,
-    now: Instant,
-    /// Every datagram the proxy sent: (destination, bytes).
-    sent: Vec<(SocketAddr, Vec<u8>)>,
-    received_bytes: usize,
-    records: Vec<sip_core::proxy::CallRecord>,
-}
-
 impl Sim {
     /// alice (registered at DESK) and bob (nothing registered) are subscribers.
     fn new() -> Self {
-        let now = Instant::now();
-        let mut proxy = Proxy::new(ProxyConfig::new("localhost", addr(PROXY), [9; 32]), now);
+        let mut sim = Self::with_config(config());
+        let now = sim.now;
         for user in ["alice", "bob"] {
-            proxy.upsert_subscriber(SubscriberEntry {
-                user: user.into(),
-                ha1_md5: ha1(Algorithm::Md5, user, "localhost", "a-long-password"),
-                ha1_sha256: ha1(Algorithm::Sha256, user, "localhost", "a-long-password"),
-                ring_timeout: Duration::from_secs(30),
-                ring_delays: Vec::new(),
-            });
+            sim.proxy
+                .upsert_subscriber(subscriber(user, Some("a-long-password")));
         }
-        let uri = format!("sip:alice@{DESK}");
-        let t = Target {
-            transport: Transport::Udp,
-            addr: addr(DESK),
-            conn: None,
-        };
-        proxy.restore_binding(
-            "alice",
-            Binding {
-                contact: uri.clone(),
-                uri: sip_core::message::Uri::parse(&uri).unwrap(),
-                target: t,
-                source: t,
-                call_id: "reg".into(),
-                cseq: 1,
-                expires_at: now + Duration::from_secs(3600),
-                q: 1000,
-                device: None,
-                reach: Reach::Direct,
-            },
-            now,
-        );
-        Self {
-            proxy,
-            now,
-            sent: Vec::new(),
-            received_bytes: 0,
-            records: Vec::new(),
-        }
-    }
-
-    fn recv(&mut self, from: &str, msg: &str) {
-        let bytes = msg.replace('\n', "\r\n");
-        self.received_bytes += bytes.len();
-        self.proxy
-            .handle_receive(self.now, Transport::Udp, addr(from), None, bytes.as_bytes());
-        self.drain();
-    }
-
-    fn drain(&mut self) {
-        while let Some(o) = self.proxy.poll_output() {
-            match o {
-                Output::Transmit(t) => self.sent.push((t.target.addr, t.payload.to_vec())),
-                Output::Event(e) => {
-                    if let sip_core::proxy::Event::CallEnded(r) = *e {
-                        self.records.push(*r);
-                    }
-                }
-            }
-        }
-    }
-
-    fn advance(&mut self, d: Duration) {
-        let end = self.now + d;
-        while let Some(t) = self.proxy.poll_timeout().filter(|t| *t <= end) {
-            self.now = self.now.max(t);
-            self.proxy.handle_timeout(self.now);
-            self.drain();
-        }
-        self.now = end;
-    }
-
-    fn take(&mut self) -> Vec<(SocketAddr, Vec<u8>)> {
-        std::mem::take(&mut self.sent)
+        let desk = binding("alice", DESK, None, now + Duration::from_secs(3600));
+        sim.proxy.restore_binding("alice", desk, now);
+        sim
     }
 }
 
 /// The status line of every response in `sent` to `to`.
-fn answers(sent: &[(SocketAddr, Vec<u8>)], to: &str) -> Vec<(u16, String)> {
-    sent.iter()
-        .filter(|(a, _)| *a == addr(to))
-        .filter_map(|(_, b)| match parse(b) {
-            Ok(Message::Response(r)) => Some((r.status, r.reason)),
-            _ => None,
-        })
+fn answers(sent: &[Sent], to: &str) -> Vec<(u16, String)> {
+    responses_to(sent, to)
+        .into_iter()
+        .map(|r| (r.status, r.reason))
         .collect()
 }
 
@@ -192,7 +112,7 @@ fn our_route_with_its_tag_is_followed_but_never_to_ourselves() {
     let sent = sim.take();
     assert!(
         sent.iter()
-            .any(|(a, b)| *a == addr(DESK) && b.starts_with(b"OPTIONS ")),
+            .any(|s| s.to == addr(DESK) && s.bytes.starts_with(b"OPTIONS ")),
         "a request of a dialog we record-routed goes on"
     );
     // Unspecified and own addresses are never a next hop: one 404, nothing else.
@@ -273,7 +193,7 @@ Content-Length: 0
         [407],
         "no 100 Trying, no retransmission"
     );
-    let out: usize = sent.iter().map(|(_, b)| b.len()).sum();
+    let out: usize = sent.iter().map(|s| s.bytes.len()).sum();
     let ratio = out as f64 / sim.received_bytes as f64;
     assert!(
         ratio <= 3.0,
@@ -350,18 +270,15 @@ Content-Length: 0
 fn junk_registers_do_not_lock_alice_out() {
     let mut sim = Sim::new();
     let register = |n: u32, auth: &str| {
-        format!(
-            "REGISTER sip:localhost SIP/2.0
-Via: SIP/2.0/UDP {DESK};branch=z9hG4bKjr{n};rport
-Max-Forwards: 70
-From: <sip:alice@localhost>;tag=j{n}
-To: <sip:alice@localhost>
-Call-ID: junk-{n}
-CSeq: 1 REGISTER
-Contact: <sip:alice@{DESK}>
-{auth}Content-Length: 0
-
-"
+        let contact = format!("<sip:alice@{DESK}>");
+        register(
+            Transport::Udp,
+            DESK,
+            n,
+            "alice",
+            &format!("junk-{n}"),
+            &contact,
+            auth,
         )
     };
     // Spoofable junk from alice's own address: made-up nonces, 20 of them.
@@ -383,40 +300,35 @@ Contact: <sip:alice@{DESK}>
     let sent = sim.take();
     let challenge = sent
         .iter()
-        .find_map(|(_, b)| match parse(b) {
-            Ok(Message::Response(r)) if r.status == 401 => Some(r),
-            _ => None,
-        })
+        .find_map(|s| s.response().filter(|r| r.status == 401))
         .expect("a 401");
-    let www = challenge
-        .headers
-        .get(&sip_core::message::HeaderName::WwwAuthenticate)
-        .unwrap();
-    let nonce = www
-        .split("nonce=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap();
-    let h = ha1(Algorithm::Md5, "alice", "localhost", "a-long-password");
-    let r = sip_core::auth::response(
+    let digest = answer_challenge(
+        &challenge,
+        "alice",
+        "a-long-password",
         Algorithm::Md5,
-        &h,
-        &sip_core::auth::ResponseInput {
-            nonce,
-            nc: "00000001",
-            cnonce: "c",
-            qop: "auth",
-            method: "REGISTER",
-            uri: "sip:localhost",
-        },
+        "REGISTER",
+        "sip:localhost",
     );
-    let auth = format!(
-        "Authorization: Digest username=\"alice\", realm=\"localhost\", nonce=\"{nonce}\", uri=\"sip:localhost\", response=\"{r}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\"\n"
-    );
+    let auth = format!("Authorization: {digest}\n");
     sim.recv(DESK, &register(101, &auth));
     assert_eq!(answers(&sim.take(), DESK), [(200, "OK".to_owned())]);
+}
+
+/// Call `flood-{i}` from the attacker to bob.
+fn flood(i: u32) -> String {
+    format!(
+        "INVITE sip:bob@localhost SIP/2.0
+Via: SIP/2.0/UDP {ATTACKER};branch=z9hG4bKflood{i}
+Max-Forwards: 70
+From: <sip:m@example.net>;tag=f{i}
+To: <sip:bob@localhost>
+Call-ID: flood-{i}
+CSeq: 1 INVITE
+Content-Length: 0
+
+"
+    )
 }
 
 /// R30: one 40 KB INVITE writes a short record, and a flood of unanswered calls from one
@@ -446,64 +358,32 @@ Content-Length: 0
     let sent = sim.take();
     let inv = sent
         .iter()
-        .find_map(|(a, b)| match parse(b) {
-            Ok(Message::Request(r)) if *a == addr(DESK) => Some(r),
-            _ => None,
-        })
+        .find_map(|s| s.request().filter(|_| s.to == addr(DESK)))
         .unwrap_or_else(|| panic!("not forked: {:?}", answers(&sent, ATTACKER)));
     let busy = sip_core::message::Response::to_request(&inv, 486, "Busy Here", Some("d"));
-    sim.proxy
-        .handle_receive(sim.now, Transport::Udp, addr(DESK), None, &busy.to_bytes());
-    sim.drain();
-    assert_eq!(sim.records.len(), 1);
-    let r = &sim.records[0];
+    sim.recv_raw(DESK, &busy.to_bytes());
+    assert_eq!(sim.call_records().len(), 1);
+    let records = sim.call_records();
+    let r = &records[0];
     for f in [&r.call_id, &r.caller, &r.called, &r.release_cause] {
         assert!(f.len() <= sip_core::proxy::MAX_RECORD_FIELD, "{}", f.len());
     }
     assert!(r.branches.iter().all(|b| b.contact.len() <= 256));
 
     // 100 calls to bob (nothing registered) from one source, in one go.
-    sim.records.clear();
+    sim.events.clear();
     for i in 0..100 {
-        sim.recv(
-            ATTACKER,
-            &format!(
-                "INVITE sip:bob@localhost SIP/2.0
-Via: SIP/2.0/UDP {ATTACKER};branch=z9hG4bKflood{i}
-Max-Forwards: 70
-From: <sip:m@example.net>;tag=f{i}
-To: <sip:bob@localhost>
-Call-ID: flood-{i}
-CSeq: 1 INVITE
-Content-Length: 0
-
-"
-            ),
-        );
+        sim.recv(ATTACKER, &flood(i));
     }
     // The big call above took one of the source's tokens.
     let burst = sip_core::proxy::UNVERIFIED_RECORDS_BURST as usize - 1;
-    assert_eq!(sim.records.len(), burst);
+    assert_eq!(sim.call_records().len(), burst);
     assert_eq!(sim.proxy.stats(sim.now).cdrs_shed, (100 - burst) as u64);
     // The source earns records back over time (one a second).
     sim.now += Duration::from_secs(5);
-    sim.records.clear();
+    sim.events.clear();
     for i in 100..110 {
-        sim.recv(
-            ATTACKER,
-            &format!(
-                "INVITE sip:bob@localhost SIP/2.0
-Via: SIP/2.0/UDP {ATTACKER};branch=z9hG4bKflood{i}
-Max-Forwards: 70
-From: <sip:m@example.net>;tag=f{i}
-To: <sip:bob@localhost>
-Call-ID: flood-{i}
-CSeq: 1 INVITE
-Content-Length: 0
-
-"
-            ),
-        );
+        sim.recv(ATTACKER, &flood(i));
     }
-    assert_eq!(sim.records.len(), 5);
+    assert_eq!(sim.call_records().len(), 5);
 }

@@ -4,158 +4,60 @@
 //! them back over TLS, `sips:` requests stay on TLS. Nothing here touches a socket.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::SocketAddr;
+mod common;
+
 use std::time::{Duration, Instant};
 
-use sip_core::auth::{Algorithm, DigestPolicy, ResponseInput, ha1, response};
-use sip_core::message::{HeaderName, Message, Request, Response, Uri, parse};
+use common::msg::call;
+use common::sim::{Sent, Sim, requests, responses};
+use common::{CALLER, PROXY, REALM, addr, setup};
+use sip_core::auth::DigestPolicy;
+use sip_core::message::{HeaderName, Request, Response, Uri};
 use sip_core::proxy::{
-    Binding, ConnId, Event, Output, Proxy, ProxyConfig, Reach, SubscriberEntry, Target, Transport,
+    Binding, ConnId, Event, Output, Proxy, ProxyConfig, Reach, Target, Transport,
 };
 
-const PROXY: &str = "127.0.0.1:5060";
 const PROXY_TLS: &str = "127.0.0.1:5061";
 /// Where alice's TLS connection comes from (an ephemeral port) ...
 const ALICE_TLS_SRC: &str = "127.0.0.1:40001";
 /// ... and what her Contact says (her own TLS listener, which the proxy never dials).
 const ALICE_TLS_CONTACT: &str = "sip:alice@127.0.0.1:5071;transport=tls";
 const ALICE_UDP: &str = "127.0.0.1:7001";
-const CALLER: &str = "127.0.0.1:6000";
 const TLS_CALLER: &str = "127.0.0.1:40002";
-const REALM: &str = "localhost";
 const ALICE_CONN: ConnId = ConnId(7);
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
-
-type Sent = (SocketAddr, Transport, Option<ConnId>, Vec<u8>);
-
-struct Sim {
-    proxy: Proxy,
-    now: Instant,
-    sent: Vec<Sent>,
-    events: Vec<Event>,
-    n: u32,
-}
 
 impl Sim {
     fn new() -> Self {
-        let now = Instant::now();
         let mut cfg = ProxyConfig {
             digest: DigestPolicy::Md5,
-            ..ProxyConfig::new(REALM, addr(PROXY), [5; 32])
+            ..setup::config()
         };
         cfg.advertised_tls = Some(addr(PROXY_TLS));
-        let mut proxy = Proxy::new(cfg, now);
-        proxy.upsert_subscriber(SubscriberEntry {
-            user: "alice".into(),
-            ha1_md5: ha1(Algorithm::Md5, "alice", REALM, "alice-password"),
-            ha1_sha256: ha1(Algorithm::Sha256, "alice", REALM, "alice-password"),
-            ring_timeout: Duration::from_secs(30),
-            ring_delays: Vec::new(),
-        });
-        Self {
-            proxy,
-            now,
-            sent: Vec::new(),
-            events: Vec::new(),
-            n: 0,
-        }
-    }
-
-    fn drain(&mut self) {
-        while let Some(o) = self.proxy.poll_output() {
-            match o {
-                Output::Transmit(t) => self.sent.push((
-                    t.target.addr,
-                    t.target.transport,
-                    t.target.conn,
-                    t.payload.to_vec(),
-                )),
-                Output::Event(e) => self.events.push(*e),
-            }
-        }
-    }
-
-    fn recv(&mut self, transport: Transport, from: &str, conn: Option<ConnId>, msg: &str) {
-        let bytes = msg.replace('\n', "\r\n");
-        self.proxy
-            .handle_receive(self.now, transport, addr(from), conn, bytes.as_bytes());
-        self.drain();
-    }
-
-    fn take(&mut self) -> Vec<Sent> {
-        std::mem::take(&mut self.sent)
-    }
-
-    /// Registers alice (challenge, then credentials) over `transport` from `from`; returns
-    /// the final response.
-    fn register(
-        &mut self,
-        transport: Transport,
-        from: &str,
-        conn: Option<ConnId>,
-        contact: &str,
-    ) -> Response {
-        let mut auth = String::new();
-        for _ in 0..2 {
-            self.n += 1;
-            let n = self.n;
-            let proto = transport.as_str();
-            self.recv(
-                transport,
-                from,
-                conn,
-                &format!(
-                    "REGISTER sip:localhost SIP/2.0
-Via: SIP/2.0/{proto} {from};branch=z9hG4bKreg{n};rport
-Max-Forwards: 70
-From: <sip:alice@localhost>;tag=r{n}
-To: <sip:alice@localhost>
-Call-ID: reg-{from}
-CSeq: {n} REGISTER
-Contact: <{contact}>
-{auth}Expires: 600
-Content-Length: 0
-
-"
-                ),
-            );
-            let resp = self
-                .take()
-                .into_iter()
-                .filter_map(|(_, _, _, b)| match parse(&b) {
-                    Ok(Message::Response(r)) if r.status >= 200 => Some(r),
-                    _ => None,
-                })
-                .next_back()
-                .expect("a final response");
-            if resp.status != 401 {
-                return resp;
-            }
-            auth = format!("Authorization: {}\n", creds(&resp));
-        }
-        panic!("still challenged after answering");
+        let mut sim = Self::with_config(cfg);
+        sim.proxy
+            .upsert_subscriber(setup::subscriber("alice", Some("alice-password")));
+        sim
     }
 
     /// alice over TLS (connection 7) and over UDP, both registered.
     fn two_alices() -> Self {
         let mut sim = Self::new();
-        let ok = sim.register(
-            Transport::Tls,
-            ALICE_TLS_SRC,
-            Some(ALICE_CONN),
-            ALICE_TLS_CONTACT,
-        );
-        assert_eq!(ok.status, 200);
-        let ok = sim.register(
-            Transport::Udp,
-            ALICE_UDP,
-            None,
-            &format!("sip:alice@{ALICE_UDP}"),
-        );
-        assert_eq!(ok.status, 200);
+        let tls = (Transport::Tls, ALICE_TLS_SRC, Some(ALICE_CONN));
+        let udp = (Transport::Udp, ALICE_UDP, None);
+        for (at, contact) in [
+            (tls, ALICE_TLS_CONTACT.to_owned()),
+            (udp, format!("sip:alice@{ALICE_UDP}")),
+        ] {
+            let contact = format!("<{contact}>");
+            let ok = sim.register_as(
+                at,
+                ("alice", "alice-password"),
+                at.1,
+                &contact,
+                "Expires: 600\n",
+            );
+            assert_eq!(ok.status, 200);
+        }
         sim
     }
 
@@ -168,74 +70,10 @@ Content-Length: 0
         conn: Option<ConnId>,
         uri: &str,
     ) -> Vec<Sent> {
-        self.n += 1;
-        let n = self.n;
-        let proto = transport.as_str();
-        self.recv(
-            transport,
-            from,
-            conn,
-            &format!(
-                "INVITE {uri} SIP/2.0
-Via: SIP/2.0/{proto} {from};branch=z9hG4bKinv{n};rport
-Max-Forwards: 70
-From: <sip:bob@example.net>;tag=i{n}
-To: <sip:alice@localhost>
-Call-ID: call-{n}
-CSeq: 1 INVITE
-Contact: <sip:bob@{from}>
-Content-Length: 0
-
-"
-            ),
-        );
+        let n = self.next_n();
+        self.recv_over(transport, from, conn, &call(n, transport, from, uri));
         self.take()
     }
-}
-
-fn creds(challenge: &Response) -> String {
-    let c = challenge.headers.get(&HeaderName::WwwAuthenticate).unwrap();
-    let nonce = c
-        .split("nonce=\"")
-        .nth(1)
-        .unwrap()
-        .split('"')
-        .next()
-        .unwrap();
-    let h = ha1(Algorithm::Md5, "alice", REALM, "alice-password");
-    let r = response(
-        Algorithm::Md5,
-        &h,
-        &ResponseInput {
-            nonce,
-            nc: "00000001",
-            cnonce: "c",
-            qop: "auth",
-            method: "REGISTER",
-            uri: "sip:localhost",
-        },
-    );
-    format!(
-        "Digest username=\"alice\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:localhost\", response=\"{r}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"c\""
-    )
-}
-
-fn requests(sent: &[Sent], method: &str) -> Vec<(SocketAddr, Transport, Option<ConnId>, Request)> {
-    sent.iter()
-        .filter_map(|(a, t, c, b)| match parse(b) {
-            Ok(Message::Request(r)) if r.method.as_str() == method => Some((*a, *t, *c, r)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn responses(sent: &[Sent]) -> Vec<(SocketAddr, Transport, Option<ConnId>, Response)> {
-    sent.iter()
-        .filter_map(|(a, t, c, b)| match parse(b) {
-            Ok(Message::Response(r)) => Some((*a, *t, *c, r)),
-            _ => None,
-        })
-        .collect()
 }
 
 fn all(r: &Request, name: HeaderName) -> Vec<String> {
@@ -323,14 +161,12 @@ fn a_forked_call_double_record_routes_between_tls_and_udp_and_the_bye_comes_back
     }
     ok.headers
         .push(HeaderName::Contact, format!("<{ALICE_TLS_CONTACT}>"));
-    sim.proxy.handle_receive(
-        sim.now,
+    sim.recv_raw_over(
         Transport::Tls,
-        addr(ALICE_TLS_SRC),
+        ALICE_TLS_SRC,
         Some(ALICE_CONN),
         &ok.to_bytes(),
     );
-    sim.drain();
     let sent = sim.take();
     let to_caller: Vec<_> = responses(&sent)
         .into_iter()
@@ -351,7 +187,7 @@ fn a_forked_call_double_record_routes_between_tls_and_udp_and_the_bye_comes_back
 
     // The caller's BYE follows its route set (the Record-Route reversed) back to us; we
     // pop both of our entries and send it to alice over her TLS connection.
-    sim.recv(
+    sim.recv_over(
         Transport::Udp,
         CALLER,
         None,
@@ -383,7 +219,7 @@ Content-Length: 0
 
     // alice's own BYE over TLS (her route set: the Record-Route in order) reaches the
     // caller over UDP.
-    sim.recv(
+    sim.recv_over(
         Transport::Tls,
         ALICE_TLS_SRC,
         Some(ALICE_CONN),
@@ -482,7 +318,7 @@ fn sips_requests_need_tls_and_ring_only_tls_contacts() {
 fn our_tls_address_is_ours_for_loops_and_routes() {
     let mut sim = Sim::two_alices();
     // A request that already went through our TLS side: a loop.
-    sim.recv(
+    sim.recv_over(
         Transport::Udp,
         CALLER,
         None,
@@ -511,7 +347,7 @@ Content-Length: 0
     );
     // A Request-URI naming our TLS address is never a next hop.
     let tag = sim.proxy.route_tag("self-1");
-    sim.recv(
+    sim.recv_over(
         Transport::Udp,
         CALLER,
         None,

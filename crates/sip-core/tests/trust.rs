@@ -3,24 +3,21 @@
 //! alone while the desktop keeps ringing.
 #![allow(clippy::unwrap_used, missing_docs)]
 
-use std::net::SocketAddr;
+mod common;
+
+use std::ops::{Deref, DerefMut};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use sip_core::message::{HeaderName, Message, Request, Response, Uri, parse};
-use sip_core::proxy::{
-    Binding, DeviceEntry, Event, Output, Proxy, ProxyConfig, SubscriberEntry, Target, Transport,
-    TrustGate, TrustRefusal,
-};
+use common::msg::{answer_with, cancel, in_call, invite};
+use common::setup::{binding, config, device, subscriber};
+use common::sim::{Sim, requests_to, responses_to, statuses};
+use common::{CALLER, addr};
+use sip_core::message::{HeaderName, Request, Response};
+use sip_core::proxy::{DeviceEntry, Event, ProxyConfig, TrustGate, TrustRefusal};
 
-const PROXY: &str = "127.0.0.1:5060";
-const CALLER: &str = "127.0.0.1:6000";
 const DESK: &str = "127.0.0.1:6001";
 const PHONE: &str = "127.0.0.1:6002";
-
-fn addr(s: &str) -> SocketAddr {
-    s.parse().unwrap()
-}
 
 /// A gate with an obvious rule: the proof for a challenge `c:CALL:BRANCH` is `ok:CALL:BRANCH`,
 /// good once. It records what it was asked.
@@ -92,89 +89,61 @@ impl TrustGate for Shared {
     }
 }
 
-struct Sim {
-    proxy: Proxy,
-    now: Instant,
-    sent: Vec<(SocketAddr, Message)>,
-    events: Vec<Event>,
+/// The simulated proxy with alice's desktop and phone `d-1`, and the fake gate.
+struct Gated {
+    sim: Sim,
     gate: Arc<Mutex<FakeGate>>,
 }
 
-fn binding(d: &str, device: Option<&str>, now: Instant) -> Binding {
-    let uri = format!("sip:alice@{d}");
-    Binding {
-        contact: uri.clone(),
-        uri: Uri::parse(&uri).unwrap(),
-        target: Target {
-            transport: Transport::Udp,
-            addr: addr(d),
-            conn: None,
-        },
-        source: Target {
-            transport: Transport::Udp,
-            addr: addr(d),
-            conn: None,
-        },
-        call_id: format!("reg-{d}"),
-        cseq: 1,
-        expires_at: now + Duration::from_secs(3600),
-        q: 1000,
-        device: device.map(str::to_owned),
-        reach: sip_core::proxy::Reach::Direct,
+impl Deref for Gated {
+    type Target = Sim;
+    fn deref(&self) -> &Sim {
+        &self.sim
     }
 }
 
-impl Sim {
+impl DerefMut for Gated {
+    fn deref_mut(&mut self) -> &mut Sim {
+        &mut self.sim
+    }
+}
+
+/// A proxy made with `cfg` where alice has her desktop at DESK (when `desk`) and phone
+/// `phone` (bound at PHONE when `phone_sip`), behind the fake gate when `with_gate`.
+fn gated(
+    cfg: ProxyConfig,
+    phone: DeviceEntry,
+    desk: bool,
+    phone_sip: bool,
+    with_gate: bool,
+) -> Gated {
+    let mut sim = Sim::with_config(cfg);
+    let now = sim.now;
+    let until = now + Duration::from_secs(3600);
+    sim.proxy.upsert_subscriber(subscriber("alice", None));
+    sim.proxy.upsert_device(phone);
+    if desk {
+        sim.proxy
+            .restore_binding("alice", binding("alice", DESK, None, until), now);
+    }
+    if phone_sip {
+        sim.proxy
+            .restore_binding("alice", binding("alice", PHONE, Some("d-1"), until), now);
+    }
+    let gate = Arc::new(Mutex::new(FakeGate::default()));
+    if with_gate {
+        sim.proxy.set_trust_gate(Box::new(Shared(gate.clone())));
+    }
+    Gated { sim, gate }
+}
+
+impl Gated {
     fn new(service_on: bool, with_gate: bool) -> Self {
-        let now = Instant::now();
-        let mut proxy = Proxy::new(ProxyConfig::new("localhost", addr(PROXY), [7; 32]), now);
-        proxy.upsert_subscriber(SubscriberEntry {
-            user: "alice".into(),
-            ha1_md5: String::new(),
-            ha1_sha256: String::new(),
-            ring_timeout: Duration::from_secs(30),
-            ring_delays: Vec::new(),
-        });
-        proxy.upsert_device(DeviceEntry {
-            id: "d-1".into(),
-            user: "alice".into(),
-            ha1_md5: String::new(),
-            ha1_sha256: String::new(),
+        let phone = DeviceEntry {
             service_on,
-            number: None,
-        });
-        proxy.restore_binding("alice", binding(DESK, None, now), now);
-        proxy.restore_binding("alice", binding(PHONE, Some("d-1"), now), now);
-        let gate = Arc::new(Mutex::new(FakeGate::default()));
-        if with_gate {
-            proxy.set_trust_gate(Box::new(Shared(gate.clone())));
-        }
-        Self {
-            proxy,
-            now,
-            sent: Vec::new(),
-            events: Vec::new(),
-            gate,
-        }
-    }
-
-    fn recv(&mut self, from: &str, msg: &str) {
-        let bytes = msg.replace('\n', "\r\n");
-        self.proxy
-            .handle_receive(self.now, Transport::Udp, addr(from), None, bytes.as_bytes());
-        while let Some(o) = self.proxy.poll_output() {
-            match o {
-                Output::Transmit(t) => {
-                    let m = parse(&t.payload).expect("proxy output parses");
-                    self.sent.push((t.target.addr, m));
-                }
-                Output::Event(e) => self.events.push(*e),
-            }
-        }
-    }
-
-    fn take(&mut self) -> Vec<(SocketAddr, Message)> {
-        std::mem::take(&mut self.sent)
+            ..device("d-1", "alice", None)
+        };
+        gated(config(), phone, true, true, with_gate)
     }
 
     fn security_kinds(&self) -> Vec<String> {
@@ -198,44 +167,6 @@ impl Sim {
     }
 }
 
-fn requests_to(sent: &[(SocketAddr, Message)], to: &str, method: &str) -> Vec<Request> {
-    sent.iter()
-        .filter(|(a, _)| *a == addr(to))
-        .filter_map(|(_, m)| match m {
-            Message::Request(r) if r.method.as_str() == method => Some(r.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn responses_to(sent: &[(SocketAddr, Message)], to: &str) -> Vec<Response> {
-    sent.iter()
-        .filter(|(a, _)| *a == addr(to))
-        .filter_map(|(_, m)| match m {
-            Message::Response(r) => Some(r.clone()),
-            _ => None,
-        })
-        .collect()
-}
-
-fn statuses(r: &[Response]) -> Vec<u16> {
-    r.iter().map(|r| r.status).collect()
-}
-
-const INVITE: &str = "INVITE sip:alice@localhost SIP/2.0
-Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKcaller1;rport
-Max-Forwards: 70
-From: <sip:bob@example.net>;tag=bobtag
-To: <sip:alice@localhost>
-Call-ID: call-1
-CSeq: 1 INVITE
-Contact: <sip:bob@127.0.0.1:6000>
-Content-Type: application/sdp
-Content-Length: 4
-
-v=0
-";
-
 fn challenge_of(r: &Request) -> Option<String> {
     r.headers
         .get(&HeaderName::Other("trust-challenge".into()))
@@ -244,24 +175,15 @@ fn challenge_of(r: &Request) -> Option<String> {
 
 /// The phone's (or desktop's) response to its branch INVITE, with an optional proof.
 fn answer(req: &Request, status: u16, tag: &str, dev: &str, proof: Option<&str>) -> String {
-    let mut resp = Response::to_request(req, status, "X", Some(tag));
-    for rr in req.headers.get_all(&HeaderName::RecordRoute) {
-        resp.headers.push(HeaderName::RecordRoute, rr);
-    }
-    resp.headers
-        .push(HeaderName::Contact, format!("<sip:alice@{dev}>"));
-    if let Some(p) = proof {
-        resp.headers
-            .push(HeaderName::Other("Trust-Proof".into()), p);
-    }
-    if status == 183 || status == 200 {
-        resp.headers
-            .push(HeaderName::ContentType, "application/sdp");
-        resp.body = bytes::Bytes::from_static(b"v=0\r\n");
-    }
-    String::from_utf8(resp.to_bytes())
-        .unwrap()
-        .replace("\r\n", "\n")
+    let proof: Vec<_> = proof.map(|p| ("Trust-Proof", p)).into_iter().collect();
+    answer_with(
+        req,
+        status,
+        tag,
+        dev,
+        &proof,
+        status == 183 || status == 200,
+    )
 }
 
 fn good_proof(req: &Request) -> String {
@@ -272,9 +194,9 @@ fn good_proof(req: &Request) -> String {
     )
 }
 
-fn fork() -> (Sim, Request, Request) {
-    let mut sim = Sim::new(true, true);
-    sim.recv(CALLER, INVITE);
+fn fork() -> (Gated, Request, Request) {
+    let mut sim = Gated::new(true, true);
+    sim.recv(CALLER, &invite(""));
     let sent = sim.take();
     let desk = requests_to(&sent, DESK, "INVITE")
         .pop()
@@ -418,8 +340,8 @@ fn unproven_180_is_relayed_without_body_and_replayed_proof_fails() {
 
 #[test]
 fn service_off_rings_only_the_desktop() {
-    let mut sim = Sim::new(false, true);
-    sim.recv(CALLER, INVITE);
+    let mut sim = Gated::new(false, true);
+    sim.recv(CALLER, &invite(""));
     let sent = sim.take();
     assert_eq!(requests_to(&sent, DESK, "INVITE").len(), 1);
     assert!(requests_to(&sent, PHONE, "INVITE").is_empty());
@@ -428,16 +350,16 @@ fn service_off_rings_only_the_desktop() {
 
 #[test]
 fn locked_out_or_ungated_phone_is_not_rung() {
-    let mut sim = Sim::new(true, true);
+    let mut sim = Gated::new(true, true);
     sim.gate.lock().unwrap().locked = true;
-    sim.recv(CALLER, INVITE);
+    sim.recv(CALLER, &invite(""));
     let sent = sim.take();
     assert_eq!(requests_to(&sent, DESK, "INVITE").len(), 1);
     assert!(requests_to(&sent, PHONE, "INVITE").is_empty());
     assert_eq!(sim.security_kinds(), ["locked-out"]);
 
-    let mut sim = Sim::new(true, false);
-    sim.recv(CALLER, INVITE);
+    let mut sim = Gated::new(true, false);
+    sim.recv(CALLER, &invite(""));
     let sent = sim.take();
     assert_eq!(requests_to(&sent, DESK, "INVITE").len(), 1);
     assert!(requests_to(&sent, PHONE, "INVITE").is_empty());
@@ -445,18 +367,14 @@ fn locked_out_or_ungated_phone_is_not_rung() {
 
 #[test]
 fn revoked_device_loses_its_bindings_at_once() {
-    let mut sim = Sim::new(true, true);
+    let mut sim = Gated::new(true, true);
     sim.proxy.remove_device("d-1");
-    while let Some(o) = sim.proxy.poll_output() {
-        if let Output::Event(e) = o {
-            sim.events.push(*e);
-        }
-    }
+    sim.drain();
     assert!(sim.events.iter().any(|e| matches!(
         e,
         Event::BindingRemoved { user, contact } if user == "alice" && contact.contains("6002")
     )));
-    sim.recv(CALLER, INVITE);
+    sim.recv(CALLER, &invite(""));
     let sent = sim.take();
     assert_eq!(requests_to(&sent, DESK, "INVITE").len(), 1);
     assert!(requests_to(&sent, PHONE, "INVITE").is_empty());
@@ -473,34 +391,22 @@ fn phone_busy_forgets_the_challenge() {
 
 mod device_registration {
     use super::*;
-    use sip_core::auth::{Algorithm, ResponseInput, ha1, response};
+    use common::digest::answer_challenge;
+    use sip_core::auth::Algorithm;
 
-    const REALM: &str = "localhost";
-
-    fn sim_with_devices() -> Sim {
-        let mut sim = Sim::new(true, true);
-        sim.proxy.upsert_subscriber(SubscriberEntry {
-            user: "bob".into(),
-            ha1_md5: ha1(Algorithm::Md5, "bob", REALM, "bobpw"),
-            ha1_sha256: ha1(Algorithm::Sha256, "bob", REALM, "bobpw"),
-            ring_timeout: Duration::from_secs(30),
-            ring_delays: Vec::new(),
-        });
-        sim.proxy.upsert_device(DeviceEntry {
-            id: "d-9".into(),
-            user: "alice".into(),
-            ha1_md5: ha1(Algorithm::Md5, "~d-9", REALM, "devpw"),
-            ha1_sha256: ha1(Algorithm::Sha256, "~d-9", REALM, "devpw"),
-            service_on: true,
-            number: None,
-        });
+    fn sim_with_devices() -> Gated {
+        let mut sim = Gated::new(true, true);
+        sim.proxy
+            .upsert_subscriber(subscriber("bob", Some("bobpw")));
+        sim.proxy
+            .upsert_device(device("d-9", "alice", Some("devpw")));
         sim
     }
 
     /// Sends a REGISTER for `to_user` from `src` authenticated as `auth_user`; returns the
     /// final status.
     fn register(
-        sim: &mut Sim,
+        sim: &mut Gated,
         src: &str,
         to_user: &str,
         auth_user: &str,
@@ -526,35 +432,15 @@ Contact: {contact}
         sim.recv(src, &base("", cseq));
         let resp = responses_to(&sim.take(), src).pop().unwrap();
         assert_eq!(resp.status, 401);
-        let chal = resp
-            .headers
-            .get_all(&HeaderName::WwwAuthenticate)
-            .find(|c| c.contains("MD5"))
-            .unwrap()
-            .to_owned();
-        let nonce = chal
-            .split("nonce=\"")
-            .nth(1)
-            .unwrap()
-            .split('"')
-            .next()
-            .unwrap();
-        let h1 = ha1(Algorithm::Md5, auth_user, REALM, pw);
-        let digest = response(
+        let digest = answer_challenge(
+            &resp,
+            auth_user,
+            pw,
             Algorithm::Md5,
-            &h1,
-            &ResponseInput {
-                nonce,
-                nc: "00000001",
-                cnonce: "abc",
-                qop: "auth",
-                method: "REGISTER",
-                uri: "sip:localhost",
-            },
+            "REGISTER",
+            "sip:localhost",
         );
-        let auth = format!(
-            "Authorization: Digest username=\"{auth_user}\", realm=\"{REALM}\", nonce=\"{nonce}\", uri=\"sip:localhost\", response=\"{digest}\", algorithm=MD5, qop=auth, nc=00000001, cnonce=\"abc\"\n"
-        );
+        let auth = format!("Authorization: {digest}\n");
         sim.recv(src, &base(&auth, cseq + 1));
         responses_to(&sim.take(), src).pop().unwrap().status
     }
@@ -589,13 +475,8 @@ Contact: {contact}
             403
         );
         // Nor can the desktop credentials take over the phone's contact.
-        sim.proxy.upsert_subscriber(SubscriberEntry {
-            user: "alice".into(),
-            ha1_md5: ha1(Algorithm::Md5, "alice", REALM, "alicepw"),
-            ha1_sha256: ha1(Algorithm::Sha256, "alice", REALM, "alicepw"),
-            ring_timeout: Duration::from_secs(30),
-            ring_delays: Vec::new(),
-        });
+        sim.proxy
+            .upsert_subscriber(subscriber("alice", Some("alicepw")));
         assert_eq!(
             register(&mut sim, src, "alice", "alice", "alicepw", contact, 10),
             403
@@ -650,16 +531,6 @@ mod call_records {
     use super::*;
     use sip_core::proxy::{BranchOutcome, CallRecord, Released};
 
-    fn ended(sim: &Sim) -> Vec<CallRecord> {
-        sim.events
-            .iter()
-            .filter_map(|e| match e {
-                Event::CallEnded(r) => Some((**r).clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
     fn outcomes(r: &CallRecord) -> Vec<(bool, Option<BranchOutcome>)> {
         r.branches
             .iter()
@@ -671,19 +542,8 @@ mod call_records {
         let to = answer.headers.get(&HeaderName::To).unwrap();
         // The route set is the answer's Record-Route (RFC 3261 §12.1.2).
         let route = answer.headers.get(&HeaderName::RecordRoute).unwrap();
-        format!(
-            "BYE sip:alice@127.0.0.1:6002 SIP/2.0
-Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKbye1;rport
-Max-Forwards: 70
-Route: {route}
-From: <sip:bob@example.net>;tag=bobtag
-To: {to}
-Call-ID: call-1
-CSeq: 2 BYE
-Content-Length: 0
-
-"
-        )
+        let route = format!("Route: {route}\n");
+        in_call("BYE", "sip:alice@127.0.0.1:6002", "bye1", 2, to, &route)
     }
 
     #[test]
@@ -695,10 +555,13 @@ Content-Length: 0
             &answer(&phone, 200, "tp", PHONE, Some(&good_proof(&phone))),
         );
         let ok = responses_to(&sim.take(), CALLER).pop().unwrap();
-        assert!(ended(&sim).is_empty(), "no record while the call is up");
+        assert!(
+            sim.call_records().is_empty(),
+            "no record while the call is up"
+        );
         assert_eq!(sim.proxy.active_calls(), 1);
         sim.recv(CALLER, &bye_from_caller(&ok));
-        let r = ended(&sim);
+        let r = sim.call_records();
         assert_eq!(r.len(), 1);
         let r = &r[0];
         assert_eq!((r.call_id.as_str(), r.called.as_str()), ("call-1", "alice"));
@@ -727,7 +590,7 @@ Content-Length: 0
         let (mut sim, desk, phone) = fork();
         sim.recv(PHONE, &answer(&phone, 200, "tp", PHONE, None));
         sim.recv(DESK, &answer(&desk, 486, "td", DESK, None));
-        let r = ended(&sim);
+        let r = sim.call_records();
         assert_eq!(r.len(), 1, "{r:?}");
         let r = &r[0];
         assert_eq!(r.final_status, 486);
@@ -747,31 +610,11 @@ Content-Length: 0
     #[test]
     fn a_call_nobody_can_take_still_gets_a_record() {
         // Only the phone is registered, and it is locked out: nothing rings.
-        let mut sim = Sim::new(true, true);
-        let now = sim.now;
-        let mut proxy = Proxy::new(ProxyConfig::new("localhost", addr(PROXY), [7; 32]), now);
-        proxy.upsert_subscriber(SubscriberEntry {
-            user: "alice".into(),
-            ha1_md5: String::new(),
-            ha1_sha256: String::new(),
-            ring_timeout: Duration::from_secs(30),
-            ring_delays: Vec::new(),
-        });
-        proxy.upsert_device(DeviceEntry {
-            id: "d-1".into(),
-            user: "alice".into(),
-            ha1_md5: String::new(),
-            ha1_sha256: String::new(),
-            service_on: true,
-            number: None,
-        });
-        proxy.restore_binding("alice", binding(PHONE, Some("d-1"), now), now);
-        proxy.set_trust_gate(Box::new(Shared(sim.gate.clone())));
-        sim.proxy = proxy;
+        let mut sim = gated(config(), device("d-1", "alice", None), false, true, true);
         sim.gate.lock().unwrap().locked = true;
-        sim.recv(CALLER, INVITE);
+        sim.recv(CALLER, &invite(""));
         assert_eq!(statuses(&responses_to(&sim.take(), CALLER)), [100, 480]);
-        let r = ended(&sim);
+        let r = sim.call_records();
         assert_eq!(r.len(), 1, "{r:?}");
         assert!(r[0].branches.is_empty());
         assert_eq!(r[0].final_status, 480);
@@ -782,22 +625,10 @@ Content-Length: 0
     fn caller_cancel_is_released_by_the_caller() {
         let (mut sim, desk, phone) = fork();
         sim.recv(DESK, &answer(&desk, 180, "td", DESK, None));
-        sim.recv(
-            CALLER,
-            "CANCEL sip:alice@localhost SIP/2.0
-Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKcaller1;rport
-Max-Forwards: 70
-From: <sip:bob@example.net>;tag=bobtag
-To: <sip:alice@localhost>
-Call-ID: call-1
-CSeq: 1 CANCEL
-Content-Length: 0
-
-",
-        );
+        sim.recv(CALLER, &cancel(1));
         sim.recv(DESK, &answer(&desk, 487, "td", DESK, None));
         sim.recv(PHONE, &answer(&phone, 487, "tp", PHONE, None));
-        let r = ended(&sim);
+        let r = sim.call_records();
         assert_eq!(r.len(), 1, "{r:?}");
         assert_eq!(r[0].released_by, Released::Caller);
         assert_eq!(r[0].release_cause, "CANCEL");
@@ -814,60 +645,30 @@ Content-Length: 0
 /// challenge and a trunk MAC; a voicemail answer (no proof) counts as no answer.
 mod pstn_legs {
     use super::*;
-    use sip_core::proxy::{BranchOutcome, CallRecord, LegType, Trunk, verify_trunk_auth};
+    use sip_core::proxy::{BranchOutcome, LegType, Trunk, verify_trunk_auth};
 
     const GATEWAY: &str = "127.0.0.1:5070";
     const SECRET: &[u8] = b"trunk secret, 16+ bytes";
 
     /// Alice's desktop is registered; her phone has a number and (unless `phone_sip`) no
     /// SIP binding of its own.
-    fn sim(phone_sip: bool) -> Sim {
-        let mut sim = Sim::new(true, true);
-        let now = sim.now;
-        let mut cfg = ProxyConfig::new("localhost", addr(PROXY), [7; 32]);
+    fn sim(phone_sip: bool) -> Gated {
+        let mut cfg = config();
         cfg.trunk = Some(Trunk {
             addr: addr(GATEWAY),
             secret: SECRET.to_vec(),
         });
-        let mut proxy = Proxy::new(cfg, now);
-        proxy.upsert_subscriber(SubscriberEntry {
-            user: "alice".into(),
-            ha1_md5: String::new(),
-            ha1_sha256: String::new(),
-            ring_timeout: Duration::from_secs(30),
-            ring_delays: Vec::new(),
-        });
-        proxy.upsert_device(DeviceEntry {
-            id: "d-1".into(),
-            user: "alice".into(),
-            ha1_md5: String::new(),
-            ha1_sha256: String::new(),
-            service_on: true,
+        let phone = DeviceEntry {
             number: Some("+15550001".into()),
-        });
-        proxy.restore_binding("alice", binding(DESK, None, now), now);
-        if phone_sip {
-            proxy.restore_binding("alice", binding(PHONE, Some("d-1"), now), now);
-        }
-        proxy.set_trust_gate(Box::new(Shared(sim.gate.clone())));
-        sim.proxy = proxy;
-        sim
-    }
-
-    fn ended(sim: &Sim) -> Vec<CallRecord> {
-        sim.events
-            .iter()
-            .filter_map(|e| match e {
-                Event::CallEnded(r) => Some((**r).clone()),
-                _ => None,
-            })
-            .collect()
+            ..device("d-1", "alice", None)
+        };
+        gated(cfg, phone, true, phone_sip, true)
     }
 
     #[test]
     fn phone_without_sip_binding_rings_through_the_gateway_with_a_trunk_mac() {
         let mut sim = sim(false);
-        sim.recv(CALLER, INVITE);
+        sim.recv(CALLER, &invite(""));
         let sent = sim.take();
         assert_eq!(requests_to(&sent, DESK, "INVITE").len(), 1);
         let gw = requests_to(&sent, GATEWAY, "INVITE")
@@ -904,7 +705,7 @@ mod pstn_legs {
     #[test]
     fn phone_with_its_own_sip_binding_is_not_rung_twice() {
         let mut sim = sim(true);
-        sim.recv(CALLER, INVITE);
+        sim.recv(CALLER, &invite(""));
         let sent = sim.take();
         assert_eq!(requests_to(&sent, PHONE, "INVITE").len(), 1);
         assert!(requests_to(&sent, GATEWAY, "INVITE").is_empty());
@@ -919,7 +720,7 @@ mod pstn_legs {
     #[test]
     fn voicemail_answer_without_proof_does_not_take_the_call() {
         let mut sim = sim(false);
-        sim.recv(CALLER, INVITE);
+        sim.recv(CALLER, &invite(""));
         let sent = sim.take();
         let desk = requests_to(&sent, DESK, "INVITE").pop().unwrap();
         let gw = requests_to(&sent, GATEWAY, "INVITE").pop().unwrap();
@@ -959,21 +760,16 @@ mod pstn_legs {
         let tag = sim.proxy.route_tag("call-1");
         sim.recv(
             CALLER,
-            &format!(
-                "BYE sip:alice@{DESK} SIP/2.0
-Via: SIP/2.0/UDP 127.0.0.1:6000;branch=z9hG4bKbye1;rport
-Max-Forwards: 70
-Route: <sip:127.0.0.1:5060;lr;rr={tag}>
-From: <sip:bob@example.net>;tag=bobtag
-To: <sip:alice@localhost>;tag=td
-Call-ID: call-1
-CSeq: 2 BYE
-Content-Length: 0
-
-"
+            &in_call(
+                "BYE",
+                &format!("sip:alice@{DESK}"),
+                "bye1",
+                2,
+                "<sip:alice@localhost>;tag=td",
+                &format!("Route: <sip:127.0.0.1:5060;lr;rr={tag}>\n"),
             ),
         );
-        let r = ended(&sim);
+        let r = sim.call_records();
         assert_eq!(r.len(), 1, "{r:?}");
         let legs: Vec<_> = r[0].branches.iter().map(|b| (b.leg, b.outcome)).collect();
         assert!(
@@ -989,7 +785,7 @@ Content-Length: 0
     #[test]
     fn wrong_proof_through_the_gateway_is_still_a_trust_failure() {
         let mut sim = sim(false);
-        sim.recv(CALLER, INVITE);
+        sim.recv(CALLER, &invite(""));
         let gw = requests_to(&sim.take(), GATEWAY, "INVITE").pop().unwrap();
         sim.recv(GATEWAY, &answer(&gw, 200, "x", GATEWAY, Some("ok:forged")));
         assert_eq!(sim.security_kinds(), ["wrong-proof"]);
@@ -998,7 +794,7 @@ Content-Length: 0
     #[test]
     fn desktop_answer_cancels_the_gateway_leg_with_the_reason() {
         let mut sim = sim(false);
-        sim.recv(CALLER, INVITE);
+        sim.recv(CALLER, &invite(""));
         let sent = sim.take();
         let desk = requests_to(&sent, DESK, "INVITE").pop().unwrap();
         let gw = requests_to(&sent, GATEWAY, "INVITE").pop().unwrap();

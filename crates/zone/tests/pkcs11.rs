@@ -1,26 +1,19 @@
-//! The PKCS#11 zone against SoftHSM2 (SPEC R6–R8, R14; SECURITY.md §2 and threat 6).
-//!
-//! SoftHSM2 reads `SOFTHSM2_CONF` once, when the module is initialised, and PKCS#11 state
-//! (initialisation, login) is per process. So every test runs its body in a child process:
-//! the parent (the normal `cargo test` thread) makes a fresh directory with its own
-//! `softhsm2.conf` and token directory, initialises the tokens the test needs with
-//! `softhsm2-util --init-token --free --label L --so-pin 12345678 --pin 1234`, then re-runs
-//! this test binary with `--exact <test>` and `SOFTHSM2_CONF` set for that child only.
-//! Tests therefore run in parallel without sharing any token or environment.
-//!
-//! `softhsm2-util` and the module (`/usr/lib/softhsm/libsofthsm2.so`, override with
-//! `TRUSTRING_PKCS11_MODULE`) are required: without them these tests fail, they never skip.
+//! The PKCS#11 zone against SoftHSM2 (SPEC R6–R8, R14; SECURITY.md §2 and threat 6). Every
+//! test body runs in a child process with its own SoftHSM2 tokens (`common::softhsm`).
+
+#[macro_use]
+mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use cryptoki::error::{Error as CkError, RvError};
 use cryptoki::mechanism::Mechanism;
-use cryptoki::object::{Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass};
+use cryptoki::object::{
+    Attribute, AttributeInfo, AttributeType, KeyType, ObjectClass, ObjectHandle,
+};
 use cryptoki::session::Session;
 use trustring_zone::pkcs11::{
-    IDENTIFIER_LABEL, LICENSE_KEY_LABEL, Pkcs11Zone, SOFTHSM2_MODULE, ZONE_KEY_LABEL,
-    module_context,
+    IDENTIFIER_LABEL, LICENSE_KEY_LABEL, Pkcs11Zone, ZONE_KEY_LABEL, module_context,
 };
 use trustring_zone::proof::{self, PROOF_LABEL};
 use trustring_zone::seal::{SealError, seal_for_zone};
@@ -29,116 +22,7 @@ use trustring_zone::{
     ServerSigningKey, TrustedZone, ZoneError, ZonePublicKey,
 };
 
-type TestResult = Result<(), Box<dyn std::error::Error>>;
-
-const CHILD_ENV: &str = "TRUSTRING_PKCS11_TEST_CHILD";
-const DIR_ENV: &str = "TRUSTRING_PKCS11_TEST_DIR";
-const MODULE_ENV: &str = "TRUSTRING_PKCS11_MODULE";
-const SO_PIN: &str = "12345678";
-const PIN: &str = "1234";
-const TOKEN_A: &str = "zone-a";
-const TOKEN_B: &str = "zone-b";
-
-// ---------------------------------------------------------------------------------------
-// Harness: one SoftHSM2 configuration and token directory per test, body in a child process.
-
-/// What a test body gets: its private directory (tokens live in `dir/tokens`).
-struct Env {
-    dir: PathBuf,
-}
-
-impl Env {
-    fn state_dir(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-}
-
-fn module() -> PathBuf {
-    std::env::var_os(MODULE_ENV).map_or_else(|| PathBuf::from(SOFTHSM2_MODULE), PathBuf::from)
-}
-
-/// Runs `body` in a child process with its own SoftHSM2 config and the given tokens.
-fn isolated(name: &str, tokens: &[&str], body: fn(&Env) -> TestResult) {
-    if let Some(child) = std::env::var_os(CHILD_ENV) {
-        if child == name {
-            let dir = std::env::var_os(DIR_ENV).map(PathBuf::from);
-            let dir = dir.expect("child started without its test directory");
-            if let Err(e) = body(&Env { dir }) {
-                panic!("{name}: {e}");
-            }
-        }
-        return;
-    }
-
-    let module = module();
-    assert!(
-        module.exists(),
-        "PKCS#11 module {} not found: install SoftHSM2 (apt-get install softhsm2) or set {MODULE_ENV}",
-        module.display()
-    );
-    let tmp = tempfile::tempdir().expect("temporary directory");
-    let tokens_dir = tmp.path().join("tokens");
-    std::fs::create_dir(&tokens_dir).expect("token directory");
-    let conf = tmp.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\nslots.removable = false\n",
-            tokens_dir.display()
-        ),
-    )
-    .expect("softhsm2.conf");
-    for label in tokens {
-        init_token(&conf, label);
-    }
-
-    let exe = std::env::current_exe().expect("test binary path");
-    let out = Command::new(exe)
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, name)
-        .env(DIR_ENV, tmp.path())
-        .env("SOFTHSM2_CONF", &conf)
-        .output()
-        .expect("running the test body in a child process");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success() && stdout.contains("1 passed"),
-        "{name} failed in its child process ({})\n--- stdout\n{stdout}\n--- stderr\n{stderr}",
-        out.status
-    );
-}
-
-fn init_token(conf: &Path, label: &str) {
-    let out = Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", label])
-        .args(["--so-pin", SO_PIN, "--pin", PIN])
-        .env("SOFTHSM2_CONF", conf)
-        .output();
-    let out = match out {
-        Ok(out) => out,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!(
-            "softhsm2-util not found: the PKCS#11 zone tests need SoftHSM2 (apt-get install softhsm2)"
-        ),
-        Err(e) => panic!("running softhsm2-util: {e}"),
-    };
-    assert!(
-        out.status.success(),
-        "softhsm2-util --init-token {label} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-macro_rules! token_test {
-    ($(#[$meta:meta])* $name:ident, $tokens:expr, $body:expr) => {
-        $(#[$meta])*
-        #[test]
-        fn $name() {
-            isolated(stringify!($name), $tokens, $body);
-        }
-    };
-}
+use common::softhsm::{Env, PIN, TOKEN_A, TOKEN_B, TestResult, module};
 
 // ---------------------------------------------------------------------------------------
 // Server side helpers.
@@ -224,7 +108,7 @@ fn inspect(token: &str) -> Result<Session, Box<dyn std::error::Error>> {
 
 fn bools(
     session: &Session,
-    object: cryptoki::object::ObjectHandle,
+    object: ObjectHandle,
     types: &[AttributeType],
 ) -> Result<Vec<(AttributeType, bool)>, Box<dyn std::error::Error>> {
     let mut out = Vec::new();
@@ -250,11 +134,47 @@ fn bools(
     Ok(out)
 }
 
+/// The one object of `class` labelled `label` on the token.
+fn the_object(
+    session: &Session,
+    class: ObjectClass,
+    label: &str,
+) -> Result<ObjectHandle, Box<dyn std::error::Error>> {
+    let found = session.find_objects(&[
+        Attribute::Class(class),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        _ => Err(format!("{} {label} objects", found.len()).into()),
+    }
+}
+
+/// Asserts that `object`'s value is sensitive, the boolean attributes `on` are true and
+/// `off` false.
+fn assert_locked_down(
+    session: &Session,
+    object: ObjectHandle,
+    on: &[AttributeType],
+    off: &[AttributeType],
+) -> TestResult {
+    assert!(
+        value_is_sensitive(session, object)?,
+        "CKA_VALUE is sensitive"
+    );
+    let expected: Vec<(AttributeType, bool)> = (on.iter().map(|t| (*t, true)))
+        .chain(off.iter().map(|t| (*t, false)))
+        .collect();
+    let types: Vec<AttributeType> = expected.iter().map(|(t, _)| *t).collect();
+    assert_eq!(bools(session, object, &types)?, expected);
+    Ok(())
+}
+
 /// `get_attribute_info(CKA_VALUE)` says Sensitive (cryptoki's `get_attributes` would just
 /// return nothing).
 fn value_is_sensitive(
     session: &Session,
-    object: cryptoki::object::ObjectHandle,
+    object: ObjectHandle,
 ) -> Result<bool, Box<dyn std::error::Error>> {
     let info = session.get_attribute_info(object, &[AttributeType::Value])?;
     Ok(matches!(info.as_slice(), [AttributeInfo::Sensitive]))
@@ -362,53 +282,22 @@ token_test!(
     installed_secrets_cannot_leave_the_token,
     &[TOKEN_A],
     |env| {
+        use AttributeType::{
+            AlwaysSensitive, Decrypt, Derive, Encrypt, Extractable, NeverExtractable, Private,
+            Sensitive, Sign, Token, Unwrap, Verify, Wrap,
+        };
         let server = Server::new();
         let zone = enrolled(env, TOKEN_A, &server, "dev-1")?;
         let session = inspect(TOKEN_A)?;
 
-        let licenses = session.find_objects(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(LICENSE_KEY_LABEL.as_bytes().to_vec()),
-        ])?;
-        let [license] = licenses.as_slice() else {
-            return Err(format!("{} license key objects", licenses.len()).into());
-        };
-        let license = *license;
-        assert!(value_is_sensitive(&session, license)?, "CKA_VALUE is sensitive");
+        let license = the_object(&session, ObjectClass::SECRET_KEY, LICENSE_KEY_LABEL)?;
         assert!(session.get_attributes(license, &[AttributeType::Value])?.is_empty());
-        let flags = bools(
+        assert_locked_down(
             &session,
             license,
-            &[
-                AttributeType::Token,
-                AttributeType::Private,
-                AttributeType::Sensitive,
-                AttributeType::Extractable,
-                AttributeType::Sign,
-                AttributeType::Verify,
-                AttributeType::Encrypt,
-                AttributeType::Decrypt,
-                AttributeType::Wrap,
-                AttributeType::Unwrap,
-                AttributeType::Derive,
-            ],
+            &[Token, Private, Sensitive, Sign, Verify],
+            &[Extractable, Encrypt, Decrypt, Wrap, Unwrap, Derive],
         )?;
-        assert_eq!(
-            flags,
-            vec![
-                (AttributeType::Token, true),
-                (AttributeType::Private, true),
-                (AttributeType::Sensitive, true),
-                (AttributeType::Extractable, false),
-                (AttributeType::Sign, true),
-                (AttributeType::Verify, true),
-                (AttributeType::Encrypt, false),
-                (AttributeType::Decrypt, false),
-                (AttributeType::Wrap, false),
-                (AttributeType::Unwrap, false),
-                (AttributeType::Derive, false),
-            ]
-        );
         let key_type = session.get_attributes(license, &[AttributeType::KeyType])?;
         assert_eq!(key_type, vec![Attribute::KeyType(KeyType::GENERIC_SECRET)]);
 
@@ -432,74 +321,25 @@ token_test!(
         // Nor can it encrypt (no use as a decryption oracle either).
         assert!(session.encrypt(&Mechanism::AesEcb, license, &[0; 16]).is_err());
 
-        let identifiers = session.find_objects(&[
-            Attribute::Class(ObjectClass::SECRET_KEY),
-            Attribute::Label(IDENTIFIER_LABEL.as_bytes().to_vec()),
-        ])?;
-        let [identifier] = identifiers.as_slice() else {
-            return Err(format!("{} identifier objects", identifiers.len()).into());
-        };
-        assert!(value_is_sensitive(&session, *identifier)?, "CKA_VALUE is sensitive");
-        let flags = bools(
+        // The identifier object allows nothing.
+        let identifier = the_object(&session, ObjectClass::SECRET_KEY, IDENTIFIER_LABEL)?;
+        assert_locked_down(
             &session,
-            *identifier,
-            &[
-                AttributeType::Sensitive,
-                AttributeType::Extractable,
-                AttributeType::Sign,
-                AttributeType::Verify,
-                AttributeType::Encrypt,
-                AttributeType::Decrypt,
-                AttributeType::Wrap,
-                AttributeType::Unwrap,
-                AttributeType::Derive,
-            ],
+            identifier,
+            &[Sensitive],
+            &[Extractable, Sign, Verify, Encrypt, Decrypt, Wrap, Unwrap, Derive],
         )?;
-        assert!(
-            flags.iter().all(|(t, v)| *v == (*t == AttributeType::Sensitive)),
-            "identifier object allows nothing: {flags:?}"
-        );
 
         // The zone's private key was born in the token and never left it.
-        let privates = session.find_objects(&[
-            Attribute::Class(ObjectClass::PRIVATE_KEY),
-            Attribute::Label(ZONE_KEY_LABEL.as_bytes().to_vec()),
-        ])?;
-        let [private] = privates.as_slice() else {
-            return Err(format!("{} zone private keys", privates.len()).into());
-        };
-        assert!(value_is_sensitive(&session, *private)?, "CKA_VALUE is sensitive");
-        let flags = bools(
+        let private = the_object(&session, ObjectClass::PRIVATE_KEY, ZONE_KEY_LABEL)?;
+        assert_locked_down(
             &session,
-            *private,
-            &[
-                AttributeType::Token,
-                AttributeType::Sensitive,
-                AttributeType::Extractable,
-                AttributeType::AlwaysSensitive,
-                AttributeType::NeverExtractable,
-                AttributeType::Derive,
-                AttributeType::Sign,
-                AttributeType::Decrypt,
-                AttributeType::Unwrap,
-            ],
+            private,
+            &[Token, Sensitive, AlwaysSensitive, NeverExtractable, Derive],
+            &[Extractable, Sign, Decrypt, Unwrap],
         )?;
-        assert_eq!(
-            flags,
-            vec![
-                (AttributeType::Token, true),
-                (AttributeType::Sensitive, true),
-                (AttributeType::Extractable, false),
-                (AttributeType::AlwaysSensitive, true),
-                (AttributeType::NeverExtractable, true),
-                (AttributeType::Derive, true),
-                (AttributeType::Sign, false),
-                (AttributeType::Decrypt, false),
-                (AttributeType::Unwrap, false),
-            ]
-        );
         let err = session
-            .wrap_key(&Mechanism::AesKeyWrapPad, wrapping, *private)
+            .wrap_key(&Mechanism::AesKeyWrapPad, wrapping, private)
             .err()
             .ok_or("wrap_key exported the zone private key")?;
         assert!(matches!(

@@ -3,6 +3,7 @@
 #![allow(dead_code, unreachable_pub, missing_docs, clippy::unwrap_used)]
 
 pub mod baresip;
+pub mod mem;
 pub mod phone;
 pub mod proc;
 

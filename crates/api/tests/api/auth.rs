@@ -6,7 +6,7 @@ use axum::http::{Request, StatusCode, header};
 use serde_json::json;
 use trustring_api::{PUBLIC_ROUTES, ROUTES};
 
-use crate::{App, Reply};
+use crate::{App, Reply, request_with};
 
 /// A path template with `{user}` and `{id}` filled in (a user the tests create, a device id
 /// that is well-formed but unknown).
@@ -25,18 +25,12 @@ fn concrete_routes() -> Vec<(&'static str, String)> {
 /// A request with an optional raw `Authorization` value and a valid JSON body for the routes
 /// that take one, so only the token can make it fail.
 pub(crate) fn request(method: &str, path: &str, authorization: Option<&str>) -> Request<Body> {
-    let mut req = Request::builder().method(method).uri(path);
-    if let Some(value) = authorization {
-        req = req.header(header::AUTHORIZATION, value);
-    }
     let body = match method {
         "POST" => r#"{"user":"mallory","password":"long-enough-pw","enterprise":"evil"}"#,
         "PUT" => r#"{"ring_timeout_secs":30}"#,
         _ => "",
     };
-    req.header(header::CONTENT_TYPE, "application/json")
-        .body(Body::from(body))
-        .expect("request")
+    request_with(method, path, authorization, Some("application/json"), body)
 }
 
 pub(crate) fn assert_unauthorized(reply: &Reply, what: &str) {

@@ -1,20 +1,20 @@
 //! Every error, axum's own included, has one JSON shape and a clear 4xx (SPEC R21).
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{Request, StatusCode};
 use trustring_api::BODY_LIMIT;
 
-use crate::{App, TOKEN};
+use crate::{App, TOKEN, request_with};
 
 fn post(content_type: Option<&str>, body: impl Into<Body>) -> Request<Body> {
-    let mut req = Request::builder()
-        .method("POST")
-        .uri("/api/v1/subscribers")
-        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
-    if let Some(content_type) = content_type {
-        req = req.header(header::CONTENT_TYPE, content_type);
-    }
-    req.body(body.into()).expect("request")
+    let authorization = format!("Bearer {TOKEN}");
+    request_with(
+        "POST",
+        "/api/v1/subscribers",
+        Some(&authorization),
+        content_type,
+        body,
+    )
 }
 
 #[tokio::test]

@@ -19,7 +19,8 @@ use axum::Router;
 use axum::body::Body;
 use axum::http::{HeaderMap, Request, StatusCode, header};
 use serde_json::Value;
-use store::Store;
+use sip_core::auth::{Algorithm, ha1};
+use store::{Store, Subscriber};
 use tower::ServiceExt;
 use trustring_api::{
     ApiConfig, ApiOptions, Change, Provisioning, router, router_with, router_with_options,
@@ -29,6 +30,8 @@ use mem_store::MemStore;
 
 pub(crate) const TOKEN: &str = "correct-horse-battery-staple";
 pub(crate) const DOMAIN: &str = "example.com";
+/// The password of the subscribers [`App::create`] makes.
+pub(crate) const PASSWORD: &str = "s3cret-passw0rd";
 
 /// A router over a store (by default a fresh in-memory one), recording every `Change`.
 pub(crate) struct App<S = MemStore> {
@@ -107,15 +110,11 @@ impl<S: Store> App<S> {
         path: &str,
         body: Option<&str>,
     ) -> Reply {
-        let mut req = Request::builder().method(method).uri(path);
-        if let Some(bearer) = bearer {
-            req = req.header(header::AUTHORIZATION, format!("Bearer {bearer}"));
-        }
-        if body.is_some() {
-            req = req.header(header::CONTENT_TYPE, "application/json");
-        }
+        let authorization = bearer.map(|b| format!("Bearer {b}"));
+        let content_type = body.map(|_| "application/json");
         let body = body.map_or_else(Body::empty, |b| Body::from(b.to_owned()));
-        self.send(req.body(body).expect("request")).await
+        let req = request_with(method, path, authorization.as_deref(), content_type, body);
+        self.send(req).await
     }
 
     /// Sends any request as is.
@@ -129,10 +128,8 @@ impl<S: Store> App<S> {
         let bytes = axum::body::to_bytes(response.into_body(), usize::MAX)
             .await
             .expect("response body");
-        let is_text = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/plain"));
+        let is_text =
+            header_str(&headers, header::CONTENT_TYPE).is_some_and(|v| v.starts_with("text/plain"));
         if is_text {
             return Reply {
                 status,
@@ -159,14 +156,51 @@ impl<S: Store> App<S> {
         }
     }
 
-    /// Creates `user` (password `s3cret-passw0rd`, enterprise `acme`) and checks the 201.
+    /// Creates `user` (password [`PASSWORD`], enterprise `acme`) and checks the 201.
     pub(crate) async fn create(&self, user: &str) -> Reply {
-        let body =
-            format!(r#"{{"user":"{user}","password":"s3cret-passw0rd","enterprise":"acme"}}"#);
+        let body = format!(r#"{{"user":"{user}","password":"{PASSWORD}","enterprise":"acme"}}"#);
         let reply = self.call("POST", "/api/v1/subscribers", Some(&body)).await;
         assert_eq!(reply.status, StatusCode::CREATED, "{}", reply.json);
         reply
     }
+}
+
+impl<S: Store> App<S> {
+    /// `user` as stored, asserting that it holds both HA1s of [`PASSWORD`] (realm: the
+    /// domain) and nowhere the password itself.
+    pub(crate) fn stored_with_password(&self, user: &str) -> Subscriber {
+        let stored = self
+            .store
+            .subscriber(user)
+            .expect("store")
+            .expect("subscriber stored");
+        assert_eq!(stored.ha1_md5, ha1(Algorithm::Md5, user, DOMAIN, PASSWORD));
+        assert_eq!(
+            stored.ha1_sha256,
+            ha1(Algorithm::Sha256, user, DOMAIN, PASSWORD)
+        );
+        assert!(!format!("{stored:?}").contains(PASSWORD));
+        stored
+    }
+}
+
+/// A request `method` `path` with a raw `Authorization` value and a `Content-Type`, each
+/// only if given.
+pub(crate) fn request_with(
+    method: &str,
+    path: &str,
+    authorization: Option<&str>,
+    content_type: Option<&str>,
+    body: impl Into<Body>,
+) -> Request<Body> {
+    let mut req = Request::builder().method(method).uri(path);
+    if let Some(value) = authorization {
+        req = req.header(header::AUTHORIZATION, value);
+    }
+    if let Some(value) = content_type {
+        req = req.header(header::CONTENT_TYPE, value);
+    }
+    req.body(body.into()).expect("request")
 }
 
 /// How an [`App`]'s router is built.
@@ -187,15 +221,23 @@ pub(crate) struct Reply {
     pub(crate) text: String,
 }
 
+/// Header `name` of `headers` as text, if it is there and is text.
+fn header_str(headers: &HeaderMap, name: header::HeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
 impl Reply {
+    /// Header `name` as text, if it is there and is text.
+    pub(crate) fn header(&self, name: header::HeaderName) -> Option<&str> {
+        header_str(&self.headers, name)
+    }
+
     /// Asserts the error shape `{"error":{"code","message"}}` with `application/json`, the
     /// given status and code, and a non-empty message; returns the message.
     pub(crate) fn assert_error(&self, status: StatusCode, code: &str) -> String {
         assert_eq!(self.status, status, "{}", self.json);
         assert_eq!(
-            self.headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
+            self.header(header::CONTENT_TYPE),
             Some("application/json"),
             "error body content type"
         );

@@ -28,10 +28,7 @@ async fn serves_the_source_as_text_with_the_token_only() {
         let reply = app.call("GET", "/metrics", None).await;
         assert_eq!(reply.status, StatusCode::OK);
         assert_eq!(
-            reply
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok()),
+            reply.header(header::CONTENT_TYPE),
             Some(METRICS_CONTENT_TYPE)
         );
         assert!(METRICS_CONTENT_TYPE.starts_with("text/plain; version=0.0.4"));

@@ -10,14 +10,14 @@
 use std::collections::BTreeSet;
 
 use axum::body::Body;
-use axum::http::{Request, StatusCode, header};
+use axum::http::{StatusCode, header};
 use serde_json::{Value, json};
 use store::{Registration, Store};
 use trustring_api::{BODY_LIMIT, PUBLIC_ROUTES, ROUTES};
 
 use crate::auth::{assert_unauthorized, concrete, request};
 use crate::provisioning::{EULA, env, x25519};
-use crate::{App, Reply, TOKEN};
+use crate::{App, Reply, TOKEN, request_with};
 
 const DOC_PATH: &str = "/api/v1/openapi.json";
 const ERROR_REF: &str = "#/components/schemas/ErrorBody";
@@ -28,13 +28,7 @@ const METHODS: [&str; 5] = ["GET", "POST", "PUT", "DELETE", "PATCH"];
 async fn document<S: Store>(app: &App<S>) -> Value {
     let reply = app.call_as(None, "GET", DOC_PATH, None).await;
     assert_eq!(reply.status, StatusCode::OK, "{}", reply.json);
-    assert_eq!(
-        reply
-            .headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok()),
-        Some("application/json")
-    );
+    assert_eq!(reply.header(header::CONTENT_TYPE), Some("application/json"));
     reply.json
 }
 
@@ -417,14 +411,8 @@ async fn every_operation_answers_errors_in_the_documented_shape_and_statuses() {
             ("bad path parameter", bad_param, None, Body::empty()),
         ];
         for (what, uri, content_type, body) in cases {
-            let mut req = Request::builder().method(op.method.as_str()).uri(&uri);
-            if let Some(value) = credential {
-                req = req.header(header::AUTHORIZATION, value);
-            }
-            if let Some(value) = content_type {
-                req = req.header(header::CONTENT_TYPE, value);
-            }
-            let reply = app.send(req.body(body).expect("request")).await;
+            let req = request_with(op.method.as_str(), &uri, credential, content_type, body);
+            let reply = app.send(req).await;
             let name = format!("{} ({what}, {uri})", op.name());
             let status = reply.status.as_u16();
             if status >= 400 {
@@ -522,11 +510,7 @@ fn assert_documented(doc: &Value, method: &str, path: &str, reply: &Reply) {
     let name = format!("{method} {path} -> {}", reply.status);
     let response = &op["responses"][reply.status.as_str()];
     assert!(response.is_object(), "{name}: status not documented");
-    let content_type = reply
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or_default();
+    let content_type = reply.header(header::CONTENT_TYPE).unwrap_or_default();
     if content_type.starts_with("text/plain") {
         // The Prometheus exposition: documented as text, served as text, never empty.
         assert_eq!(

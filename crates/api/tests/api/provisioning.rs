@@ -19,7 +19,7 @@ use zone::seal::{open_hpke, x25519_generate};
 use zone::software::{KdfParams, SoftwareZone};
 use zone::{SealedPackage, SecurityLevel, ServerPublicKey, TrustedZone, ZonePublicKey};
 
-use crate::{App, DOMAIN, Reply, TOKEN};
+use crate::{App, DOMAIN, Reply, TOKEN, request_with};
 
 const RANGE_150: &str = "+15550100000..+15550100149";
 pub(crate) const EULA: &str = "1.0";
@@ -1135,12 +1135,13 @@ async fn refused_enrolment_events_are_limited_per_source() {
     let from = |source: &str, code: &str| {
         let body = enrol_body(code, &key, EULA, true).to_string();
         let peer: std::net::SocketAddr = format!("{source}:40000").parse().expect("addr");
-        let mut req = axum::http::Request::builder()
-            .method("POST")
-            .uri("/api/v1/enrol")
-            .header(header::CONTENT_TYPE, "application/json")
-            .body(axum::body::Body::from(body))
-            .expect("request");
+        let mut req = request_with(
+            "POST",
+            "/api/v1/enrol",
+            None,
+            Some("application/json"),
+            body,
+        );
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
         env.app.send(req)
@@ -1540,13 +1541,7 @@ async fn phone_reads_and_switches_itself_with_its_token() {
         ] {
             let reply = app.call_as(bearer, method, path, body).await;
             reply.assert_error(StatusCode::UNAUTHORIZED, "unauthorized");
-            assert_eq!(
-                reply
-                    .headers
-                    .get(header::WWW_AUTHENTICATE)
-                    .and_then(|v| v.to_str().ok()),
-                Some("Bearer")
-            );
+            assert_eq!(reply.header(header::WWW_AUTHENTICATE), Some("Bearer"));
         }
     }
     assert!(app.store.device(&id).expect("d").expect("d").service_on);

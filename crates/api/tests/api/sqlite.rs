@@ -6,10 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::http::StatusCode;
 use serde_json::json;
-use sip_core::auth::{Algorithm, ha1};
 use store::{Registration, SqliteStore, Store};
 
-use crate::{App, DOMAIN, TOKEN};
+use crate::{App, TOKEN};
 
 #[tokio::test]
 async fn full_flow_on_sqlite() {
@@ -23,15 +22,7 @@ async fn full_flow_on_sqlite() {
     let reply = app.call("POST", "/api/v1/subscribers", Some(body)).await;
     reply.assert_error(StatusCode::CONFLICT, "conflict");
 
-    let stored = app.store.subscriber("alice").expect("read").expect("alice");
-    assert_eq!(
-        stored.ha1_sha256,
-        ha1(Algorithm::Sha256, "alice", DOMAIN, "s3cret-passw0rd")
-    );
-    assert_eq!(
-        stored.ha1_md5,
-        ha1(Algorithm::Md5, "alice", DOMAIN, "s3cret-passw0rd")
-    );
+    app.stored_with_password("alice");
 
     let profile =
         r#"{"ring_timeout_secs":25,"ring_delays":[{"contact_contains":"5082","delay_ms":1500}]}"#;
