@@ -1,7 +1,7 @@
 //! Call detail records (SPEC R18, R19): turning the proxy's call records into stored CDRs,
 //! and `trustring cdr verify|export|public-key|head` (`docs/cdr.md`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
@@ -9,7 +9,7 @@ use api::parse_time;
 use sip_core::proxy::{CallRecord, LegType};
 use store::billing::{Rates, totals};
 use store::signing::{HEAD_FILE, KEY_FILE};
-use store::{Cdr, CdrLeg, CdrPublicKey, CdrSigner, SignedHead, Store};
+use store::{Cdr, CdrLeg, CdrPublicKey, CdrSigner, SignedHead};
 
 /// `trustring cdr` subcommands.
 #[derive(Debug, clap::Subcommand)]
@@ -29,9 +29,14 @@ pub(crate) enum CdrCommand {
 
 #[derive(Debug, clap::Args)]
 pub(crate) struct DataArgs {
-    /// Data directory (the server's, or the gateway's for its leg records).
+    /// Data directory (the server's, or the gateway's for its leg records): the signing key
+    /// and the signed head, and the SQLite database unless --db names another store.
     #[arg(long, default_value = "./trustring-data", env = "TRUSTRING_DATA")]
     data: PathBuf,
+    /// The store the server was given (`serve --db`): a `postgres://` URL or a SQLite path.
+    /// Default: DATA/trustring.db.
+    #[arg(long, env = "TRUSTRING_DB")]
+    db: Option<String>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -178,17 +183,25 @@ fn public_key_arg(arg: &str) -> anyhow::Result<CdrPublicKey> {
         .with_context(|| format!("--public-key {arg}: expected 64 hex digits"))
 }
 
-fn open(data: &Path) -> anyhow::Result<store::SqliteStore> {
-    let db = data.join("trustring.db");
-    if !db.exists() {
-        bail!("no database at {}", db.display());
-    }
-    store::SqliteStore::open(&db).with_context(|| format!("opening {}", db.display()))
+/// The store of `a`: `--db`, else the SQLite file under the data directory (which must
+/// exist: reading CDRs never creates a database).
+fn open(a: &DataArgs) -> anyhow::Result<store::Backend> {
+    let db = match &a.db {
+        Some(db) => db.clone(),
+        None => {
+            let file = a.data.join("trustring.db");
+            if !file.exists() {
+                bail!("no database at {}", file.display());
+            }
+            file.to_string_lossy().into_owned()
+        }
+    };
+    store::Backend::open(&db).with_context(|| format!("opening {}", store::redact_url(&db)))
 }
 
 fn verify(a: &VerifyArgs) -> anyhow::Result<()> {
     let data = &a.data.data;
-    let store = open(data)?;
+    let store = open(&a.data)?;
     let (key, key_note) = match &a.public_key {
         Some(arg) => (Some(public_key_arg(arg)?), "the key given".to_owned()),
         None => match CdrSigner::load(data)? {
@@ -289,7 +302,7 @@ fn export(a: ExportArgs) -> anyhow::Result<()> {
             .map(parse_time)
             .transpose()?
             .unwrap_or(i64::MAX);
-    let store = open(&a.data.data)?;
+    let store = open(&a.data)?.into_store();
     let cdrs = store
         .cdrs(from, to, a.entity.as_deref())
         .context("reading the CDRs")?;
@@ -307,79 +320,93 @@ fn export(a: ExportArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&out)?);
         }
         Format::Csv => {
-            println!(
-                "id,call_id,caller,called,setup_ms,answer_ms,end_ms,duration_ms,final_status,released_by,release_cause,answering_leg,legs,billing_entity,hash"
-            );
-            for c in &cdrs {
-                let answering = c
-                    .answered_by
-                    .and_then(|i| c.legs.get(i))
-                    .map(|l| l.device.clone().unwrap_or_else(|| l.contact.clone()))
-                    .unwrap_or_default();
-                let legs = c
-                    .legs
-                    .iter()
-                    .map(|l| {
-                        format!(
-                            "{}:{}:{}",
-                            l.device.as_deref().unwrap_or(&l.contact),
-                            l.leg_type,
-                            l.outcome
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" ");
-                let entity = c
-                    .answered_by
-                    .and_then(|i| c.legs.get(i))
-                    .or(c.legs.first())
-                    .map(|l| l.billing_entity.clone())
-                    .unwrap_or_default();
-                let fields = [
-                    c.id.to_string(),
-                    c.call_id.clone(),
-                    c.caller.clone(),
-                    c.called.clone(),
-                    c.setup_ms.to_string(),
-                    c.answer_ms.map(|v| v.to_string()).unwrap_or_default(),
-                    c.end_ms.to_string(),
-                    c.duration_ms.to_string(),
-                    c.final_status.to_string(),
-                    c.released_by.clone(),
-                    c.release_cause.clone(),
-                    answering,
-                    legs,
-                    entity,
-                    c.hash.clone(),
-                ];
-                println!(
-                    "{}",
-                    fields.iter().map(|f| csv(f)).collect::<Vec<_>>().join(",")
-                );
-            }
-            println!();
-            println!("entity,calls,billable_secs,amount");
-            for e in &t {
-                println!(
-                    "{},{},{},{:.4}",
-                    csv(&e.entity),
-                    e.calls,
-                    e.billable_secs,
-                    e.amount
-                );
-            }
+            let stdout = std::io::stdout();
+            write_csv(stdout.lock(), &cdrs, &t).context("writing the CSV export")?;
         }
     }
     Ok(())
 }
 
-/// RFC 4180 quoting when needed.
-fn csv(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_owned()
+/// The CSV export (RFC 4180, quoted by the `csv` crate): one row per record, a blank line,
+/// then the totals per billing entity.
+fn write_csv(
+    mut out: impl std::io::Write,
+    cdrs: &[Cdr],
+    totals: &[store::billing::EntityTotal],
+) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(&mut out);
+    w.write_record([
+        "id",
+        "call_id",
+        "caller",
+        "called",
+        "setup_ms",
+        "answer_ms",
+        "end_ms",
+        "duration_ms",
+        "final_status",
+        "released_by",
+        "release_cause",
+        "answering_leg",
+        "legs",
+        "billing_entity",
+        "hash",
+    ])?;
+    for c in cdrs {
+        let answered = c.answered_by.and_then(|i| c.legs.get(i));
+        let answering = answered
+            .map(|l| l.device.clone().unwrap_or_else(|| l.contact.clone()))
+            .unwrap_or_default();
+        let legs = c
+            .legs
+            .iter()
+            .map(|l| {
+                format!(
+                    "{}:{}:{}",
+                    l.device.as_deref().unwrap_or(&l.contact),
+                    l.leg_type,
+                    l.outcome
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" ");
+        let entity = answered
+            .or(c.legs.first())
+            .map(|l| l.billing_entity.clone())
+            .unwrap_or_default();
+        w.write_record([
+            c.id.to_string(),
+            c.call_id.clone(),
+            c.caller.clone(),
+            c.called.clone(),
+            c.setup_ms.to_string(),
+            c.answer_ms.map(|v| v.to_string()).unwrap_or_default(),
+            c.end_ms.to_string(),
+            c.duration_ms.to_string(),
+            c.final_status.to_string(),
+            c.released_by.clone(),
+            c.release_cause.clone(),
+            answering,
+            legs,
+            entity,
+            c.hash.clone(),
+        ])?;
     }
+    w.flush()?;
+    drop(w);
+    writeln!(out)?;
+    let mut w = csv::Writer::from_writer(&mut out);
+    w.write_record(["entity", "calls", "billable_secs", "amount"])?;
+    for e in totals {
+        w.write_record([
+            e.entity.clone(),
+            e.calls.to_string(),
+            e.billable_secs.to_string(),
+            format!("{:.4}", e.amount),
+        ])?;
+    }
+    w.flush()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -396,11 +423,47 @@ mod tests {
     }
 
     #[test]
-    fn csv_quotes_only_when_needed() {
-        assert_eq!(csv("plain"), "plain");
-        assert_eq!(
-            csv("BYE (SIP;cause=200;text=\"x\")"),
-            "\"BYE (SIP;cause=200;text=\"\"x\"\")\""
+    fn csv_export_quotes_only_when_needed_and_reads_back() {
+        let cause = "BYE (SIP;cause=200;text=\"x, y\")";
+        let totals = [store::billing::EntityTotal {
+            entity: "acme, inc".into(),
+            calls: 1,
+            billable_secs: 60,
+            amount: 0.5,
+        }];
+        let cdr = Cdr {
+            id: 0,
+            call_id: String::new(),
+            caller: String::new(),
+            called: String::new(),
+            setup_ms: 0,
+            answer_ms: None,
+            end_ms: 0,
+            duration_ms: 0,
+            final_status: 487,
+            released_by: "caller".into(),
+            release_cause: cause.into(),
+            answered_by: None,
+            legs: Vec::new(),
+            prev_hash: String::new(),
+            hash: String::new(),
+            sig: None,
+        };
+        let mut out = Vec::new();
+        write_csv(&mut out, std::slice::from_ref(&cdr), &totals).expect("written");
+        let text = String::from_utf8(out).expect("UTF-8");
+        assert!(
+            text.contains("\"BYE (SIP;cause=200;text=\"\"x, y\"\")\""),
+            "{text}"
         );
+        assert!(text.contains("\n0,,"), "plain fields unquoted: {text}");
+        let (records, totals_part) = text.split_once("\n\n").expect("two sections");
+        let mut r = csv::Reader::from_reader(records.as_bytes());
+        let row = r.records().next().expect("one row").expect("parses");
+        assert_eq!(row.get(10), Some(cause));
+        let mut r = csv::Reader::from_reader(totals_part.as_bytes());
+        let row = r.records().next().expect("one row").expect("parses");
+        assert_eq!(row.get(0), Some("acme, inc"));
+        assert_eq!(row.get(3), Some("0.5000"));
     }
 }

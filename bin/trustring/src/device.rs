@@ -179,6 +179,11 @@ pub(crate) struct RunArgs {
     /// With `--attach`: print events as JSON lines.
     #[arg(long, requires = "attach")]
     json: bool,
+    /// Register and take calls over SIP over TLS: --sip-server is then the server's TLS
+    /// address (`serve --sip-tls`, port 5061 by default), and the server must present the
+    /// key pinned at enrolment. One connection stays open; calls arrive on it.
+    #[arg(long, conflicts_with = "attach")]
+    sip_tls: bool,
     /// Local SIP address (default: an ephemeral port on the server's loopback/any).
     #[arg(long)]
     local: Option<SocketAddr>,
@@ -233,13 +238,16 @@ impl DeviceConfig {
             "this phone was enrolled over plain HTTP, before the server's key was pinned: \
              enrol it again with an enrolment URI",
         )?;
-        let pin: Fingerprint = self
-            .fingerprint
+        Ok((pinned::agent(self.pin()?)?, base))
+    }
+
+    /// The server's key, pinned at enrolment: HTTPS and SIP over TLS accept only it.
+    fn pin(&self) -> anyhow::Result<Fingerprint> {
+        self.fingerprint
             .as_deref()
             .context("device.json has no pinned server key: enrol again with an enrolment URI")?
             .parse()
-            .context("the pinned server key in device.json")?;
-        Ok((pinned::agent(pin)?, base))
+            .context("the pinned server key in device.json")
     }
 }
 
@@ -783,13 +791,20 @@ async fn run_phone(a: RunArgs) -> anyhow::Result<()> {
     }
     pc.expires = a.expires;
     pc.answer_after = a.answer_after_ms.map(Duration::from_millis);
+    if a.sip_tls {
+        let pin = device_config(&a.zone.zone)?.pin()?;
+        pc.transport = phone::SipTransport::Tls(
+            phone::TlsClient::pinned(pin).context("the TLS client for the pinned server key")?,
+        );
+    }
     let zone = prover;
     let (handle, mut events) = phone::Phone::start(pc, Box::new(zone))
         .await
         .context("starting the phone")?;
     println!(
-        "phone {who} on {} (server {sip_server})",
+        "phone {who} on {} (server {sip_server}{})",
         handle.local_addr(),
+        if a.sip_tls { ", TLS" } else { "" },
     );
     // Keypress control: `a` answers the newest ringing call, `h` hangs it up. At the end of
     // stdin the phone goes on (unattended) until a signal.

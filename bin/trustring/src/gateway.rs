@@ -1,9 +1,11 @@
 //! `trustring gateway`: the IP->PSTN gateway (crate `gateway`) as a process.
 //!
-//! The line port speaks TLS with an identity kept under `DATA/tls/` (made on first start;
-//! `--tls-cert/--tls-key` for the operator's own); its fingerprint is printed at start with
-//! the attach URI phones use (`trustring-line://HOST:PORT?fp=sha256:…`). Plain TCP lines
-//! only with `--danger-plain-lines`.
+//! The line port and the SIP trunk speak TLS with one identity kept under `DATA/tls/` (made
+//! on first start; `--tls-cert/--tls-key` for the operator's own); its fingerprint is printed
+//! at start with the attach URI phones use (`trustring-line://HOST:PORT?fp=sha256:…`) and the
+//! `serve --gateway ADDR --gateway-fp sha256:…` the server needs to dial the trunk. Plain
+//! TCP lines only with `--danger-plain-lines`, a plain UDP trunk only with
+//! `--danger-plain-trunk`.
 //!
 //! Line authentication (R29) asks the server's trust authority over its admin listener
 //! (`--server-api`), each request MACed under the trunk secret ([`HttpAuthority`], the
@@ -33,7 +35,9 @@ pub(crate) enum LawArg {
 /// `trustring gateway` flags.
 #[derive(Debug, clap::Args)]
 pub(crate) struct GatewayArgs {
-    /// SIP trunk listen address (UDP): the server's `--gateway`.
+    /// SIP trunk listen address (SIP over TLS, the server dials it with the gateway's key
+    /// pinned): the server's `--gateway`, with `--gateway-fp` the fingerprint printed at
+    /// start.
     #[arg(long, default_value = "127.0.0.1:5070", env = "TRUSTRING_GW_SIP")]
     sip: SocketAddr,
     /// Where phone lines attach (TR-ISUP over TLS: `trustring device run --attach`,
@@ -59,11 +63,11 @@ pub(crate) struct GatewayArgs {
     /// attaches only with the proof of its phone's zone key.
     #[arg(long = "plain-line", value_name = "NUMBER", value_delimiter = ',')]
     plain_lines: Vec<pstn::msg::Number>,
-    /// Line port certificate (PEM); with --tls-key. Default: a self-signed pair made on
-    /// first start under DATA/tls/.
+    /// Certificate (PEM) of the line port and the SIP trunk; with --tls-key. Default: a
+    /// self-signed pair made on first start under DATA/tls/.
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
-    /// Line port private key (PEM); with --tls-cert.
+    /// Private key (PEM) of the line port and the SIP trunk; with --tls-cert.
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// DANGER: lines attach over plain TCP, without TLS: anyone on the path reads the
@@ -71,6 +75,11 @@ pub(crate) struct GatewayArgs {
     /// For tests and old lines on one machine only.
     #[arg(long)]
     danger_plain_lines: bool,
+    /// DANGER: the SIP trunk is plain UDP, without TLS (the server run with
+    /// --danger-plain-trunk): the SRTP keys in the SDP (`a=crypto`), the trust challenges
+    /// and the Trunk-Auth MACs cross in clear. For tests and old servers on one machine only.
+    #[arg(long)]
+    danger_plain_trunk: bool,
     /// HTTP address of `GET /metrics` (Prometheus text; lines, calls by outcome, refused
     /// INVITEs, TR-ISUP messages, RTP packets). Public like any scrape target: bind it to a
     /// management address.
@@ -79,7 +88,8 @@ pub(crate) struct GatewayArgs {
     /// IP address for RTP (bound and written into SDP).
     #[arg(long, default_value = "127.0.0.1", env = "TRUSTRING_GW_MEDIA_IP")]
     media_ip: IpAddr,
-    /// Addresses allowed to send INVITEs (the server's); repeat the flag for more.
+    /// Addresses allowed to open SIP trunk connections and send INVITEs (the server's);
+    /// repeat the flag for more.
     #[arg(
         long = "allow",
         default_value = "127.0.0.1",
@@ -286,24 +296,36 @@ impl LineAuthority for HttpAuthority {
     }
 }
 
-/// The line port's identity: the operator's files, or the pair kept under `DATA/tls/`.
-fn line_identity(a: &GatewayArgs) -> anyhow::Result<Arc<tls::ServerIdentity>> {
+/// The gateway's identity (line port and SIP trunk): the operator's files, or the pair kept
+/// under `DATA/tls/`.
+fn gateway_identity(a: &GatewayArgs) -> anyhow::Result<Arc<tls::ServerIdentity>> {
     let mut names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    if !a.lines.ip().is_unspecified() {
-        names.push(a.lines.ip().to_string());
+    for ip in [a.lines.ip(), a.sip.ip()] {
+        if !ip.is_unspecified() && !names.contains(&ip.to_string()) {
+            names.push(ip.to_string());
+        }
     }
-    names.dedup();
     let identity = tls::ServerIdentity::load_or_create(
         &a.data.join("tls"),
         a.tls_cert.as_deref(),
         a.tls_key.as_deref(),
         &names,
     )
-    .context("the line port's TLS certificate and key")?;
+    .context("the gateway's TLS certificate and key")?;
     Ok(Arc::new(identity))
 }
 
 pub(crate) async fn run(a: GatewayArgs) -> anyhow::Result<()> {
+    // The key first: on a first start without the trunk secret the operator still learns
+    // the fingerprint the server's --gateway-fp needs (and the server makes the secret).
+    let identity = if a.danger_plain_lines && a.danger_plain_trunk {
+        None
+    } else {
+        Some(gateway_identity(&a)?)
+    };
+    if let Some(id) = identity.as_ref().filter(|_| !a.danger_plain_trunk) {
+        println!("gateway SIP trunk TLS fingerprint: {}", id.fingerprint);
+    }
     let secret = trunk_secret(&a.trunk_secret_file)?;
     let authority = Arc::new(
         HttpAuthority::new(&a.server_api, a.server_api_fp.as_deref(), secret.clone())
@@ -320,14 +342,25 @@ pub(crate) async fn run(a: GatewayArgs) -> anyhow::Result<()> {
             tracing::warn!(server = %server_api, error = %e, "the server's trust authority does not answer yet: phones cannot attach until it does")
         }
     });
-    let line_security = if a.danger_plain_lines {
-        tracing::warn!("--danger-plain-lines: phone lines attach over plain TCP, without TLS");
-        gateway::LineSecurity::Plain
-    } else {
-        gateway::LineSecurity::Tls(line_identity(&a)?)
+    let line_security = match &identity {
+        Some(id) if !a.danger_plain_lines => gateway::LineSecurity::Tls(id.clone()),
+        _ => {
+            tracing::warn!("--danger-plain-lines: phone lines attach over plain TCP, without TLS");
+            gateway::LineSecurity::Plain
+        }
+    };
+    let sip_security = match &identity {
+        Some(id) if !a.danger_plain_trunk => gateway::SipSecurity::Tls(id.clone()),
+        _ => {
+            tracing::warn!(
+                "--danger-plain-trunk: the SIP trunk is plain UDP (SRTP keys and trust challenges in clear)"
+            );
+            gateway::SipSecurity::Plain
+        }
     };
     let cfg = gateway::GatewayConfig {
         sip: a.sip,
+        sip_security,
         lines: a.lines,
         line_security,
         authority,
@@ -361,7 +394,7 @@ pub(crate) async fn run(a: GatewayArgs) -> anyhow::Result<()> {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
-                        "text/plain; version=0.0.4; charset=utf-8",
+                        gateway::GatewayMetrics::CONTENT_TYPE,
                     )],
                     m.render(),
                 )
@@ -371,6 +404,18 @@ pub(crate) async fn run(a: GatewayArgs) -> anyhow::Result<()> {
     let http_addr = http.local_addr()?;
     let server = tokio::spawn(async move { axum::serve(http, app).await });
     let r = gateway::run(cfg, metrics, crate::serve::shutdown_signal(), |b| {
+        match b.sip_fingerprint {
+            Some(fp) => {
+                println!(
+                    "the server dials it with: trustring serve --gateway {} --gateway-fp {fp}",
+                    b.sip
+                );
+            }
+            None => println!(
+                "gateway SIP trunk: plain UDP on {} (--danger-plain-trunk)",
+                b.sip
+            ),
+        }
         match b.lines_fingerprint {
             Some(fp) => {
                 // On stdout, whatever the log level: the operator hands it to the phones.

@@ -75,9 +75,13 @@ enum MasterKeyCommand {
 
 #[derive(Debug, clap::Args)]
 struct DataArg {
-    /// Data directory.
+    /// Data directory (the master key file, and the SQLite database unless --db).
     #[arg(long, default_value = "./trustring-data", env = "TRUSTRING_DATA")]
     data: PathBuf,
+    /// The store the server was given (`serve --db`): a `postgres://` URL or a SQLite path.
+    /// Default: DATA/trustring.db.
+    #[arg(long, env = "TRUSTRING_DB")]
+    db: Option<String>,
 }
 
 /// `trustring serve` options; every one has a default, so no config file is needed.
@@ -155,6 +159,11 @@ struct ServeArgs {
     /// Data directory (SQLite database, admin token).
     #[arg(long, default_value = "./trustring-data", env = "TRUSTRING_DATA")]
     data: PathBuf,
+    /// The store: `postgres://USER[:PASSWORD]@HOST:PORT/DB` for PostgreSQL (several nodes on
+    /// one database), or the path of a SQLite file. Default: SQLite at DATA/trustring.db.
+    /// The password is never logged.
+    #[arg(long, env = "TRUSTRING_DB")]
+    db: Option<String>,
     /// The SIP domain: addresses of record are sip:user@DOMAIN; also the digest realm.
     #[arg(long, default_value = "localhost", env = "TRUSTRING_DOMAIN")]
     domain: String,
@@ -178,12 +187,28 @@ struct ServeArgs {
     /// first; whatever peers send, the traces stay within this).
     #[arg(long, default_value_t = 64, env = "TRUSTRING_TRACE_BUDGET_MIB")]
     trace_budget_mib: usize,
-    /// The IP->PSTN gateway's SIP address (`trustring gateway`): phones with a number and no
-    /// SIP registration of their own ring through it (R15). Its INVITEs carry a `Trunk-Auth`
-    /// MAC keyed with `DATA/trunk-secret` (or `TRUSTRING_TRUNK_SECRET`); give the gateway
-    /// the same secret.
+    /// The IP->PSTN gateway's SIP address (`trustring gateway --sip`): phones with a number
+    /// and no SIP registration of their own ring through it (R15). The server dials it over
+    /// SIP over TLS with its key pinned (--gateway-fp), so the branch's SRTP keys never cross
+    /// in clear. Its INVITEs carry a `Trunk-Auth` MAC keyed with `DATA/trunk-secret` (or
+    /// `TRUSTRING_TRUNK_SECRET`); give the gateway the same secret.
     #[arg(long, env = "TRUSTRING_GATEWAY")]
     gateway: Option<SocketAddr>,
+    /// With --gateway: the gateway's TLS key fingerprint (sha256:HEX, as `trustring gateway`
+    /// prints it at start, "gateway SIP trunk TLS fingerprint"); the server accepts that key
+    /// and no other.
+    #[arg(
+        long,
+        value_name = "sha256:HEX",
+        requires = "gateway",
+        env = "TRUSTRING_GATEWAY_FP"
+    )]
+    gateway_fp: Option<String>,
+    /// DANGER: send the gateway's branches over plain UDP (to a gateway run with
+    /// --danger-plain-trunk): the SDP's SRTP keys (`a=crypto`), the trust challenge and the
+    /// Trunk-Auth cross in clear. For tests and old gateways on one machine only.
+    #[arg(long, requires = "gateway", conflicts_with = "gateway_fp")]
+    danger_plain_trunk: bool,
     /// Digest algorithms offered in 401/407 challenges: `auto` (MD5 to a client until a
     /// registration refresh shows it answers SHA-256, then SHA-256 only; works with every
     /// client), `both` (SHA-256 and MD5 every time, RFC 8760; breaks clients such as
@@ -271,8 +296,12 @@ fn main() -> anyhow::Result<()> {
         Command::Cdr(cmd) => cdr::run(cmd),
         Command::Admin(a) => admin::run(a),
         Command::Demo(a) => demo::run(a),
-        Command::MasterKey(MasterKeyCommand::Rotate(a)) => trust::rotate(&a.data, true),
-        Command::MasterKey(MasterKeyCommand::Reencrypt(a)) => trust::rotate(&a.data, false),
+        Command::MasterKey(MasterKeyCommand::Rotate(a)) => {
+            trust::rotate(&a.data, a.db.as_deref(), true)
+        }
+        Command::MasterKey(MasterKeyCommand::Reencrypt(a)) => {
+            trust::rotate(&a.data, a.db.as_deref(), false)
+        }
     }
 }
 

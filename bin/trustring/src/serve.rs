@@ -25,7 +25,7 @@ use sip_core::proxy::{
     Binding, Event, Proxy, ProxyConfig, Reach, SubscriberEntry, Target, Transport,
 };
 use sip_net::{Control, Metrics, SipSockets, StoreOp};
-use store::{Device, Registration, SecurityEvent, SqliteStore, Store, Subscriber};
+use store::{Device, Registration, SecurityEvent, Store, Subscriber};
 use tokio::sync::mpsc;
 
 use crate::ServeArgs;
@@ -46,18 +46,27 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&args.data)
         .with_context(|| format!("creating data directory {}", args.data.display()))?;
-    let db = args.data.join("trustring.db");
+    // `--db`: a PostgreSQL URL or a SQLite path; SQLite under DATA by default. Only the
+    // redacted form (no password) is ever logged or put in an error.
+    let db = args.db.clone().unwrap_or_else(|| {
+        args.data
+            .join("trustring.db")
+            .to_string_lossy()
+            .into_owned()
+    });
+    let db_shown = store::redact_url(&db);
     // CDRs are signed with DATA/cdr-signing-key and the signed head kept in DATA/cdr-head
     // (docs/cdr.md); a head that no longer matches the database stops the start.
-    let sqlite = SqliteStore::open(&db)
-        .with_context(|| format!("opening store {}", db.display()))?
+    let opened = store::Backend::open(&db)
+        .with_context(|| format!("opening store {db_shown}"))?
         .with_cdr_signing(&args.data)
         .context("CDR signing")?;
-    if let Some(key) = sqlite.cdr_public_key() {
+    tracing::info!(db = %db_shown, "store opened");
+    if let Some(key) = opened.cdr_public_key() {
         tracing::info!(public_key = %key, file = %args.data.join(store::signing::KEY_FILE).display(),
             "CDRs are signed (`trustring cdr public-key` prints the key to keep elsewhere)");
     }
-    let store: Arc<dyn Store> = Arc::new(sqlite);
+    let store: Arc<dyn Store> = opened.into_store();
     let (token, origin) = token::admin_token(&args.data)?;
     match origin {
         // The token itself is never logged (logs are read and shipped by more people than
@@ -107,6 +116,8 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     // Also the key of the gateway's line-authentication channel (`api::gateway_lines`).
     let mut trunk_secret = None;
+    // The peers the SIP loop dials over TLS: the gateway, its key pinned.
+    let mut gateway_tls = std::collections::HashMap::new();
     if let Some(addr) = args.gateway {
         let (secret, origin) = token::trunk_secret(&args.data)?;
         anyhow::ensure!(
@@ -118,6 +129,25 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 file = %args.data.join("trunk-secret").display(),
                 "generated the gateway trunk secret (give the gateway this file)"
             );
+        }
+        if args.danger_plain_trunk {
+            tracing::warn!(
+                %addr,
+                "--danger-plain-trunk: the gateway's branches (SRTP keys, trust challenges) go over plain UDP"
+            );
+        } else {
+            let fp: tls::Fingerprint = args
+                .gateway_fp
+                .as_deref()
+                .context(
+                    "--gateway needs --gateway-fp sha256:HEX (the key `trustring gateway` prints \
+                     at start), or --danger-plain-trunk for a plain UDP trunk",
+                )?
+                .parse()
+                .context("--gateway-fp")?;
+            cfg.trunk_transport = Transport::Tls;
+            gateway_tls.insert(addr, tls::pinned_client_config(fp).context("--gateway-fp")?);
+            tracing::info!(%addr, gateway_fp = %fp, "the gateway trunk is SIP over TLS, its key pinned");
         }
         tracing::info!(%addr, "phones with a number ring through the gateway");
         trunk_secret = Some(secret.clone().into_bytes());
@@ -163,6 +193,7 @@ pub(crate) async fn run(args: ServeArgs) -> anyhow::Result<()> {
     let net = sip_net::NetOptions {
         trace: traces.clone(),
         limits: args.sip_limits(),
+        tls_peers: gateway_tls,
     };
     let (sip, sip_task) = sip_net::spawn_with(proxy, sockets, events_tx, net);
     // Events wait in the channel until the writer runs.

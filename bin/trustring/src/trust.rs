@@ -131,17 +131,19 @@ impl TrustGate for Gate {
 /// `trustring master-key rotate`: adds a new current key to `DATA/master.key` and
 /// re-encrypts every stored license key under it (run it with the server stopped; with
 /// `TRUSTRING_MASTER_KEY`, put the new key first yourself and run `reencrypt`).
-pub(crate) fn rotate(data: &Path, rotate_file: bool) -> anyhow::Result<()> {
+pub(crate) fn rotate(data: &Path, db: Option<&str>, rotate_file: bool) -> anyhow::Result<()> {
     let ring = if rotate_file {
         let path = data.join(zone::master::MASTER_KEY_FILE);
         MasterKeyRing::rotate_file(&path).with_context(|| format!("rotating {}", path.display()))?
     } else {
         master_keys(data)?
     };
-    let db = data.join("trustring.db");
+    let db = db.map_or_else(
+        || data.join("trustring.db").to_string_lossy().into_owned(),
+        str::to_owned,
+    );
     let store =
-        store::SqliteStore::open(&db).with_context(|| format!("opening store {}", db.display()))?;
-    let store: &dyn store::Store = &store;
+        store::open(&db).with_context(|| format!("opening store {}", store::redact_url(&db)))?;
     let mut n = 0;
     for d in store.devices(None).context("listing devices")? {
         let stale = ring

@@ -1,5 +1,6 @@
 //! The phone's PSTN leg end to end (issue #4; SPEC R11–R19, R27, R29): real `trustring serve
-//! --gateway`, a real `trustring gateway`, the enrolled phone attached to it over TLS with
+//! --gateway --gateway-fp` dialling a real `trustring gateway` over SIP over TLS (issue #11),
+//! the enrolled phone attached to it over TLS with
 //! `trustring device run --attach URI` (software zone; the gateway has the server check the
 //! zone's proof of the phone's key before it gives the line the number), plain lines
 //! (`trustring line`, numbers listed with `--plain-line`), SIPp callers and desktops, an SRTP
@@ -54,9 +55,45 @@ fn trustring() -> Command {
     Command::new(env!("CARGO_BIN_EXE_trustring"))
 }
 
+/// Which key the server pins for the gateway's SIP trunk.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pin {
+    /// The gateway's own (made in its data directory before either starts).
+    Gateway,
+    /// Another key: the gateway cannot complete a handshake with the server.
+    Other,
+}
+
 fn rig(gateway_flags: &[&str]) -> Rig {
+    rig_pinned(gateway_flags, Pin::Gateway)
+}
+
+fn rig_pinned(gateway_flags: &[&str], pin: Pin) -> Rig {
     let gw_sip: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let s = Server::start_args(&["--gateway", &gw_sip.to_string()]);
+    let dir = tempfile::tempdir().unwrap();
+    let gw_data = dir.path().join("gw");
+    // The gateway's key, made now (as its first start would, under DATA/tls/) so that the
+    // server can pin it: the operator copies the fingerprint the gateway prints.
+    let names = vec!["127.0.0.1".to_owned()];
+    let gw_identity =
+        tls::ServerIdentity::load_or_create(&gw_data.join("tls"), None, None, &names).unwrap();
+    let pinned = match pin {
+        Pin::Gateway => gw_identity.fingerprint,
+        Pin::Other => {
+            tls::ServerIdentity::load_or_create(&dir.path().join("other-tls"), None, None, &names)
+                .unwrap()
+                .fingerprint
+        }
+    };
+    let plain_trunk = gateway_flags.contains(&"--danger-plain-trunk");
+    let (pinned_text, gw_sip_text) = (pinned.to_string(), gw_sip.to_string());
+    let mut server_args = vec!["--gateway", gw_sip_text.as_str()];
+    if plain_trunk {
+        server_args.push("--danger-plain-trunk");
+    } else {
+        server_args.extend(["--gateway-fp", pinned_text.as_str()]);
+    }
+    let s = Server::start_args(&server_args);
     s.add_subscriber("alice", "s3cret-passw0rd");
     s.add_subscriber("bob", "b0b-passw0rd");
     let (c, b) = s.api(
@@ -74,8 +111,6 @@ fn rig(gateway_flags: &[&str]) -> Rig {
     let mut phone = enrol(&s, "software");
     let out = phone.cmd(&["number", NUMBER]);
     assert!(out.contains(&format!("number {NUMBER} set")), "{out}");
-    let dir = tempfile::tempdir().unwrap();
-    let gw_data = dir.path().join("gw");
     let lines: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let gw_http: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let mut cmd = trustring();
@@ -103,6 +138,26 @@ fn rig(gateway_flags: &[&str]) -> Rig {
         "{}",
         gw.text()
     );
+    // The trunk's key is the one made above (the line port's too), printed for the server.
+    let sip_fp = gw.text().lines().find_map(|l| {
+        l.strip_prefix("gateway SIP trunk TLS fingerprint: ")
+            .map(|f| f.trim().to_owned())
+    });
+    if plain_trunk {
+        assert_eq!(sip_fp, None, "{}", gw.text());
+    } else {
+        // Nothing listens for SIP over UDP on the trunk's port: no branch can cross in clear.
+        assert!(
+            std::net::UdpSocket::bind(gw_sip).is_ok(),
+            "the gateway holds UDP {gw_sip} with a TLS trunk"
+        );
+        assert_eq!(
+            sip_fp,
+            Some(gw_identity.fingerprint.to_string()),
+            "{}",
+            gw.text()
+        );
+    }
     Rig {
         s,
         gw,
@@ -592,10 +647,12 @@ fn carrier_voicemail_does_not_steal_the_call() {
     );
 }
 
+/// Over a plain UDP trunk (`--danger-plain-trunk` on both sides), anyone on the path can
+/// send the gateway INVITEs: Trunk-Auth refuses them.
 #[test]
 fn direct_invite_to_the_gateway_is_refused_and_logged() {
     let _g = serial();
-    let mut r = rig(&[]);
+    let mut r = rig(&["--danger-plain-trunk"]);
     let _phone = r.attach_phone(&["--answer-after-ms", "0"], false);
     sipp("gw-uac-direct.xml")
         .target(&r.gw_sip.to_string())
@@ -610,6 +667,116 @@ fn direct_invite_to_the_gateway_is_refused_and_logged() {
     // packet would let them fill the disk).
     let gw = cdr_export(&r.gw_data);
     assert_eq!(gw["records"].as_array().map(Vec::len), Some(0), "{gw:#}");
+}
+
+/// Over the TLS trunk, a client that completes a handshake (anyone may: the gateway asks no
+/// client certificate) still gets 403 for an INVITE the server did not make (no challenge,
+/// no Trunk-Auth), over the connection it came on.
+#[test]
+fn direct_invite_over_tls_is_refused_by_trunk_auth() {
+    let _g = serial();
+    let r = rig(&[]);
+    let fp = r.lines_fp.clone().expect("one key for lines and trunk");
+    let tcp = TcpStream::connect(r.gw_sip).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let config = tls::pinned_client_config(fp.parse().unwrap()).unwrap();
+    let name = tls::pki_types::ServerName::try_from("localhost").unwrap();
+    let conn = tls::rustls::ClientConnection::new(config, name).unwrap();
+    let mut stream = tls::rustls::StreamOwned::new(conn, tcp);
+    let local = stream.get_ref().local_addr().unwrap();
+    let invite = format!(
+        "INVITE sip:{NUMBER}@{};user=phone;transport=tls SIP/2.0\r\n\
+         Via: SIP/2.0/TLS {local};branch=z9hG4bK-direct-1\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:mallory@127.0.0.1>;tag=m1\r\n\
+         To: <sip:{NUMBER}@{}>\r\n\
+         Call-ID: direct-tls-1@test\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:mallory@{local};transport=tls>\r\n\
+         Content-Length: 0\r\n\r\n",
+        r.gw_sip, r.gw_sip
+    );
+    stream.write_all(invite.as_bytes()).unwrap();
+    stream.flush().unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    while !String::from_utf8_lossy(&got).contains("SIP/2.0 403") && t0.elapsed() < WAIT {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.contains("SIP/2.0 403"), "{text}");
+    assert_eq!(
+        r.metric("trustring_gateway_refused_invites_total{reason=\"no-challenge\"}"),
+        1.0
+    );
+    assert!(r.gw.text().contains("INVITE refused (toll-fraud check)"));
+}
+
+/// The server pins another key than the gateway's: its TLS handshake fails, the gateway
+/// gets no INVITE (the phone does not ring, no leg record), the server says why, and the
+/// call still completes on the desktop.
+#[test]
+fn a_gateway_with_another_key_gets_no_invite_and_the_desktop_answers() {
+    let _g = serial();
+    let r = rig_pinned(&[], Pin::Other);
+    let mut phone = r.attach_phone(&[], false);
+    let mut desk = device(&r.s, "uas-answer.xml", 500, false);
+    bob(&r.s, "uac-call-auth.xml").run_ok();
+    desk.expect_ok(WAIT);
+    let cdrs = r.server_cdrs(1);
+    assert_eq!(
+        leg(&cdrs["records"][0], "voip")["outcome"],
+        "answered",
+        "{cdrs:#}"
+    );
+    // The phone's branch failed at the handshake (503, RFC 3261 §16.9), not by a timeout.
+    assert_eq!(
+        leg(&cdrs["records"][0], "pstn")["outcome"],
+        "failed",
+        "{cdrs:#}"
+    );
+    let log = r.s.log_text();
+    assert!(
+        log.contains("TLS connect to the gateway failed"),
+        "the server says why the gateway got nothing: {log}"
+    );
+    assert!(
+        log.contains("server key does not match the pinned fingerprint"),
+        "{log}"
+    );
+    let gw = r.gw.text();
+    assert!(
+        !gw.contains("SIP trunk TLS connection from the server"),
+        "no session with the gateway: {gw}"
+    );
+    assert!(gw.contains("SIP trunk TLS handshake failed"), "{gw}");
+    let out = phone.stop();
+    assert!(
+        !out.contains("incoming call"),
+        "the phone did not ring: {out}"
+    );
+    // With the right key this leg ends "cancelled-elsewhere" (the test above).
+    assert_eq!(
+        r.metric("trustring_gateway_calls_total{outcome=\"cancelled-elsewhere\"}"),
+        0.0
+    );
+    let records = cdr_export(&r.gw_data);
+    assert_eq!(
+        records["records"].as_array().map(Vec::len),
+        Some(0),
+        "{records:#}"
+    );
 }
 
 #[test]
@@ -1054,6 +1221,53 @@ fn assert_no_key_logged(r: &Rig, phone_out: &str, keys: &[&Crypto]) {
     );
 }
 
+/// tcpdump on loopback, TCP and UDP `port`, into `pcap`; `None` (said on stderr) when
+/// tcpdump is not installed or may not capture here. Under CI (`CI=true`, where `.ci/run`
+/// installs tcpdump and runs as root) a capture that cannot run fails the test instead, so
+/// the wire check can never be skipped silently there.
+fn capture(pcap: &Path, port: u16) -> Option<Proc> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if Command::new("tcpdump").arg("--version").output().is_err() {
+        assert!(
+            !ci,
+            "tcpdump is not installed (CI=true): the wire check cannot run"
+        );
+        eprintln!("tcpdump is not installed: the capture checks are skipped");
+        return None;
+    }
+    let mut cmd = Command::new("tcpdump");
+    cmd.args(["-i", "lo", "-U", "-n", "-s", "0", "-w"])
+        .arg(pcap)
+        .args(["port", &port.to_string()]);
+    let mut p = Proc::spawn(cmd, pcap.with_extension("out"), false);
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) {
+        let text = p.text();
+        if text.contains("listening on") {
+            return Some(p);
+        }
+        if text.contains("ermission") || text.contains("not permitted") {
+            assert!(!ci, "tcpdump may not capture (CI=true): {text}");
+            eprintln!("tcpdump may not capture here: the capture checks are skipped: {text}");
+            p.stop();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("tcpdump did not start: {}", p.stop());
+}
+
+/// Stops a capture and returns what it wrote.
+fn captured(mut p: Proc, pcap: &Path) -> Vec<u8> {
+    let out = p.stop();
+    eprintln!("tcpdump {}: {}", pcap.display(), out.trim());
+    std::fs::read(pcap).unwrap()
+}
+
+fn holds(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
 fn refused_packets(r: &Rig, reason: &str) -> f64 {
     r.metric(&format!(
         "trustring_gateway_rtp_refused_packets_total{{reason=\"{reason}\"}}"
@@ -1071,6 +1285,16 @@ fn refused_packets(r: &Rig, reason: &str) -> f64 {
 fn srtp_caller_is_heard_through_the_gateway_and_no_clear_rtp_is_on_the_wire() {
     let _g = serial();
     let r = rig(&[]);
+    // What crosses the trunk (TLS) and, as a control, the caller's own leg (plain UDP, where
+    // the caller's offer is in clear): the capture must see the key there and not here.
+    let (trunk_pcap, caller_pcap) = (
+        r.dir.path().join("trunk.pcap"),
+        r.dir.path().join("caller.pcap"),
+    );
+    let trunk_cap = capture(&trunk_pcap, r.gw_sip.port());
+    let caller_cap = trunk_cap
+        .as_ref()
+        .and_then(|_| capture(&caller_pcap, r.s.sip.port()));
     let wav = r.dir.path().join("heard.wav");
     let mut phone = r.attach_phone(
         &[
@@ -1200,6 +1424,36 @@ fn srtp_caller_is_heard_through_the_gateway_and_no_clear_rtp_is_on_the_wire() {
     let mut keys: Vec<&Crypto> = offered.iter().collect();
     keys.push(&gw_key);
     assert_no_key_logged(&r, &phone_out, &keys);
+
+    if let (Some(trunk), Some(control)) = (trunk_cap, caller_cap) {
+        let trunk = captured(trunk, &trunk_pcap);
+        let control = captured(control, &caller_pcap);
+        // The control: the caller's plain leg shows its offer and key, so the capture works.
+        assert!(
+            holds(&control, b"a=crypto:"),
+            "the caller's leg was captured"
+        );
+        assert!(holds(&control, inline_key(&offered[0]).as_bytes()));
+        // The trunk carried TLS application data records, and no SIP or key in clear.
+        assert!(
+            holds(&trunk, &[0x17, 0x03, 0x03]),
+            "TLS records on the trunk ({} bytes captured)",
+            trunk.len()
+        );
+        for clear in [&b"a=crypto"[..], b"INVITE sip:", b"Trunk-Auth", b"SIP/2.0"] {
+            assert!(
+                !holds(&trunk, clear),
+                "{:?} in clear on the trunk",
+                String::from_utf8_lossy(clear)
+            );
+        }
+        for k in &keys {
+            assert!(
+                !holds(&trunk, inline_key(k).as_bytes()),
+                "an SRTP key in clear on the trunk"
+            );
+        }
+    }
 }
 
 /// Polls the caller (no audio) until the gateway's `n`th re-INVITE is answered.

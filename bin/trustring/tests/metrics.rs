@@ -41,18 +41,27 @@ fn scrape(s: &Server, token: Option<&str>) -> (u16, String, String) {
     (status, content_type, body.to_owned())
 }
 
-/// The samples of a text exposition: `name{labels}` -> value. Checks that every sample's
-/// family was declared with `# HELP` and `# TYPE` before it.
+/// The samples of a text exposition: `name{labels}` -> value. Checks that every family is
+/// declared once (the SIP side's text and the API's are joined: no family in both), with
+/// `# HELP` then `# TYPE`, before its samples.
 fn samples(text: &str) -> BTreeMap<String, f64> {
     let mut declared: Vec<(String, String)> = Vec::new();
-    let mut helped = Vec::new();
+    let mut helped = None;
     let mut out = BTreeMap::new();
     for line in text.lines() {
         if let Some(rest) = line.strip_prefix("# HELP ") {
-            helped.push(rest.split(' ').next().unwrap().to_owned());
+            helped = Some(rest.split(' ').next().unwrap().to_owned());
         } else if let Some(rest) = line.strip_prefix("# TYPE ") {
             let (name, kind) = rest.split_once(' ').unwrap();
-            assert!(helped.iter().any(|h| h == name), "TYPE before HELP: {line}");
+            assert_eq!(
+                helped.take().as_deref(),
+                Some(name),
+                "TYPE without HELP: {line}"
+            );
+            assert!(
+                declared.iter().all(|(family, _)| family != name),
+                "declared twice: {line}"
+            );
             declared.push((name.to_owned(), kind.to_owned()));
         } else if !line.is_empty() {
             let (series, value) = line.rsplit_once(' ').unwrap();
@@ -122,6 +131,14 @@ fn a_forked_answered_call_shows_in_the_metrics() {
         "trustring_auth_failures_total",
         "trustring_trust_failures_total",
         "trustring_store_latency_milliseconds",
+        "trustring_cdrs_shed_total",
+        "trustring_sip_connections_refused_total",
+        "trustring_sip_connections_dropped_total",
+        "trustring_store_queue_waits_total",
+        "trustring_http_connections",
+        "trustring_http_connections_refused_total",
+        "trustring_http_connections_dropped_total",
+        "trustring_security_events_shed_total",
     ] {
         assert!(
             body.contains(&format!("# TYPE {family} ")),

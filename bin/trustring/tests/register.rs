@@ -228,7 +228,8 @@ response=\"{digest}\", algorithm={}, cnonce=\"c0ffee\", qop=auth, nc=00000001, o
     let auth = answer(&probe, Algorithm::Sha256);
     let ok = exchange(request(4, &auth));
     assert_eq!(ok.status, 200, "{ok:?}");
-    assert!(s.registrations("alice").contains("127.0.0.1:5961"));
+    let regs = s.registrations_when("alice", |r| r.contains("127.0.0.1:5961"));
+    assert!(regs.contains("127.0.0.1:5961"), "{regs}");
     // The same credentials again (same nonce and nc): a replay, refused.
     let replay = exchange(request(5, &auth));
     assert_eq!(replay.status, 401);

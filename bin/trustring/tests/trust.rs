@@ -59,11 +59,16 @@ fn server_without_pool() -> Server {
 
 /// `trustring device run` in the background, answering after `answer_ms`; registered.
 fn run_phone(p: &Phone, s: &Server, answer_ms: u64) -> Proc {
+    run_phone_with(p, answer_ms, &["--sip-server", &s.target()])
+}
+
+/// [`run_phone`] with `sip` as the phone's SIP arguments.
+fn run_phone_with(p: &Phone, answer_ms: u64, sip: &[&str]) -> Proc {
     let out = p.zone.join(format!("run-{}.out", common::free_port()));
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_trustring"));
     cmd.args(["device", "run", "--zone"])
         .arg(&p.zone)
-        .args(["--sip-server", &s.target()])
+        .args(sip)
         .args(["--answer-after-ms", &answer_ms.to_string()])
         .envs(p.env())
         .env("TRUSTRING_ZONE_PIN", PIN);
@@ -197,6 +202,57 @@ fn pkcs11_zone_phone_answers_with_proof_and_desktop_is_cancelled() {
 
 /// Registers a SIPp UAS as the phone (the device's SIP credentials) but it answers without
 /// any proof: it is hung up, the caller never sees its 200, the desktop answers.
+/// `device run --sip-tls`: the phone registers over SIP over TLS with the key it pinned at
+/// enrolment, takes the forked call on that connection and wins with its proof; the binding
+/// the server holds says `transport=tls` (R27).
+#[test]
+fn phone_over_sip_tls_answers_with_proof() {
+    let _g = serial();
+    let s = server();
+    let p = enrol(&s, "software");
+    let tls = s.sip_tls.to_string();
+    let mut run = run_phone_with(&p, 400, &["--sip-tls", "--sip-server", &tls]);
+    let regs = s.registrations_when("alice", |r| r.contains("transport=tls"));
+    assert!(regs.contains("transport=tls"), "{regs}");
+    let mut desk = device(&s, "uas-ring-cancel.xml", 0, false);
+    caller(&s, "uac-call.xml").arg("-d").arg("500").run_ok();
+    desk.expect_ok(WAIT);
+    run.wait_for("ended");
+    let out = run.stop();
+    assert!(out.contains(", TLS)") && out.contains("answered"), "{out}");
+    assert!(!events(&s).contains("-proof"), "{}", events(&s));
+}
+
+/// Pinning holds for SIP too: a phone whose pinned key is not the server's never registers.
+#[test]
+fn phone_over_sip_tls_refuses_another_server_key() {
+    let _g = serial();
+    let s = server();
+    let p = enrol(&s, "software");
+    let other = Server::start();
+    let out = p.zone.join("run-wrong-key.out");
+    let r = Command::new(env!("CARGO_BIN_EXE_trustring"))
+        .args(["device", "run", "--zone"])
+        .arg(&p.zone)
+        .args(["--sip-tls", "--sip-server", &other.sip_tls.to_string()])
+        .args(["--answer-after-ms", "100"])
+        .envs(p.env())
+        .env("TRUSTRING_ZONE_PIN", PIN)
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success(), "{err}");
+    assert!(
+        !std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .contains("registered")
+    );
+    let (c, regs) = other.api("GET", "/api/v1/subscribers/alice/registrations", None);
+    assert!(c == 404 || !regs.contains("tls"), "{c} {regs}");
+}
+
 #[test]
 fn phone_without_proof_never_connects() {
     let _g = serial();
@@ -272,13 +328,9 @@ fn revoked_phone_does_not_ring() {
     let mut run = run_phone(&p, &s, 60_000);
     let id = p.device_json()["device_id"].as_str().unwrap().to_owned();
     // The binding is listed once the store writer has it (it runs beside the SIP loop).
-    let t0 = Instant::now();
-    let mut regs = s.registrations("alice");
-    while !regs.contains(&format!("trustring-device={id}")) && t0.elapsed() < WAIT / 9 {
-        std::thread::sleep(Duration::from_millis(50));
-        regs = s.registrations("alice");
-    }
-    assert!(regs.contains(&format!("trustring-device={id}")), "{regs}");
+    let bound = format!("trustring-device={id}");
+    let regs = s.registrations_when("alice", |r| r.contains(&bound));
+    assert!(regs.contains(&bound), "{regs}");
     let (c, b) = s.api(
         "POST",
         &format!("/api/v1/devices/{id}/revoke"),

@@ -13,53 +13,17 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use serde::{Deserialize, Serialize};
-use sip_net::trace::{Direction, TraceEntry, TraceSink};
+use sip_net::trace::{CallTrace, Direction, TraceEntry, TraceSink};
 use tokio::sync::broadcast;
 
 use crate::AppState;
 use crate::error::ApiError;
 
-/// One message of a trace.
-#[derive(Debug, Serialize, utoipa::ToSchema)]
-pub(crate) struct MessageView {
-    /// Unix time, microseconds.
-    at_us: i64,
-    /// `in` (received by the server) or `out` (sent).
-    dir: &'static str,
-    /// `UDP` or `TCP`.
-    transport: &'static str,
-    /// The other side, `ip:port`.
-    peer: String,
-    /// Request method, or status and reason.
-    label: String,
-    /// CSeq.
-    cseq: String,
-    /// `Reason: …`, `trust challenge`, `trust proof`, `P-Asserted-Identity: …`.
-    notes: Vec<String>,
-}
-
-impl From<&TraceEntry> for MessageView {
-    fn from(e: &TraceEntry) -> Self {
-        Self {
-            at_us: e.at_us,
-            dir: match e.dir {
-                Direction::In => "in",
-                Direction::Out => "out",
-            },
-            transport: e.transport,
-            peer: e.peer.to_string(),
-            label: e.label.clone(),
-            cseq: e.cseq.clone(),
-            notes: e.notes.clone(),
-        }
-    }
-}
-
 /// `GET /api/v1/calls/{call_id}/trace`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
 pub(crate) struct TraceView {
     call_id: String,
-    messages: Vec<MessageView>,
+    messages: Vec<TraceEntry>,
 }
 
 /// A branch of a call as the trace shows it.
@@ -193,14 +157,16 @@ pub(crate) async fn list(
 ) -> Result<Json<Vec<CallView>>, ApiError> {
     let Query(q) = query.map_err(|e| ApiError::invalid(e.body_text()))?;
     let limit = q.limit.unwrap_or(50).clamp(1, 1000);
-    let t = traces(&state)?;
-    let t = t.traces.lock().unwrap_or_else(PoisonError::into_inner);
-    let ids: Vec<&str> = t.calls().collect();
+    // Copy the stored calls under the lock (the SIP loop waits on it), format after.
+    let calls: Vec<CallTrace> = {
+        let t = traces(&state)?;
+        let t = t.traces.lock().unwrap_or_else(PoisonError::into_inner);
+        t.calls().rev().take(limit).cloned().collect()
+    };
     Ok(Json(
-        ids.iter()
-            .rev()
-            .take(limit)
-            .filter_map(|id| t.call(id).map(|e| summarise(id, e)))
+        calls
+            .iter()
+            .map(|c| summarise(c.call_id(), &c.entries()))
             .collect(),
     ))
 }
@@ -219,13 +185,14 @@ pub(crate) async fn trace(
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<TraceView>, ApiError> {
     let Path(call_id) = path?;
-    let t = traces(&state)?;
-    let t = t.traces.lock().unwrap_or_else(PoisonError::into_inner);
-    let entries = t
-        .call(&call_id)
-        .ok_or_else(|| ApiError::not_found(format!("no trace of call {call_id}")))?;
+    let call = {
+        let t = traces(&state)?;
+        let t = t.traces.lock().unwrap_or_else(PoisonError::into_inner);
+        t.call(&call_id).cloned()
+    };
+    let call = call.ok_or_else(|| ApiError::not_found(format!("no trace of call {call_id}")))?;
     Ok(Json(TraceView {
-        messages: entries.iter().map(MessageView::from).collect(),
+        messages: call.entries(),
         call_id,
     }))
 }
@@ -247,7 +214,7 @@ pub(crate) async fn stream(
         loop {
             match rx.recv().await {
                 Ok((call_id, e)) => {
-                    let mut v = serde_json::to_value(MessageView::from(&e)).unwrap_or_default();
+                    let mut v = serde_json::to_value(&e).unwrap_or_default();
                     v["call_id"] = serde_json::Value::String(call_id);
                     let ev = Event::default().event("message").data(v.to_string());
                     return Some((Ok(ev), rx));
@@ -267,13 +234,15 @@ pub(crate) async fn stream(
 
 #[cfg(test)]
 mod tests {
+    use sip_core::proxy::Transport;
+
     use super::*;
 
     fn e(dir: Direction, peer: &str, label: &str, cseq: &str) -> TraceEntry {
         TraceEntry {
             at_us: 0,
             dir,
-            transport: "UDP",
+            transport: Transport::Udp,
             peer: peer.parse().unwrap_or_else(|_| unreachable!()),
             label: label.into(),
             cseq: cseq.into(),

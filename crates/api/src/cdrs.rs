@@ -49,42 +49,13 @@ pub fn parse_time(s: &str) -> Result<i64, TimeError> {
     if let Ok(ms) = s.parse::<i64>() {
         return Ok(ms);
     }
-    let err = || TimeError(s.chars().take(40).collect());
-    let b = s.as_bytes();
-    let digits = |r: std::ops::Range<usize>| -> Option<i64> {
-        let part = b.get(r)?;
-        if part.iter().all(u8::is_ascii_digit) {
-            std::str::from_utf8(part).ok()?.parse().ok()
-        } else {
-            None
-        }
-    };
-    if b.len() != 10 || b[4] != b'-' || b[7] != b'-' {
-        return Err(err());
-    }
-    let (Some(y), Some(m), Some(d)) = (digits(0..4), digits(5..7), digits(8..10)) else {
-        return Err(err());
-    };
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let days_in_month = match m {
-        1 | 3 | 5 | 7 | 8 | 10 | 12 => 31,
-        4 | 6 | 9 | 11 => 30,
-        2 if leap => 29,
-        2 => 28,
-        _ => return Err(err()),
-    };
-    if !(1..=days_in_month).contains(&d) {
-        return Err(err());
-    }
-    // Days from the civil date (H. Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Ok((era * 146_097 + doe - 719_468) * 86_400_000)
+    let date = time::Date::parse(s, DATE).map_err(|_| TimeError(s.chars().take(40).collect()))?;
+    Ok(date.midnight().assume_utc().unix_timestamp() * 1000)
 }
+
+/// `YYYY-MM-DD`, zero-padded, nothing else.
+const DATE: &[time::format_description::BorrowedFormatItem<'_>] =
+    time::macros::format_description!("[year repr:full]-[month]-[day]");
 
 /// Query of `GET /api/v1/cdrs`.
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

@@ -6,20 +6,28 @@
 //! ([`crate::ApiOptions::metrics`]); this crate knows nothing of what the SIP side measures.
 //! Without a source the route answers 503, like the provisioning endpoints without a master
 //! key. After the source's text come this crate's own [`Counters`]: the HTTP listeners'
-//! refused and dropped connections, and the security events shed by the per-source limit.
+//! refused and dropped connections, and the security events shed by the per-source limit,
+//! written by `prometheus-client` (as the SIP side's text is) from a collector that reads
+//! the atomics at scrape time. Format 0.0.4, not OpenMetrics: two texts are joined here, and
+//! OpenMetrics allows one closing `# EOF` only.
 
-use std::fmt::Write as _;
+use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 
 use crate::AppState;
 use crate::error::{ApiError, ErrorBody};
 
 /// `Content-Type` of the exposition (the text format, version 0.0.4).
-pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub const METRICS_CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 
 /// `GET /metrics` (admin token): every metric in the Prometheus text format.
 #[utoipa::path(
@@ -34,8 +42,12 @@ pub const METRICS_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8
             `trustring_active_calls`, `trustring_calls_total{outcome}`, \
             `trustring_fork_skew_microseconds` (histogram), `trustring_transactions{kind}`, \
             `trustring_forks`, `trustring_sip_parse_errors_total`, \
-            `trustring_auth_failures_total`, `trustring_trust_failures_total{kind}`, \
-            `trustring_store_latency_milliseconds{op}` (histogram), then the API's own: \
+            `trustring_cdrs_shed_total`, `trustring_auth_failures_total`, \
+            `trustring_trust_failures_total{kind}`, \
+            `trustring_store_latency_milliseconds{op}` (histogram), \
+            `trustring_sip_connections_refused_total`, \
+            `trustring_sip_connections_dropped_total`, `trustring_store_queue_waits_total`, \
+            then the API's own: \
             `trustring_http_connections{listener}`, \
             `trustring_http_connections_refused_total{listener}`, \
             `trustring_http_connections_dropped_total{listener}`, \
@@ -58,7 +70,11 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Result<Response, A
     if !text.is_empty() && !text.ends_with('\n') {
         text.push('\n');
     }
-    state.counters.render(&mut text);
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(Arc::clone(&state.counters)));
+    // Cannot fail: a `String` takes every write, and the collector only passes on the
+    // writer's errors.
+    let _ = prometheus_text::encode(&mut text, &registry);
     let mut response = (StatusCode::OK, text).into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -144,42 +160,49 @@ impl Counters {
     pub fn connections_refused(&self, kind: ListenerKind) -> u64 {
         self.refused[kind.index()].load(Ordering::Relaxed)
     }
+}
 
-    /// Appends the counters to `out` in the text format 0.0.4.
-    fn render(&self, out: &mut String) {
-        let families: [(&str, &str, &str, &[AtomicU64; 2]); 3] = [
+impl Collector for Counters {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        // Counter names without `_total`: the encoder appends it.
+        let families: [(&str, &str, MetricType, &[AtomicU64; 2]); 3] = [
             (
                 "trustring_http_connections",
-                "gauge",
-                "HTTP connections open",
+                "HTTP connections open.",
+                MetricType::Gauge,
                 &self.open,
             ),
             (
-                "trustring_http_connections_refused_total",
-                "counter",
-                "HTTP connections closed at accept by a connection cap",
+                "trustring_http_connections_refused",
+                "HTTP connections closed at accept by a connection cap.",
+                MetricType::Counter,
                 &self.refused,
             ),
             (
-                "trustring_http_connections_dropped_total",
-                "counter",
-                "HTTP connections closed for want of a complete request head or body in time",
+                "trustring_http_connections_dropped",
+                "HTTP connections closed for want of a complete request head or body in time.",
+                MetricType::Counter,
                 &self.dropped,
             ),
         ];
-        for (name, kind, help, values) in families {
-            let _ = writeln!(out, "# HELP {name} {help}.\n# TYPE {name} {kind}");
+        for (name, help, kind, values) in families {
+            let mut family = enc.encode_descriptor(name, help, None, kind)?;
             for l in ListenerKind::ALL {
                 let v = values[l.index()].load(Ordering::Relaxed);
-                let _ = writeln!(out, "{name}{{listener=\"{}\"}} {v}", l.label());
+                let labels = [("listener", l.label())];
+                let mut sample = family.encode_family(&labels)?;
+                match kind {
+                    MetricType::Counter => sample.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+                    _ => sample.encode_gauge(&v)?,
+                }
             }
         }
-        let _ = writeln!(
-            out,
-            "# HELP trustring_security_events_shed_total Security events not recorded: their \
-             source was over its rate.\n# TYPE trustring_security_events_shed_total counter\n\
-             trustring_security_events_shed_total {}",
-            self.events_shed()
-        );
+        enc.encode_descriptor(
+            "trustring_security_events_shed",
+            "Security events not recorded: their source was over its rate.",
+            None,
+            MetricType::Counter,
+        )?
+        .encode_counter::<NoLabelSet, _, u64>(&self.events_shed(), None)
     }
 }

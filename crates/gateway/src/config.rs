@@ -28,11 +28,33 @@ impl std::fmt::Debug for LineSecurity {
     }
 }
 
+/// How the server's SIP trunk reaches the gateway (the `sip_tls` module).
+#[derive(Clone)]
+pub enum SipSecurity {
+    /// SIP over TLS 1.2/1.3 with this identity (the line port's); the server pins its key
+    /// and dials. The default.
+    Tls(Arc<tls::ServerIdentity>),
+    /// Plain UDP: SRTP keys, trust challenges and Trunk-Auth in clear
+    /// (`--danger-plain-trunk`).
+    Plain,
+}
+
+impl std::fmt::Debug for SipSecurity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tls(id) => write!(f, "Tls({})", id.fingerprint),
+            Self::Plain => f.write_str("Plain"),
+        }
+    }
+}
+
 /// The gateway's settings (`trustring gateway` flags).
 #[derive(Clone)]
 pub struct GatewayConfig {
-    /// SIP trunk address (UDP) the server sends phone legs to.
+    /// SIP trunk address the server sends phone legs to (TLS over TCP, or UDP).
     pub sip: SocketAddr,
+    /// TLS on the SIP trunk (or, explicitly, plain UDP).
+    pub sip_security: SipSecurity,
     /// TCP address phone lines attach to (the PSTN side).
     pub lines: SocketAddr,
     /// TLS on the line port (or, explicitly, plain TCP).
@@ -66,6 +88,7 @@ impl std::fmt::Debug for GatewayConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("GatewayConfig")
             .field("sip", &self.sip)
+            .field("sip_security", &self.sip_security)
             .field("lines", &self.lines)
             .field("line_security", &self.line_security)
             .field("plain_lines", &self.plain_lines)

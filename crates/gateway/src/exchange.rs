@@ -41,6 +41,7 @@ use crate::config::GatewayConfig;
 use crate::line_auth::{AttachLookup, AuthorityError, LineAuthority};
 use crate::lines::{LineInput, LineTx};
 use crate::records::{LegRecord, Recorder, unix_ms};
+use crate::sip_tls::SipInput;
 use crate::trunk_ua::{CallId, TrunkUa, UaEvent};
 
 /// A circuit: one call on one line, named by (connection, CIC).
@@ -180,7 +181,9 @@ enum Timer {
 pub(crate) struct Exchange {
     cfg: GatewayConfig,
     ua: TrunkUa,
-    sip: Arc<UdpSocket>,
+    sip: SipSocket,
+    /// The server's live SIP over TLS connections: peer and write queue (see `sip_tls`).
+    sip_conns: HashMap<u64, (SocketAddr, mpsc::Sender<Bytes>)>,
     admission: Admission,
     recorder: Recorder,
     lines: HashMap<u64, Line>,
@@ -200,6 +203,35 @@ pub(crate) struct Exchange {
     metrics: Arc<crate::GatewayMetrics>,
 }
 
+/// How the trunk's SIP messages travel.
+#[derive(Debug)]
+pub(crate) enum SipSocket {
+    /// Plain UDP (`--danger-plain-trunk`).
+    Udp(Arc<UdpSocket>),
+    /// SIP over TLS connections the server opened (`sip_tls`); their input arrives on the
+    /// receiver given to [`Exchange::run`].
+    Tls,
+}
+
+/// The next datagram, or never without a UDP socket.
+async fn recv_udp(
+    sock: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match sock {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next input from the SIP connections, or never without them.
+async fn recv_stream(rx: Option<&mut mpsc::Receiver<SipInput>>) -> Option<SipInput> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 fn q850_reason(cause: Cause) -> String {
     format!("Q.850;cause={};text=\"{}\"", cause.value(), cause.text())
 }
@@ -212,7 +244,7 @@ impl Exchange {
     pub(crate) fn new(
         cfg: GatewayConfig,
         ua: TrunkUa,
-        sip: Arc<UdpSocket>,
+        sip: SipSocket,
         recorder: Recorder,
         metrics: Arc<crate::GatewayMetrics>,
         auth_tx: mpsc::Sender<AuthResult>,
@@ -223,6 +255,7 @@ impl Exchange {
             cfg,
             ua,
             sip,
+            sip_conns: HashMap::new(),
             admission,
             recorder,
             lines: HashMap::new(),
@@ -246,12 +279,16 @@ impl Exchange {
         mut self,
         mut lines: mpsc::Receiver<LineInput>,
         mut auth: mpsc::Receiver<AuthResult>,
+        mut sip_streams: Option<mpsc::Receiver<SipInput>>,
         stop: impl Future<Output = ()>,
     ) {
         tokio::pin!(stop);
         self.timers
             .push(Reverse((Instant::now() + SWEEP_EVERY, Timer::Sweep)));
-        let sip = self.sip.clone();
+        let udp = match &self.sip {
+            SipSocket::Udp(s) => Some(s.clone()),
+            SipSocket::Tls => None,
+        };
         let mut buf = vec![0u8; 65_535];
         loop {
             self.flush().await;
@@ -267,10 +304,11 @@ impl Exchange {
                 }
             };
             tokio::select! {
-                r = sip.recv_from(&mut buf) => match r {
+                r = recv_udp(udp.as_deref(), &mut buf) => match r {
                     Ok((n, from)) => self.ua.handle_datagram(Instant::now(), from, &buf[..n]),
                     Err(e) => tracing::debug!(error = %e, "SIP receive error"),
                 },
+                Some(i) = recv_stream(sip_streams.as_mut()) => self.sip_input(i),
                 input = lines.recv() => match input {
                     Some(i) => self.line_input(i),
                     None => break,
@@ -294,8 +332,13 @@ impl Exchange {
             let mut idle = true;
             while let Some((to, bytes)) = self.ua.poll_transmit() {
                 idle = false;
-                if let Err(e) = self.sip.send_to(&bytes, to).await {
-                    tracing::debug!(%to, error = %e, "SIP send failed");
+                match &self.sip {
+                    SipSocket::Udp(sock) => {
+                        if let Err(e) = sock.send_to(&bytes, to).await {
+                            tracing::debug!(%to, error = %e, "SIP send failed");
+                        }
+                    }
+                    SipSocket::Tls => self.send_stream(to, bytes),
                 }
             }
             while let Some(e) = self.ua.poll_event() {
@@ -305,6 +348,52 @@ impl Exchange {
             if idle {
                 return;
             }
+        }
+    }
+
+    /// A SIP connection's news (see `sip_tls`).
+    fn sip_input(&mut self, input: SipInput) {
+        match input {
+            SipInput::Opened { conn, peer, tx } => {
+                self.sip_conns.insert(conn, (peer, tx));
+            }
+            SipInput::Message { conn, peer, data } => {
+                if self.sip_conns.contains_key(&conn) {
+                    self.ua.handle_datagram(Instant::now(), peer, &data);
+                }
+            }
+            SipInput::Closed { conn } => {
+                self.sip_conns.remove(&conn);
+            }
+        }
+    }
+
+    /// Queues `bytes` for the connection whose peer is `to` (a response goes back the way
+    /// its request came), else for the newest connection (our own requests: the server is
+    /// the only SIP peer, and the address its Record-Route names is its listener, not the
+    /// connection's source). Never waits: a full queue closes the connection.
+    fn send_stream(&mut self, to: SocketAddr, bytes: Bytes) {
+        let conn = self
+            .sip_conns
+            .iter()
+            .find(|(_, (peer, _))| *peer == to)
+            .or_else(|| self.sip_conns.iter().max_by_key(|(id, _)| **id))
+            .map(|(id, _)| *id);
+        let Some(conn) = conn else {
+            tracing::warn!(%to, "no SIP connection from the server: message not sent (the server dials the gateway)");
+            return;
+        };
+        let full = match self.sip_conns.get(&conn) {
+            Some((_, tx)) => matches!(tx.try_send(bytes), Err(mpsc::error::TrySendError::Full(_))),
+            None => false,
+        };
+        if full {
+            tracing::warn!(
+                conn,
+                "the server does not read the SIP trunk (queue full): closing the connection"
+            );
+            // Dropping the queue's sender ends the writer, and the connection with it.
+            self.sip_conns.remove(&conn);
         }
     }
 

@@ -4,7 +4,9 @@
 //! switch. `trustring gateway` is that bridge on one machine:
 //! - **trunk side** (`trunk_ua`): a SIP back-to-back user agent that takes the server's
 //!   phone legs (`INVITE sip:+NUMBER@gateway;user=phone`) after the toll-fraud checks
-//!   (`admission`: allow-listed source, `Trunk-Auth` MAC, fresh unused trust challenge);
+//!   (`admission`: allow-listed source, `Trunk-Auth` MAC, fresh unused trust challenge),
+//!   over SIP over TLS connections the server dials with the gateway's key pinned
+//!   (`sip_tls`; plain UDP only behind `--danger-plain-trunk`);
 //! - **PSTN side** (`lines`): phone lines attach over TLS (the gateway's key pinned by the
 //!   line) and speak TR-ISUP, a small ISUP-like protocol (IAM/ACM/ANM/CPG/REL/RLC,
 //!   `docs/isup.md`, crate `pstn`); the trust challenge rides in the IAM and the proof comes
@@ -27,11 +29,12 @@ pub mod line_auth;
 mod lines;
 pub mod metrics;
 mod records;
+mod sip_tls;
 pub mod trunk_ua;
 
 use std::sync::Arc;
 
-pub use config::{GatewayConfig, LineSecurity};
+pub use config::{GatewayConfig, LineSecurity, SipSecurity};
 pub use metrics::GatewayMetrics;
 use sip_core::transaction::Timers;
 
@@ -67,8 +70,10 @@ pub enum GatewayError {
 /// The bound addresses of a running gateway.
 #[derive(Debug, Clone, Copy)]
 pub struct Bound {
-    /// SIP trunk (UDP).
+    /// SIP trunk (TLS over TCP, or UDP with a plain trunk).
     pub sip: std::net::SocketAddr,
+    /// The fingerprint the server pins for the SIP trunk (`None`: plain UDP trunk).
+    pub sip_fingerprint: Option<tls::Fingerprint>,
     /// Line attachment (TCP, TLS unless plain lines were asked for).
     pub lines: std::net::SocketAddr,
     /// The fingerprint lines pin (`None`: plain lines).
@@ -93,13 +98,34 @@ pub async fn run(
         store::SqliteStore::open(&cfg.data.join("trustring.db"))?.with_cdr_signing(&cfg.data)?;
     let day_start = records::unix_ms().div_euclid(86_400_000) * 86_400_000;
     let today = store::Store::cdrs(&store, day_start, i64::MAX, None)?;
-    let sip = tokio::net::UdpSocket::bind(cfg.sip)
-        .await
-        .map_err(|source| GatewayError::Bind {
-            what: "SIP trunk (UDP)",
-            addr: cfg.sip,
-            source,
-        })?;
+    let bind_err = |what| {
+        let addr = cfg.sip;
+        move |source| GatewayError::Bind { what, addr, source }
+    };
+    let (sip, sip_listener, sip_addr, sip_fingerprint) = match &cfg.sip_security {
+        SipSecurity::Plain => {
+            let what = "SIP trunk (UDP)";
+            let s = tokio::net::UdpSocket::bind(cfg.sip)
+                .await
+                .map_err(bind_err(what))?;
+            let addr = s.local_addr().map_err(bind_err(what))?;
+            (exchange::SipSocket::Udp(Arc::new(s)), None, addr, None)
+        }
+        SipSecurity::Tls(identity) => {
+            let what = "SIP trunk (TLS)";
+            let l = tokio::net::TcpListener::bind(cfg.sip)
+                .await
+                .map_err(bind_err(what))?;
+            let addr = l.local_addr().map_err(bind_err(what))?;
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls::server_config(identity)?);
+            (
+                exchange::SipSocket::Tls,
+                Some((l, acceptor)),
+                addr,
+                Some(identity.fingerprint),
+            )
+        }
+    };
     let lines = tokio::net::TcpListener::bind(cfg.lines)
         .await
         .map_err(|source| GatewayError::Bind {
@@ -107,11 +133,6 @@ pub async fn run(
             addr: cfg.lines,
             source,
         })?;
-    let sip_addr = sip.local_addr().map_err(|source| GatewayError::Bind {
-        what: "SIP trunk (UDP)",
-        addr: cfg.sip,
-        source,
-    })?;
     let lines_addr = lines.local_addr().map_err(|source| GatewayError::Bind {
         what: "lines (TCP)",
         addr: cfg.lines,
@@ -128,6 +149,7 @@ pub async fn run(
     };
     on_bound(Bound {
         sip: sip_addr,
+        sip_fingerprint,
         lines: lines_addr,
         lines_fingerprint,
     });
@@ -139,6 +161,7 @@ pub async fn run(
     let ua = trunk_ua::TrunkUa::new(
         trunk_ua::UaConfig {
             local: advertised,
+            tls: sip_fingerprint.is_some(),
             timers: Timers::default(),
             user_agent: concat!("trustring-gateway/", env!("CARGO_PKG_VERSION")).into(),
         },
@@ -149,9 +172,22 @@ pub async fn run(
     let (line_tx, line_rx) = tokio::sync::mpsc::channel(lines::EXCHANGE_QUEUE);
     let (auth_tx, auth_rx) = tokio::sync::mpsc::channel(256);
     let accepting = tokio::spawn(lines::accept(lines, acceptor, line_tx, metrics.clone()));
-    let mut exchange = exchange::Exchange::new(cfg, ua, Arc::new(sip), recorder, metrics, auth_tx);
+    let (sip_accepting, sip_rx) = match sip_listener {
+        Some((listener, acceptor)) => {
+            // Bounded: connection readers wait for room (back-pressure onto their sockets).
+            let (tx, rx) = tokio::sync::mpsc::channel(sip_tls::EXCHANGE_QUEUE);
+            let allow: Arc<[std::net::IpAddr]> = cfg.allow.clone().into();
+            let task = tokio::spawn(sip_tls::accept(listener, acceptor, allow, tx));
+            (Some(task), Some(rx))
+        }
+        None => (None, None),
+    };
+    let mut exchange = exchange::Exchange::new(cfg, ua, sip, recorder, metrics, auth_tx);
     exchange.preload_spend(&today);
-    exchange.run(line_rx, auth_rx, stop).await;
+    exchange.run(line_rx, auth_rx, sip_rx, stop).await;
     accepting.abort();
+    if let Some(t) = sip_accepting {
+        t.abort();
+    }
     Ok(())
 }

@@ -92,9 +92,15 @@ struct Sim {
 
 impl Sim {
     fn new() -> Self {
+        Self::with_tls(false)
+    }
+
+    /// A UA on a SIP over TLS trunk (`tls`) or a UDP one.
+    fn with_tls(tls: bool) -> Self {
         let t0 = Instant::now();
         let cfg = UaConfig {
             local: gw(),
+            tls,
             timers: Timers::default(),
             user_agent: "trustring-gateway/test".into(),
         };
@@ -1209,4 +1215,61 @@ proptest! {
         prop_assert_eq!(unique, started);
         prop_assert_eq!(s.ua.call_count(), 0);
     }
+}
+
+/// On the TLS trunk the UA says so: its Contact names `transport=tls` (the proxy's
+/// in-dialog requests come over TLS too) and its own requests' Via is `SIP/2.0/TLS`.
+#[test]
+fn a_tls_trunk_says_tls_in_contact_and_via() {
+    let mut s = Sim::with_tls(true);
+    let (call, _) = s.confirmed();
+    s.ua.hangup(call, s.now, None).expect("hangup");
+    let out = s.out();
+    let bye = req(&out[0].1);
+    assert_eq!(bye.method.as_str(), "BYE");
+    let via = bye.headers.get(&HeaderName::Via).expect("Via");
+    assert!(via.starts_with("SIP/2.0/TLS 127.0.0.1:5070;"), "{via}");
+
+    let mut s = Sim::with_tls(true);
+    let call = s.incoming();
+    s.ua.ring(call, s.now, &[]).expect("ring");
+    let out = s.out();
+    assert_eq!(
+        header(&out[0].1, "Contact"),
+        Some("<sip:127.0.0.1:5070;transport=tls>")
+    );
+}
+
+/// Over TLS the transactions are reliable (RFC 3261 §17.1.2.2, §17.2.2): a BYE is sent once
+/// and waits for its answer (Timer F), it is not retransmitted as over UDP; the 2xx to the
+/// INVITE is still repeated until the ACK (§13.3.1.4, end to end, whatever the hop).
+#[test]
+fn a_tls_trunk_does_not_retransmit_requests() {
+    let mut s = Sim::with_tls(true);
+    let call = s.incoming();
+    s.ua.ring(call, s.now, &[]).expect("ring");
+    let tag = to_tag(response(&s.out()[0].1));
+    s.ua.answer(call, s.now, Bytes::from_static(ANSWER.as_bytes()), &[])
+        .expect("answer");
+    assert_eq!(status(&s.out()[0].1), 200);
+    s.advance_to(s.now + ms(600));
+    assert!(
+        s.out().iter().any(|(_, m)| status(m) == 200),
+        "the 2xx is repeated until the ACK"
+    );
+    s.send(&in_dialog("ACK", 1, "z9hG4bKack1", &tag, ""));
+    s.events();
+    s.ua.hangup(call, s.now, None).expect("hangup");
+    let bye = s.out();
+    assert_eq!(bye.len(), 1, "one BYE");
+    s.advance_to(s.now + ms(10_000));
+    assert!(s.out().is_empty(), "no BYE retransmission over TLS");
+    // Timer F (64*T1) still ends a BYE nobody answers.
+    s.advance_to(s.now + ms(30_000));
+    assert!(
+        s.events()
+            .iter()
+            .any(|e| matches!(e, UaEvent::Ended { call: c, .. } if *c == call)),
+        "the call ends when the BYE times out"
+    );
 }

@@ -78,9 +78,18 @@ impl Ctx {
     pub(crate) fn via(&self) -> (String, String) {
         let branch = crate::ids::branch();
         (
-            format!("SIP/2.0/UDP {};branch={branch};rport", self.addr),
+            format!(
+                "SIP/2.0/{} {};branch={branch};rport",
+                self.cfg.transport.token(),
+                self.addr
+            ),
             branch,
         )
+    }
+
+    /// Whether the transport is reliable (TLS): transactions then never retransmit.
+    pub(crate) fn reliable(&self) -> bool {
+        self.cfg.transport.is_reliable()
     }
 }
 
@@ -113,8 +122,15 @@ impl Agent {
         now: Instant,
     ) -> Result<Self, PhoneError> {
         cfg.validate()?;
+        // RFC 3261 §19.1.4: `transport=tls` says how to reach the contact (the server uses
+        // the registering connection anyway).
+        let transport = if cfg.transport.is_reliable() {
+            ";transport=tls"
+        } else {
+            ""
+        };
         let contact_uri = Uri::parse(&format!(
-            "sip:{}@{addr};trustring-device={}",
+            "sip:{}@{addr}{transport};trustring-device={}",
             cfg.aor_user, cfg.contact_instance
         ))
         .map_err(|e| PhoneError::Config(format!("contact: {e}")))?;
@@ -340,7 +356,7 @@ impl Agent {
             },
         );
         if self.nists.len() < MAX_SERVER_TXS {
-            let mut tx = ServerTx::new(false, false, self.ctx.cfg.timers);
+            let mut tx = ServerTx::new(false, self.ctx.reliable(), self.ctx.cfg.timers);
             tx.send_response(resp.status, bytes, now);
             self.nists.insert(key, (from, tx));
         }
@@ -539,6 +555,45 @@ CSeq: 1 REGISTER\r\nWWW-Authenticate: Digest realm=\"r\", nonce=\"n\", qop=\"aut
         }
         a.shutdown(now);
         assert!(a.calls.len() <= MAX_CALLS);
+    }
+
+    #[test]
+    fn over_tls_via_says_tls_contact_says_transport_tls_and_nothing_is_retransmitted() {
+        let t0 = Instant::now();
+        let mut cfg = PhoneConfig::new(
+            "127.0.0.1:5061".parse().expect("addr"),
+            "example.com",
+            "alice",
+            "~d-1",
+            "pw",
+            "dev-1",
+        );
+        let client = tls::rustls::ClientConfig::builder_with_provider(tls::provider())
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_root_certificates(tls::rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        cfg.transport = crate::SipTransport::Tls(crate::TlsClient {
+            config: std::sync::Arc::new(client),
+            server_name: None,
+        });
+        let addr = "127.0.0.1:40123".parse().expect("addr");
+        let mut a = Agent::new(cfg, addr, 4000, Box::new(Echo), t0).expect("agent");
+        a.handle_timeout(t0);
+        let register = a.poll_transmit().expect("REGISTER");
+        let Ok(Message::Request(req)) = parse(&register.bytes) else {
+            panic!("the REGISTER parses")
+        };
+        let via = req.headers.get(&HeaderName::Via).expect("Via");
+        assert!(via.starts_with("SIP/2.0/TLS 127.0.0.1:40123;"), "{via}");
+        let contact = req.headers.get(&HeaderName::Contact).expect("Contact");
+        assert!(
+            contact.contains("@127.0.0.1:40123;transport=tls;"),
+            "{contact}"
+        );
+        // Reliable: timer E never fires, only timer F (64*T1) ends the transaction.
+        a.handle_timeout(t0 + Duration::from_secs(10));
+        assert!(a.poll_transmit().is_none(), "no retransmission over TLS");
     }
 
     #[test]

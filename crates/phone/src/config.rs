@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use sip_core::message::Uri;
@@ -42,6 +43,73 @@ pub struct PhoneConfig {
     pub contact_instance: String,
     /// RFC 3261 timers T1, T2, T4 (defaults 500 ms, 4 s, 5 s). Lower them only in tests.
     pub timers: Timers,
+    /// How SIP reaches the server: UDP (the default) or TLS to [`Self::server`]'s TLS port.
+    pub transport: SipTransport,
+}
+
+/// The phone's SIP transport.
+#[derive(Clone, Default)]
+#[non_exhaustive]
+pub enum SipTransport {
+    /// SIP over UDP (RFC 3261 §18): one socket, every message a datagram.
+    #[default]
+    Udp,
+    /// SIP over TLS (RFC 3261 §26): one connection to the server, open for the phone's
+    /// life. The server reaches a contact registered over TLS only over the connection its
+    /// REGISTER came on, so incoming calls arrive on it too; when it closes the binding is
+    /// gone and the phone stops ([`crate::PhoneEvent::Disconnected`]).
+    Tls(TlsClient),
+}
+
+impl SipTransport {
+    /// The Via transport token.
+    pub(crate) fn token(&self) -> &'static str {
+        match self {
+            Self::Udp => "UDP",
+            Self::Tls(_) => "TLS",
+        }
+    }
+
+    /// Reliable transports have no retransmissions (RFC 3261 §17.1.1.2, §17.1.2.2).
+    pub(crate) fn is_reliable(&self) -> bool {
+        matches!(self, Self::Tls(_))
+    }
+}
+
+/// How the phone verifies the server it connects to over TLS.
+#[derive(Clone)]
+pub struct TlsClient {
+    /// The rustls client configuration (its certificate verifier decides whom to trust).
+    pub config: Arc<tls::rustls::ClientConfig>,
+    /// The name sent as SNI and checked by a name-based verifier; `None`: the server's IP
+    /// address (no SNI, and a verifier that checks names needs the IP in the certificate).
+    pub server_name: Option<String>,
+}
+
+impl TlsClient {
+    /// Trusts exactly the server key `pin` (what enrolment URIs carry, `sha256:…` of its
+    /// SubjectPublicKeyInfo), as `device enroll` does for HTTPS: the operator's fingerprint
+    /// is the trust anchor, not a CA, so a self-signed server certificate is fine.
+    pub fn pinned(pin: tls::Fingerprint) -> Result<Self, PhoneError> {
+        let config =
+            tls::pinned_client_config(pin).map_err(|e| PhoneError::Config(e.to_string()))?;
+        Ok(Self {
+            config,
+            server_name: None,
+        })
+    }
+}
+
+impl fmt::Debug for SipTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Udp => f.write_str("Udp"),
+            Self::Tls(t) => f
+                .debug_struct("Tls")
+                .field("server_name", &t.server_name)
+                .finish_non_exhaustive(),
+        }
+    }
 }
 
 impl PhoneConfig {
@@ -70,6 +138,7 @@ impl PhoneConfig {
             answer_after: None,
             contact_instance: contact_instance.into(),
             timers: Timers::default(),
+            transport: SipTransport::Udp,
         }
     }
 
@@ -105,6 +174,14 @@ impl PhoneConfig {
         if self.server.ip().is_unspecified() || self.server.port() == 0 {
             return bad("server must be a concrete address and port");
         }
+        if let SipTransport::Tls(TlsClient {
+            server_name: Some(name),
+            ..
+        }) = &self.transport
+            && tls::pki_types::ServerName::try_from(name.as_str()).is_err()
+        {
+            return bad("the TLS server name must be a DNS name or an IP address");
+        }
         Ok(())
     }
 }
@@ -122,6 +199,7 @@ impl fmt::Debug for PhoneConfig {
             .field("answer_after", &self.answer_after)
             .field("contact_instance", &self.contact_instance)
             .field("timers", &self.timers)
+            .field("transport", &self.transport)
             .finish()
     }
 }

@@ -7,9 +7,13 @@ pub enum PhoneError {
     /// The configuration cannot work (bad user name, domain, device id, expiry …).
     #[error("invalid phone configuration: {0}")]
     Config(String),
-    /// The UDP sockets (SIP and media) could not be set up.
-    #[error("cannot set up the phone's UDP socket: {0}")]
+    /// The sockets (SIP and media) could not be set up.
+    #[error("cannot set up the phone's socket: {0}")]
     Socket(#[source] std::io::Error),
+    /// The TLS connection to the server could not be made (refused, or the server's key or
+    /// certificate is not the one trusted).
+    #[error("cannot connect to the server over TLS: {0}")]
+    Tls(String),
     /// No call with this Call-ID is in a state where the operation applies (answer: ringing;
     /// hangup: ringing, answered or connected).
     #[error("no such call in a suitable state: {0}")]

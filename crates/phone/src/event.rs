@@ -59,6 +59,12 @@ pub enum PhoneEvent {
         /// declined, or gave up (no ACK for its 200).
         by_remote: bool,
     },
+    /// The TLS connection to the server closed: the registration went with it and the
+    /// phone has stopped (start a new one to connect again).
+    Disconnected {
+        /// Why, for a human.
+        reason: String,
+    },
 }
 
 /// Writes `s` with control characters replaced by `?`.
@@ -125,6 +131,9 @@ impl fmt::Display for PhoneEvent {
                 Clean(call_id),
                 if *by_remote { "the other side" } else { "us" }
             ),
+            Self::Disconnected { reason } => {
+                write!(f, "disconnected from the server: {}", Clean(reason))
+            }
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The phone's SIP user agent, driven by `trustring device run`.
 //!
-//! One tokio task owns one UDP socket and does three things:
+//! One tokio task owns one UDP socket, or with [`SipTransport::Tls`] one TLS connection to the
+//! server (Via `SIP/2.0/TLS`, Contact `;transport=tls`, kept open for the registration's
+//! life and used for the calls the server sends back over it), and does three things:
 //! - **Registration** (RFC 3261 §10.2): REGISTER the subscriber's address of record with digest
 //!   authentication (RFC 7616 / RFC 8760, SHA-256 preferred over MD5, `qop=auth`), refresh at
 //!   half the granted expiry, answer `stale=true` re-challenges, and unregister
@@ -13,8 +15,9 @@
 //!   and top Via branch, and the answer goes back as `Trust-Proof` on the 180 and the 200.
 //!
 //! The SIP logic is a Sans-IO agent (`agent`, `register`, `uas`, `dialog`): it is given the
-//! time, datagrams and commands, and queues datagrams and [`PhoneEvent`]s; `phone` is the
-//! tokio driver. Messages are parsed and built with `sip_core::message`, client and server
+//! time, messages and commands, and queues messages and [`PhoneEvent`]s; `phone` is the
+//! tokio driver and `link` its UDP socket or TLS connection (stream framing by
+//! `sip_core::message::frame_stream`). Messages are parsed and built with `sip_core::message`, client and server
 //! transactions are `sip_core::transaction`'s.
 //!
 //! # The device id in the Contact
@@ -37,12 +40,13 @@ mod digest;
 mod error;
 mod event;
 mod ids;
+mod link;
 mod phone;
 mod register;
 mod sdp;
 mod uas;
 
-pub use config::PhoneConfig;
+pub use config::{PhoneConfig, SipTransport, TlsClient};
 pub use error::PhoneError;
 pub use event::PhoneEvent;
 pub use phone::{Phone, PhoneHandle};

@@ -1,4 +1,5 @@
-//! The tokio driver: one task, one UDP socket, the agent in between.
+//! The tokio driver: one task, one link (a UDP socket or a TLS connection), the agent in
+//! between.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::time::{Duration, Instant};
@@ -8,12 +9,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::agent::Agent;
-use crate::{PhoneConfig, PhoneError, PhoneEvent, Prover};
+use crate::link::{Link, MAX_READ, TlsLink};
+use crate::{PhoneConfig, PhoneError, PhoneEvent, Prover, SipTransport};
 
 /// Events buffered for the owner before new ones are dropped (with a warning).
 const EVENT_BUFFER: usize = 256;
-/// Largest datagram read.
-const MAX_DATAGRAM: usize = 65_535;
+/// How often an idle TLS connection is pinged: well inside the server's idle timeouts, and
+/// often enough that a NAT on the way keeps the connection's mapping.
+const KEEPALIVE: Duration = Duration::from_secs(120);
 
 /// The phone's user agent; [`Phone::start`] runs one.
 #[derive(Debug)]
@@ -36,9 +39,10 @@ pub struct PhoneHandle {
 }
 
 impl Phone {
-    /// Binds the UDP socket (and one for media, named in SDP), then spawns the agent task,
-    /// which registers at once. Events come on the returned receiver; reading it is up to
-    /// the caller (at most 256 are buffered, later ones are dropped with a warning).
+    /// Binds the UDP socket, or connects to the server over TLS (verifying it as
+    /// [`crate::TlsClient`] says), and a socket for media (named in SDP), then spawns the
+    /// agent task, which registers at once. Events come on the returned receiver; reading it
+    /// is up to the caller (at most 256 are buffered, later ones are dropped with a warning).
     ///
     /// Must be called within a tokio runtime.
     pub async fn start(
@@ -46,20 +50,32 @@ impl Phone {
         prover: Box<dyn Prover>,
     ) -> Result<(PhoneHandle, mpsc::Receiver<PhoneEvent>), PhoneError> {
         config.validate()?;
-        let socket = UdpSocket::bind(config.local)
-            .await
-            .map_err(PhoneError::Socket)?;
-        let bound = socket.local_addr().map_err(PhoneError::Socket)?;
-        let advertised = advertised_addr(bound, config.server).map_err(PhoneError::Socket)?;
+        // The link, the IP the media socket binds, and the address Via and Contact name.
+        let (link, media_ip, advertised) = match &config.transport {
+            SipTransport::Udp => {
+                let socket = UdpSocket::bind(config.local)
+                    .await
+                    .map_err(PhoneError::Socket)?;
+                let bound = socket.local_addr().map_err(PhoneError::Socket)?;
+                let advertised =
+                    advertised_addr(bound, config.server).map_err(PhoneError::Socket)?;
+                (Link::Udp(socket), bound.ip(), advertised)
+            }
+            SipTransport::Tls(client) => {
+                let tls = TlsLink::connect(config.local, config.server, client).await?;
+                // The connection's own address: concrete, and what the server sees.
+                let local = tls.local_addr();
+                (Link::Tls(Box::new(tls)), local.ip(), local)
+            }
+        };
         // Media is not carried; the port is held so the SDP names a real, unused one.
-        let media =
-            StdUdpSocket::bind(SocketAddr::new(bound.ip(), 0)).map_err(PhoneError::Socket)?;
+        let media = StdUdpSocket::bind(SocketAddr::new(media_ip, 0)).map_err(PhoneError::Socket)?;
         let media_port = media.local_addr().map_err(PhoneError::Socket)?.port();
         let agent = Agent::new(config, advertised, media_port, prover, Instant::now())?;
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
-        tracing::info!(local = %advertised, "phone agent started");
-        let task = tokio::spawn(run(agent, socket, media, command_rx, event_tx));
+        tracing::info!(local = %advertised, transport = link_name(&link), "phone agent started");
+        let task = tokio::spawn(run(agent, link, media, command_rx, event_tx));
         Ok((
             PhoneHandle {
                 commands,
@@ -72,7 +88,8 @@ impl Phone {
 }
 
 impl PhoneHandle {
-    /// The address the phone advertises in Via and Contact (its socket's port).
+    /// The address the phone advertises in Via and Contact (its UDP socket's, or its TLS
+    /// connection's local address).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
     }
@@ -122,20 +139,29 @@ fn advertised_addr(bound: SocketAddr, server: SocketAddr) -> std::io::Result<Soc
     Ok(SocketAddr::new(probe.local_addr()?.ip(), bound.port()))
 }
 
+fn link_name(link: &Link) -> &'static str {
+    if link.is_stream() { "TLS" } else { "UDP" }
+}
+
 /// The agent task.
 async fn run(
     mut agent: Agent,
-    socket: UdpSocket,
+    mut link: Link,
     media: StdUdpSocket,
     mut commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::Sender<PhoneEvent>,
 ) {
     let _media = media;
-    let mut buf = vec![0u8; MAX_DATAGRAM];
+    let mut buf = vec![0u8; MAX_READ];
     let mut commands_open = true;
+    let mut ping_at = tokio::time::Instant::now() + KEEPALIVE;
     loop {
-        flush(&mut agent, &socket, &events).await;
+        if let Err(reason) = flush(&mut agent, &mut link, &events).await {
+            disconnected(&mut agent, &events, reason);
+            break;
+        }
         if agent.is_finished(Instant::now()) {
+            link.close().await;
             break;
         }
         let now = Instant::now();
@@ -143,10 +169,16 @@ async fn run(
             .poll_timeout()
             .unwrap_or(now + Duration::from_secs(3600));
         tokio::select! {
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, from)) => agent.handle_datagram(Instant::now(), from, &buf[..n]),
-                Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
-            },
+            got = link.recv(&mut buf) => {
+                for (from, msg) in &got.messages {
+                    agent.handle_datagram(Instant::now(), *from, msg);
+                }
+                if let Some(reason) = got.closed {
+                    // Nothing can answer what came before the close: the binding went with it.
+                    disconnected(&mut agent, &events, reason);
+                    break;
+                }
+            }
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(Command::Answer(id, reply)) => {
                     let _ = reply.send(agent.answer(Instant::now(), &id));
@@ -160,15 +192,40 @@ async fn run(
                 }
             },
             () = tokio::time::sleep_until(wake.into()) => agent.handle_timeout(Instant::now()),
+            () = tokio::time::sleep_until(ping_at), if link.is_stream() => {
+                ping_at = tokio::time::Instant::now() + KEEPALIVE;
+                if let Err(e) = link.ping().await {
+                    disconnected(&mut agent, &events, format!("keep-alive: {e}"));
+                    break;
+                }
+            }
         }
     }
     tracing::info!("phone agent stopped");
 }
 
-/// Sends every queued datagram and event.
-async fn flush(agent: &mut Agent, socket: &UdpSocket, events: &mpsc::Sender<PhoneEvent>) {
+/// The connection is gone: says so (with any events still queued first) and stops.
+fn disconnected(agent: &mut Agent, events: &mpsc::Sender<PhoneEvent>, reason: String) {
+    tracing::warn!(%reason, "the phone lost its connection to the server");
+    while agent.poll_transmit().is_some() {}
+    let mut queued: Vec<PhoneEvent> = std::iter::from_fn(|| agent.poll_event()).collect();
+    queued.push(PhoneEvent::Disconnected { reason });
+    for e in queued {
+        let _ = events.try_send(e);
+    }
+}
+
+/// Sends every queued message and event; `Err` when the connection broke.
+async fn flush(
+    agent: &mut Agent,
+    link: &mut Link,
+    events: &mpsc::Sender<PhoneEvent>,
+) -> Result<(), String> {
     while let Some(t) = agent.poll_transmit() {
-        if let Err(e) = socket.send_to(&t.bytes, t.to).await {
+        if let Err(e) = link.send(t.to, &t.bytes).await {
+            if link.is_stream() {
+                return Err(format!("writing to the server: {e}"));
+            }
             tracing::debug!(to = %t.to, error = %e, "UDP send failed");
         }
     }
@@ -181,4 +238,5 @@ async fn flush(agent: &mut Agent, socket: &UdpSocket, events: &mpsc::Sender<Phon
             Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
+    Ok(())
 }

@@ -293,7 +293,7 @@ impl Registration {
         let bytes = Bytes::from(req.to_bytes());
         out.send(cfg.server, bytes.clone());
         self.tx = Some(RegTx {
-            client: ClientTx::new(false, false, bytes, cfg.timers, now),
+            client: ClientTx::new(false, ctx.reliable(), bytes, cfg.timers, now),
             branch,
             expires,
             answered,

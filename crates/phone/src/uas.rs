@@ -118,7 +118,7 @@ impl Call {
             peer,
             branch,
             dialog,
-            tx: ServerTx::new(true, false, ctx.cfg.timers),
+            tx: ServerTx::new(true, ctx.reliable(), ctx.cfg.timers),
             proof,
             state: State::Ringing,
             answer_at: ctx.cfg.answer_after.map(|d| now + d),
@@ -476,7 +476,13 @@ impl Call {
         byes.insert(
             branch,
             ByeTx {
-                tx: sip_core::transaction::ClientTx::new(false, false, bytes, ctx.cfg.timers, now),
+                tx: sip_core::transaction::ClientTx::new(
+                    false,
+                    ctx.reliable(),
+                    bytes,
+                    ctx.cfg.timers,
+                    now,
+                ),
                 to: hop,
                 call_id: self.dialog.call_id.clone(),
             },

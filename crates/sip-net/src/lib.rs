@@ -7,6 +7,9 @@
 //! at once, stream bytes go to the connection's writer task, and events go to the caller's
 //! event sink (the store writer). No SIP logic lives here.
 //!
+//! TLS: the listener serves clients; the driver dials over TLS only the peers it was given a
+//! pinned key for ([`NetOptions::tls_peers`]: the gateway's SIP trunk), see the `tls` module.
+//!
 //! Bounded memory under hostile peers (R30): the UDP socket is read inline (the kernel's
 //! buffer is the only queue), the stream transports' queues, connection caps and timeouts
 //! are in the `tcp` module's docs ([`StreamLimits`]).
@@ -25,7 +28,8 @@ pub use metrics::{
     STORE_LATENCY_BUCKETS_MS, StoreOp, render,
 };
 pub use tcp::StreamLimits;
-/// The rustls this crate's TLS listener is built with (for its `ServerConfig`).
+/// The rustls this crate's TLS listener and client are built with (for their
+/// configurations).
 pub use tokio_rustls::rustls;
 
 use std::collections::HashMap;
@@ -78,6 +82,8 @@ pub(crate) enum NetInput {
         data: Bytes,
     },
     Closed(ConnId),
+    /// A connection we dialled never opened: the proxy fails what it sent there.
+    ConnectFailed(ConnId),
 }
 
 /// Messages from the stream connections waiting for the proxy task; a reader waits when
@@ -307,6 +313,11 @@ pub struct NetOptions {
     pub trace: Option<trace::TraceSink>,
     /// Caps, queues and timeouts of the TCP and TLS connections.
     pub limits: StreamLimits,
+    /// The peers the proxy dials over TLS itself (the gateway), each with the client
+    /// configuration that pins its key (`trustring-tls`'s `pinned_client_config`). A TLS
+    /// send to any other address without a live connection is dropped (see the `tls`
+    /// module).
+    pub tls_peers: HashMap<SocketAddr, Arc<rustls::ClientConfig>>,
 }
 
 /// [`spawn`] with `options`.
@@ -349,6 +360,7 @@ struct Driver {
     next_conn: Arc<AtomicU64>,
     events: mpsc::Sender<Event>,
     trace: Option<trace::TraceSink>,
+    tls_peers: HashMap<SocketAddr, Arc<rustls::ClientConfig>>,
 }
 
 async fn run(
@@ -392,6 +404,7 @@ async fn run(
         next_conn,
         events,
         trace: options.trace,
+        tls_peers: options.tls_peers,
     };
     // What the proxy queued before the loop (e.g. registrations not restored).
     d.drain().await;
@@ -478,6 +491,13 @@ impl Driver {
                     .handle_receive(Instant::now(), transport, peer, Some(conn), &data);
             }
             NetInput::Closed(conn) => self.forget(conn),
+            NetInput::ConnectFailed(conn) => {
+                let peer = self.conns.get(&conn).map(|h| (h.transport, h.peer));
+                self.forget(conn);
+                if let Some((transport, addr)) = peer {
+                    self.proxy.transport_failed(transport, addr, Instant::now());
+                }
+            }
         }
     }
 
@@ -608,21 +628,34 @@ impl Driver {
                         }
                     }
                 }
-                if target.transport == Transport::Tls {
-                    tracing::debug!(
-                        dest = %target.addr,
-                        "no TLS connection to this peer: not sent (the proxy opens no TLS connections)"
-                    );
-                    return;
-                }
+                let pinned = match target.transport {
+                    Transport::Tls => match self.tls_peers.get(&target.addr) {
+                        Some(config) => Some(config.clone()),
+                        None => {
+                            tracing::debug!(
+                                dest = %target.addr,
+                                "no TLS connection to this peer: not sent (the proxy dials \
+                                 only the pinned gateway over TLS)"
+                            );
+                            return;
+                        }
+                    },
+                    _ => None,
+                };
                 // No live connection: open one; the bytes wait in its queue.
                 let id = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-                let (h, out) = tcp::handle(Transport::Tcp, target.addr, &self.ctx.limits);
+                let (h, out) = tcp::handle(target.transport, target.addr, &self.ctx.limits);
                 let shared = h.shared.clone();
                 let _ = h.writer.try_send(payload);
                 self.conns.insert(id, h);
-                self.by_addr.insert((Transport::Tcp, target.addr), id);
-                tokio::spawn(tcp::connect(id, target.addr, out, shared, self.ctx.clone()));
+                self.by_addr.insert((target.transport, target.addr), id);
+                let ctx = self.ctx.clone();
+                match pinned {
+                    Some(config) => {
+                        tokio::spawn(tls::connect(id, target.addr, config, out, shared, ctx))
+                    }
+                    None => tokio::spawn(tcp::connect(id, target.addr, out, shared, ctx)),
+                };
             }
         }
     }

@@ -1,4 +1,5 @@
-//! The SIP server's metrics, rendered in the Prometheus text exposition format 0.0.4.
+//! The SIP server's metrics, in the Prometheus text exposition format 0.0.4 written by the
+//! `prometheus-client` crate.
 //!
 //! Three sources, one [`Metrics`] shared (`Arc`) by whoever observes and whoever serves:
 //!
@@ -9,14 +10,28 @@
 //!   (after each `send_to`), lock-free;
 //! - the store latency histograms, observed by the server's store writer, lock-free.
 //!
-//! Histograms keep one atomic per bucket plus the sum; `_count` and `+Inf` are the total of
-//! the buckets, so they always agree even while observations race a scrape.
+//! The crate writes the text (`# HELP` and `# TYPE`, names, label escaping, `le` bounds) from
+//! collectors ([`Collector`]) that read these values only at scrape time. The values are not
+//! kept in the crate's metric types: the proxy's counters belong to the single-threaded SIP
+//! loop, and the crate's `Histogram` locks a mutex on every observation, which the fork skew,
+//! observed on the SIP loop's hot path, must not. So [`Histogram`] stays ours: one atomic per
+//! bucket plus the sum; `_count` and `+Inf` are the total of the buckets, so they always agree
+//! even while observations race a scrape.
+//!
+//! Format 0.0.4 rather than OpenMetrics (the crate writes both from the same collectors):
+//! 0.0.4 declares counters under their sample name (`# TYPE trustring_calls_total counter`)
+//! as this server always has, and `GET /metrics` appends the API's own families to this text,
+//! where OpenMetrics' one closing `# EOF` would need the two to agree on who writes it.
 
-use std::fmt::Write as _;
+use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet, prometheus_text};
+use prometheus_client::metrics::MetricType;
+use prometheus_client::registry::Registry;
 use sip_core::proxy::{CallOutcome, ProxyStats};
 
 /// Upper bounds of the fork skew buckets, microseconds.
@@ -244,52 +259,15 @@ impl Metrics {
 
     /// The text exposition of everything, with `stats` as the proxy's counters.
     pub fn render_with(&self, stats: &ProxyStats) -> String {
-        let store: Vec<(StoreOp, HistogramSnapshot)> = StoreOp::ALL
-            .iter()
-            .map(|&op| (op, self.store_latency(op)))
-            .collect();
-        let mut out = render(stats, &self.fork_skew(), &store);
         let (refused, dropped) = self.connections();
-        family(
-            &mut out,
-            "trustring_sip_connections_refused_total",
-            "counter",
-            "SIP TCP/TLS connections closed at accept because a connection cap was reached \
-             (total or per source address).",
-        );
-        sample(
-            &mut out,
-            "trustring_sip_connections_refused_total",
-            &[],
-            refused,
-        );
-        family(
-            &mut out,
-            "trustring_sip_connections_dropped_total",
-            "counter",
-            "SIP TCP/TLS connections closed by the server: the peer did not read what it was \
-             sent, sent no whole message (or finished no TLS handshake) in time, or went idle.",
-        );
-        sample(
-            &mut out,
-            "trustring_sip_connections_dropped_total",
-            &[],
-            dropped,
-        );
-        family(
-            &mut out,
-            "trustring_store_queue_waits_total",
-            "counter",
-            "Times the SIP loop found the queue of store writes (registrations, CDRs, security \
-             events) full and waited for the store: back-pressure instead of unbounded memory.",
-        );
-        sample(
-            &mut out,
-            "trustring_store_queue_waits_total",
-            &[],
-            self.store_waits(),
-        );
-        out
+        encode([
+            Box::new(ProxyFamilies::new(stats, self)) as Box<dyn Collector>,
+            Box::new(TransportFamilies {
+                connections_refused: refused,
+                connections_dropped: dropped,
+                store_waits: self.store_waits(),
+            }),
+        ])
     }
 
     /// The text exposition of everything, with the proxy's counters as last kept.
@@ -306,179 +284,231 @@ pub fn render(
     fork_skew: &HistogramSnapshot,
     store: &[(StoreOp, HistogramSnapshot)],
 ) -> String {
+    encode([Box::new(ProxyFamilies {
+        stats: stats.clone(),
+        fork_skew: fork_skew.clone(),
+        store: store.to_vec(),
+    }) as Box<dyn Collector>])
+}
+
+/// Encodes `collectors`, in order, in the text format 0.0.4. A registry per scrape: the
+/// collectors own what one scrape shows, so nothing is registered for the server's lifetime.
+fn encode<const N: usize>(collectors: [Box<dyn Collector>; N]) -> String {
+    let mut registry = Registry::default();
+    for collector in collectors {
+        registry.register_collector(collector);
+    }
     let mut out = String::with_capacity(4096);
-    let o = &mut out;
-    family(
-        o,
-        "trustring_registrations",
-        "gauge",
-        "Live registrations (contact bindings not expired), every subscriber together.",
-    );
-    sample(o, "trustring_registrations", &[], stats.registrations);
-    family(
-        o,
-        "trustring_active_calls",
-        "gauge",
-        "Calls ringing, or answered and not yet hung up.",
-    );
-    sample(o, "trustring_active_calls", &[], stats.active_calls);
-    family(
-        o,
-        "trustring_calls_total",
-        "counter",
-        "Calls ended, by outcome: answered, busy, no-answer, declined, cancelled (by the \
-         caller), unreachable (nothing to ring), failed.",
-    );
-    for outcome in CallOutcome::ALL {
-        sample(
-            o,
-            "trustring_calls_total",
-            &[("outcome", outcome.as_str())],
-            stats.calls_ended(outcome),
-        );
-    }
-    family(
-        o,
-        "trustring_fork_skew_microseconds",
-        "histogram",
-        "Time between the first and the last branch INVITE of a fork leaving the server \
-         (R11), microseconds; forks of one branch are not observed.",
-    );
-    histogram(o, "trustring_fork_skew_microseconds", &[], fork_skew);
-    family(
-        o,
-        "trustring_transactions",
-        "gauge",
-        "Live SIP transactions, by kind (server, client).",
-    );
-    sample(
-        o,
-        "trustring_transactions",
-        &[("kind", "server")],
-        stats.server_transactions,
-    );
-    sample(
-        o,
-        "trustring_transactions",
-        &[("kind", "client")],
-        stats.client_transactions,
-    );
-    family(
-        o,
-        "trustring_forks",
-        "gauge",
-        "Live forks (response contexts of proxied requests), lingering ones included.",
-    );
-    sample(o, "trustring_forks", &[], stats.forks);
-    family(
-        o,
-        "trustring_sip_parse_errors_total",
-        "counter",
-        "Received SIP messages that did not parse.",
-    );
-    sample(
-        o,
-        "trustring_sip_parse_errors_total",
-        &[],
-        stats.parse_errors,
-    );
-    family(
-        o,
-        "trustring_cdrs_shed_total",
-        "counter",
-        "Records of unanswered calls from unauthenticated callers not written: their source \
-         exceeded its rate.",
-    );
-    sample(o, "trustring_cdrs_shed_total", &[], stats.cdrs_shed);
-    family(
-        o,
-        "trustring_auth_failures_total",
-        "counter",
-        "Failed digest authentications (REGISTER and callers): wrong credentials, or \
-         another user's.",
-    );
-    sample(o, "trustring_auth_failures_total", &[], stats.auth_failures);
-    family(
-        o,
-        "trustring_trust_failures_total",
-        "counter",
-        "Phone branches dropped or not rung because the trust proof failed (R14), by kind.",
-    );
-    for kind in KNOWN_TRUST_KINDS {
-        if !stats.trust_failures.contains_key(kind) {
-            sample(o, "trustring_trust_failures_total", &[("kind", kind)], 0u64);
-        }
-    }
-    for (kind, n) in &stats.trust_failures {
-        sample(o, "trustring_trust_failures_total", &[("kind", kind)], *n);
-    }
-    family(
-        o,
-        "trustring_store_latency_milliseconds",
-        "histogram",
-        "Duration of the SIP server's store writes, by operation (registration, cdr, \
-         security-event), milliseconds.",
-    );
-    for (op, h) in store {
-        histogram(
-            o,
-            "trustring_store_latency_milliseconds",
-            &[("op", op.as_str())],
-            h,
-        );
-    }
+    // Cannot fail: a `String` takes every write, and the collectors only pass on the
+    // writer's errors.
+    let _ = prometheus_text::encode(&mut out, &registry);
     out
 }
 
-fn family(out: &mut String, name: &str, kind: &str, help: &str) {
-    let help = help.replace('\\', "\\\\").replace('\n', "\\n");
-    let _ = writeln!(out, "# HELP {name} {help}");
-    let _ = writeln!(out, "# TYPE {name} {kind}");
+/// The proxy's counters and gauges and the histograms, as one scrape read them.
+#[derive(Debug)]
+struct ProxyFamilies {
+    stats: ProxyStats,
+    fork_skew: HistogramSnapshot,
+    store: Vec<(StoreOp, HistogramSnapshot)>,
 }
 
-fn sample(out: &mut String, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-    out.push_str(name);
-    write_labels(out, labels);
-    let _ = writeln!(out, " {value}");
-}
-
-fn write_labels(out: &mut String, labels: &[(&str, &str)]) {
-    if labels.is_empty() {
-        return;
-    }
-    out.push('{');
-    for (i, (k, v)) in labels.iter().enumerate() {
-        if i > 0 {
-            out.push(',');
+impl ProxyFamilies {
+    fn new(stats: &ProxyStats, metrics: &Metrics) -> Self {
+        Self {
+            stats: stats.clone(),
+            fork_skew: metrics.fork_skew(),
+            store: StoreOp::ALL
+                .iter()
+                .map(|&op| (op, metrics.store_latency(op)))
+                .collect(),
         }
-        out.push_str(k);
-        out.push_str("=\"");
-        for c in v.chars() {
-            match c {
-                '\\' => out.push_str("\\\\"),
-                '"' => out.push_str("\\\""),
-                '\n' => out.push_str("\\n"),
-                c => out.push(c),
-            }
-        }
-        out.push('"');
     }
-    out.push('}');
 }
 
-fn histogram(out: &mut String, name: &str, labels: &[(&str, &str)], h: &HistogramSnapshot) {
-    let bucket = format!("{name}_bucket");
-    for (i, n) in h.cumulative.iter().enumerate() {
-        let le = h
-            .bounds
-            .get(i)
-            .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
-        let mut with_le = labels.to_vec();
-        with_le.push(("le", &le));
-        sample(out, &bucket, &with_le, n);
+impl Collector for ProxyFamilies {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        let s = &self.stats;
+        family(
+            &mut enc,
+            "trustring_registrations",
+            "Live registrations (contact bindings not expired), every subscriber together.",
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&s.registrations)?;
+        family(
+            &mut enc,
+            "trustring_active_calls",
+            "Calls ringing, or answered and not yet hung up.",
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&s.active_calls)?;
+        let mut calls = family(
+            &mut enc,
+            "trustring_calls_total",
+            "Calls ended, by outcome: answered, busy, no-answer, declined, cancelled (by the \
+             caller), unreachable (nothing to ring), failed.",
+            MetricType::Counter,
+        )?;
+        for outcome in CallOutcome::ALL {
+            let n = s.calls_ended(outcome);
+            counter(
+                &mut calls.encode_family(&[("outcome", outcome.as_str())])?,
+                n,
+            )?;
+        }
+        histogram(
+            &mut family(
+                &mut enc,
+                "trustring_fork_skew_microseconds",
+                "Time between the first and the last branch INVITE of a fork leaving the \
+                 server (R11), microseconds; forks of one branch are not observed.",
+                MetricType::Histogram,
+            )?,
+            &self.fork_skew,
+        )?;
+        let mut transactions = family(
+            &mut enc,
+            "trustring_transactions",
+            "Live SIP transactions, by kind (server, client).",
+            MetricType::Gauge,
+        )?;
+        for (kind, n) in [
+            ("server", s.server_transactions),
+            ("client", s.client_transactions),
+        ] {
+            transactions
+                .encode_family(&[("kind", kind)])?
+                .encode_gauge(&n)?;
+        }
+        family(
+            &mut enc,
+            "trustring_forks",
+            "Live forks (response contexts of proxied requests), lingering ones included.",
+            MetricType::Gauge,
+        )?
+        .encode_gauge(&s.forks)?;
+        for (name, help, n) in [
+            (
+                "trustring_sip_parse_errors_total",
+                "Received SIP messages that did not parse.",
+                s.parse_errors,
+            ),
+            (
+                "trustring_cdrs_shed_total",
+                "Records of unanswered calls from unauthenticated callers not written: their \
+                 source exceeded its rate.",
+                s.cdrs_shed,
+            ),
+            (
+                "trustring_auth_failures_total",
+                "Failed digest authentications (REGISTER and callers): wrong credentials, or \
+                 another user's.",
+                s.auth_failures,
+            ),
+        ] {
+            counter(&mut family(&mut enc, name, help, MetricType::Counter)?, n)?;
+        }
+        let mut trust = family(
+            &mut enc,
+            "trustring_trust_failures_total",
+            "Phone branches dropped or not rung because the trust proof failed (R14), by kind.",
+            MetricType::Counter,
+        )?;
+        let unseen = KNOWN_TRUST_KINDS
+            .iter()
+            .filter(|kind| !s.trust_failures.contains_key(**kind))
+            .map(|kind| (*kind, 0));
+        let seen = s.trust_failures.iter().map(|(k, n)| (k.as_str(), *n));
+        for (kind, n) in unseen.chain(seen) {
+            counter(&mut trust.encode_family(&[("kind", kind)])?, n)?;
+        }
+        let mut store = family(
+            &mut enc,
+            "trustring_store_latency_milliseconds",
+            "Duration of the SIP server's store writes, by operation (registration, cdr, \
+             security-event), milliseconds.",
+            MetricType::Histogram,
+        )?;
+        for (op, h) in &self.store {
+            histogram(&mut store.encode_family(&[("op", op.as_str())])?, h)?;
+        }
+        Ok(())
     }
-    sample(out, &format!("{name}_sum"), labels, h.sum);
-    sample(out, &format!("{name}_count"), labels, h.count());
+}
+
+/// The stream transports' and the store writer's counters, as one scrape read them.
+#[derive(Debug)]
+struct TransportFamilies {
+    connections_refused: u64,
+    connections_dropped: u64,
+    store_waits: u64,
+}
+
+impl Collector for TransportFamilies {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> fmt::Result {
+        for (name, help, n) in [
+            (
+                "trustring_sip_connections_refused_total",
+                "SIP TCP/TLS connections closed at accept because a connection cap was reached \
+                 (total or per source address).",
+                self.connections_refused,
+            ),
+            (
+                "trustring_sip_connections_dropped_total",
+                "SIP TCP/TLS connections closed by the server: the peer did not read what it \
+                 was sent, sent no whole message (or finished no TLS handshake) in time, or \
+                 went idle.",
+                self.connections_dropped,
+            ),
+            (
+                "trustring_store_queue_waits_total",
+                "Times the SIP loop found the queue of store writes (registrations, CDRs, \
+                 security events) full and waited for the store: back-pressure instead of \
+                 unbounded memory.",
+                self.store_waits,
+            ),
+        ] {
+            counter(&mut family(&mut enc, name, help, MetricType::Counter)?, n)?;
+        }
+        Ok(())
+    }
+}
+
+/// Starts the family `name`, spelled as its samples are: the encoder appends `_total` to a
+/// counter's name itself, so it is cut here.
+fn family<'a>(
+    enc: &'a mut DescriptorEncoder<'_>,
+    name: &'a str,
+    help: &str,
+    kind: MetricType,
+) -> Result<MetricEncoder<'a>, fmt::Error> {
+    let name = match kind {
+        MetricType::Counter => name.strip_suffix("_total").unwrap_or(name),
+        _ => name,
+    };
+    enc.encode_descriptor(name, help, None, kind)
+}
+
+fn counter(m: &mut MetricEncoder<'_>, n: u64) -> fmt::Result {
+    m.encode_counter::<NoLabelSet, _, u64>(&n, None)
+}
+
+/// One histogram's samples: the encoder takes per-bucket counts and accumulates them.
+fn histogram(m: &mut MetricEncoder<'_>, h: &HistogramSnapshot) -> fmt::Result {
+    let mut below = 0;
+    let buckets: Vec<(f64, u64)> = h
+        .cumulative
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| {
+            let bound = h.bounds.get(i).copied().unwrap_or(f64::INFINITY);
+            let in_bucket = n.saturating_sub(below);
+            below = n;
+            (bound, in_bucket)
+        })
+        .collect();
+    m.encode_histogram::<NoLabelSet>(h.sum, h.count(), &buckets, None)
 }
 
 #[cfg(test)]
@@ -675,6 +705,20 @@ mod tests {
             "{text}"
         );
 
+        // Bounds are written as they always were, the family's labels before `le`.
+        for sample in [
+            "\ntrustring_fork_skew_microseconds_bucket{le=\"10\"} 0\n",
+            "\ntrustring_fork_skew_microseconds_bucket{le=\"100000\"} 1\n",
+            "\ntrustring_fork_skew_microseconds_bucket{le=\"+Inf\"} 1\n",
+            "\ntrustring_fork_skew_microseconds_count 1\n",
+            "\ntrustring_store_latency_milliseconds_bucket{op=\"cdr\",le=\"0.1\"} 0\n",
+            "\ntrustring_store_latency_milliseconds_bucket{op=\"cdr\",le=\"1\"} 1\n",
+            "\ntrustring_store_latency_milliseconds_count{op=\"cdr\"} 1\n",
+            "\n# TYPE trustring_calls_total counter\n",
+        ] {
+            assert!(text.contains(sample), "{sample}in\n{text}");
+        }
+
         let skew = check_histogram(&scrape, "trustring_fork_skew_microseconds", &[]);
         let bounds: Vec<f64> = skew.iter().map(|p| p.0).filter(|b| b.is_finite()).collect();
         assert_eq!(bounds, FORK_SKEW_BUCKETS_US);
@@ -743,6 +787,29 @@ mod tests {
             }
             previous = Some(now);
         }
+    }
+
+    #[test]
+    fn render_shows_the_proxy_families_only() {
+        let m = Metrics::new();
+        m.count_connection_refused();
+        m.observe_fork_skew(Duration::from_micros(70));
+        let text = render(&stats(2), &m.fork_skew(), &[]);
+        let types = check_structure(&text);
+        assert!(types.contains_key("trustring_calls_total"), "{text}");
+        assert!(!types.contains_key("trustring_sip_connections_refused_total"));
+        let scrape = parse(&text);
+        let skew = check_histogram(&scrape, "trustring_fork_skew_microseconds", &[]);
+        assert_eq!(skew[1], (50.0, 0.0));
+        assert_eq!(skew[2], (100.0, 1.0));
+        assert_eq!(value(&scrape, "trustring_sip_parse_errors_total", &[]), 2.0);
+        // `render_with` adds the transports' counters after them.
+        let all = m.render_with(&stats(2));
+        assert!(all.starts_with(&text), "{all}");
+        assert!(
+            all.contains("\ntrustring_sip_connections_refused_total 1\n"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -68,8 +68,9 @@ const LINGER_BYTES: usize = 4 * MAX_MESSAGE_SIZE;
 const PING: &[u8; 4] = b"\r\n\r\n";
 /// Pongs owed to a peer and not yet written: more, and the peer is not reading.
 const PONG_QUEUE: usize = 16;
-/// How long an outgoing TCP connection may take to connect.
-const CONNECT: Duration = Duration::from_secs(5);
+/// How long an outgoing TCP connection may take to connect (and, for TLS, to finish its
+/// handshake).
+pub(crate) const CONNECT: Duration = Duration::from_secs(5);
 /// The kernel send buffer of every SIP connection (SO_SNDBUF, which also stops Linux from
 /// growing it to `net.ipv4.tcp_wmem`'s maximum, 4 MiB by default): hundreds of SIP
 /// messages, and a bound on the kernel memory a peer that does not read can hold.
@@ -244,6 +245,18 @@ where
     }
 }
 
+impl<S> Stream for tokio_rustls::client::TlsStream<S>
+where
+    S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    type Reader = ReadHalf<Self>;
+    type Writer = WriteHalf<Self>;
+
+    fn halves(self) -> (ReadHalf<Self>, WriteHalf<Self>) {
+        tokio::io::split(self)
+    }
+}
+
 /// What every connection task needs besides its stream.
 #[derive(Debug, Clone)]
 pub(crate) struct Ctx {
@@ -376,6 +389,29 @@ pub(crate) async fn serve_accepted<S>(
     serve(conn, stream, out, shared, ctx).await;
 }
 
+/// Serves a connection we opened (a TLS one once its handshake is done, see the `tls`
+/// module): the driver registered `id` with the writer queue `out` before dialling.
+pub(crate) async fn serve_connected<S>(
+    id: ConnId,
+    peer: SocketAddr,
+    transport: Transport,
+    stream: S,
+    out: mpsc::Receiver<Bytes>,
+    shared: Arc<ConnShared>,
+    ctx: Ctx,
+) where
+    S: Stream,
+{
+    let conn = Conn {
+        id,
+        peer,
+        transport,
+        inbound: false,
+        opened: Instant::now(),
+    };
+    serve(conn, stream, out, shared, ctx).await;
+}
+
 /// Opens a TCP connection to `peer` for messages the proxy sends there (the driver has
 /// registered `id` already).
 pub(crate) async fn connect(
@@ -399,11 +435,11 @@ pub(crate) async fn connect(
         }
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "TCP connect failed");
-            let _ = ctx.net.send(NetInput::Closed(id)).await;
+            let _ = ctx.net.send(NetInput::ConnectFailed(id)).await;
         }
         Err(_) => {
             tracing::debug!(%peer, "TCP connect timed out");
-            let _ = ctx.net.send(NetInput::Closed(id)).await;
+            let _ = ctx.net.send(NetInput::ConnectFailed(id)).await;
         }
     }
 }

@@ -3,19 +3,144 @@
 //! enrolment codes and enrolled devices; security events.
 //!
 //! One trait, [`Store`], with an embedded SQLite implementation ([`SqliteStore`], the default,
-//! under `./trustring-data`). A PostgreSQL implementation for several server nodes comes later
-//! and must pass the same battery of tests (`tests/battery.rs`).
+//! under `./trustring-data`) and a PostgreSQL one for several server nodes
+//! (`PostgresStore`); both pass the same battery of tests (`tests/battery/`). [`Backend`]
+//! opens either from one `--db` value.
 //!
 //! The trait is synchronous on purpose: SQLite calls are short and local, and the async
-//! callers run them on tokio's blocking pool. Every method is one transaction, so nothing is
-//! half-written if the process dies.
+//! callers run them on tokio's blocking pool (the PostgreSQL store drives its async driver on
+//! a runtime of its own, see `PostgresStore`). Every method is one transaction, so nothing
+//! is half-written if the process dies.
 
 pub mod billing;
+mod chain;
+#[cfg(feature = "postgres")]
+mod postgres;
 pub mod signing;
 mod sqlite;
 
+use std::path::Path;
+use std::sync::Arc;
+
+pub use chain::cdr_hash;
+#[cfg(feature = "postgres")]
+pub use postgres::{POOL_SIZE, PostgresStore};
 pub use signing::{CdrPublicKey, CdrSigner, SignedHead};
-pub use sqlite::{SqliteStore, cdr_hash};
+pub use sqlite::SqliteStore;
+
+/// A store opened from a `--db` value: a `postgres://` (or `postgresql://`) URL, or the path
+/// of a SQLite file. Keeps the backend-specific calls (CDR signing, verification with a key)
+/// until [`Backend::into_store`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Backend {
+    /// The embedded SQLite file.
+    Sqlite(SqliteStore),
+    /// A PostgreSQL database.
+    #[cfg(feature = "postgres")]
+    Postgres(PostgresStore),
+}
+
+impl Backend {
+    /// Opens `db`: `PostgresStore::open` for a PostgreSQL URL, else [`SqliteStore::open`] of
+    /// that path. Errors never contain the URL's password.
+    pub fn open(db: &str) -> Result<Self, StoreError> {
+        if is_postgres_url(db) {
+            #[cfg(feature = "postgres")]
+            return PostgresStore::open(db).map(Self::Postgres);
+            #[cfg(not(feature = "postgres"))]
+            return Err(StoreError::Database(format!(
+                "{}: this build has no PostgreSQL support (feature `postgres`)",
+                redact_url(db)
+            )));
+        } else {
+            SqliteStore::open(Path::new(db)).map(Self::Sqlite)
+        }
+    }
+
+    /// [`SqliteStore::with_cdr_signing`] or `PostgresStore::with_cdr_signing`.
+    pub fn with_cdr_signing(self, dir: &Path) -> Result<Self, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.with_cdr_signing(dir).map(Self::Sqlite),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(p) => p.with_cdr_signing(dir).map(Self::Postgres),
+        }
+    }
+
+    /// The public half of the CDR signing key, if records are signed.
+    pub fn cdr_public_key(&self) -> Option<CdrPublicKey> {
+        match self {
+            Self::Sqlite(s) => s.cdr_public_key(),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(p) => p.cdr_public_key(),
+        }
+    }
+
+    /// [`SqliteStore::verify_cdrs_with`] on either backend.
+    pub fn verify_cdrs_with(
+        &self,
+        key: Option<&CdrPublicKey>,
+        heads: &[(String, SignedHead)],
+    ) -> Result<ChainReport, StoreError> {
+        match self {
+            Self::Sqlite(s) => s.verify_cdrs_with(key, heads),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(p) => p.verify_cdrs_with(key, heads),
+        }
+    }
+
+    /// The store behind the trait, for the callers that need no more.
+    pub fn into_store(self) -> Arc<dyn Store> {
+        match self {
+            Self::Sqlite(s) => Arc::new(s),
+            #[cfg(feature = "postgres")]
+            Self::Postgres(p) => Arc::new(p),
+        }
+    }
+}
+
+/// Opens `db` ([`Backend::open`]) as a plain [`Store`].
+pub fn open(db: &str) -> Result<Arc<dyn Store>, StoreError> {
+    Backend::open(db).map(Backend::into_store)
+}
+
+/// Whether `db` names a PostgreSQL database (`postgres://` or `postgresql://`).
+pub fn is_postgres_url(db: &str) -> bool {
+    db.starts_with("postgres://") || db.starts_with("postgresql://")
+}
+
+/// `url` without its password (`postgres://user:***@host/db`, `password=***`), for logs and
+/// errors; anything else (a file path) unchanged.
+pub fn redact_url(url: &str) -> String {
+    let mut out = url.to_owned();
+    // The userinfo of a URL: between `://` and the last `@` before the path.
+    if let Some(scheme_end) = out.find("://") {
+        let rest = scheme_end + 3;
+        let authority_end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+        if let Some(at) = out[rest..authority_end].rfind('@') {
+            let at = rest + at;
+            if let Some(colon) = out[rest..at].find(':') {
+                out.replace_range(rest + colon + 1..at, "***");
+            }
+        }
+    }
+    // A `password=` query parameter.
+    if let Some(q) = out.find('?') {
+        let (head, query) = out.split_at(q + 1);
+        let query: Vec<String> = query
+            .split('&')
+            .map(|kv| {
+                if kv.starts_with("password=") {
+                    "password=***".to_owned()
+                } else {
+                    kv.to_owned()
+                }
+            })
+            .collect();
+        out = format!("{head}{}", query.join("&"));
+    }
+    out
+}
 
 /// Store errors.
 #[derive(Debug, thiserror::Error)]

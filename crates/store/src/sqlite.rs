@@ -14,8 +14,6 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-pub use cdrs::cdr_hash;
-
 use crate::signing::{CdrPublicKey, CdrSigner, SignedHead};
 use crate::{ChainReport, StoreError};
 
@@ -146,6 +144,15 @@ impl SqliteStore {
     fn conn(&self) -> MutexGuard<'_, Connection> {
         self.conn.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Every SQLite migration's version and file name (the PostgreSQL ones must match).
+#[cfg(all(test, feature = "postgres"))]
+pub(crate) fn migration_names() -> Vec<(u32, &'static str)> {
+    migrate::MIGRATIONS
+        .iter()
+        .map(|m| (m.version, m.name))
+        .collect()
 }
 
 #[cfg(unix)]

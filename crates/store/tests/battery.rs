@@ -105,3 +105,21 @@ fn sqlite_file_concurrent_enrol_two_nodes() {
     let b: Arc<dyn Store> = Arc::new(sqlite_file(dir.path()));
     battery::battery_concurrent_enrol(&[a, b]);
 }
+
+/// Two "nodes" appending CDRs at once: `BEGIN IMMEDIATE` keeps one chain.
+#[test]
+fn sqlite_file_concurrent_cdr_appends_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a: Arc<dyn Store> = Arc::new(sqlite_file(dir.path()));
+    let b: Arc<dyn Store> = Arc::new(sqlite_file(dir.path()));
+    battery::battery_concurrent_cdr_appends(&[a, b]);
+}
+
+/// Two "nodes" writing security events while a reader pages through them.
+#[test]
+fn sqlite_file_concurrent_security_events_two_nodes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a: Arc<dyn Store> = Arc::new(sqlite_file(dir.path()));
+    let b: Arc<dyn Store> = Arc::new(sqlite_file(dir.path()));
+    battery::battery_concurrent_security_events(&[a, b]);
+}

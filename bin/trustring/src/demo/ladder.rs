@@ -6,8 +6,13 @@
 //! The line reports events, not messages, so each message's time is the event that goes with
 //! it: IAM at `Incoming`, ACM when the zone's proof was ready (the line sends the ACM right
 //! after), ANM at `Answered`, REL and RLC at `Released`.
+//!
+//! Every SIP lane is headed with the transport the server's trace recorded for that peer
+//! ([`lane_names`]), and [`hops`] lists them hop by hop: what was really used, not what
+//! was configured.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use pstn::line::LineEvent;
@@ -21,6 +26,59 @@ pub(crate) fn unix_us() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// The transports the trace recorded for each peer, in the order the peers first appear
+/// (`UDP`, `TLS`, or several joined with `+` should a peer have used more than one).
+pub(crate) fn peer_transports(entries: &[TraceEntry]) -> Vec<(SocketAddr, String)> {
+    let mut seen: Vec<(SocketAddr, Vec<&'static str>)> = Vec::new();
+    for e in entries {
+        let t = e.transport.as_str();
+        match seen.iter_mut().find(|(p, _)| *p == e.peer) {
+            Some((_, ts)) if !ts.contains(&t) => ts.push(t),
+            Some(_) => {}
+            None => seen.push((e.peer, vec![t])),
+        }
+    }
+    seen.into_iter().map(|(p, ts)| (p, ts.join("+"))).collect()
+}
+
+/// Lane names for `sip_net::trace::ladder_text`: each peer's name (its address when
+/// `names` has none) and the transport the trace recorded for it, e.g. `caller (TLS)`.
+pub(crate) fn lane_names(
+    entries: &[TraceEntry],
+    names: &HashMap<SocketAddr, String>,
+) -> HashMap<SocketAddr, String> {
+    peer_transports(entries)
+        .into_iter()
+        .map(|(peer, t)| {
+            let name = names
+                .get(&peer)
+                .cloned()
+                .unwrap_or_else(|| peer.to_string());
+            (peer, format!("{name} ({t})"))
+        })
+        .collect()
+}
+
+/// One line per SIP hop, `FROM -> TO: TRANSPORT`: the first peer (the caller) sends to the
+/// server, the server to every other peer.
+pub(crate) fn hops(entries: &[TraceEntry], names: &HashMap<SocketAddr, String>) -> Vec<String> {
+    peer_transports(entries)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (peer, t))| {
+            let name = names
+                .get(&peer)
+                .cloned()
+                .unwrap_or_else(|| peer.to_string());
+            if i == 0 {
+                format!("{name} -> trustring: {t}")
+            } else {
+                format!("trustring -> {name}: {t}")
+            }
+        })
+        .collect()
 }
 
 /// One TR-ISUP message on the phone's line.
@@ -217,6 +275,7 @@ mod tests {
     use super::*;
     use pstn::cause::Cause;
     use pstn::msg::Cic;
+    use sip_core::proxy::Transport;
     use sip_net::trace::{Direction, TraceEntry, ladder_text};
     use std::collections::HashMap;
     use std::net::SocketAddr;
@@ -225,7 +284,7 @@ mod tests {
         TraceEntry {
             at_us,
             dir,
-            transport: "UDP",
+            transport: Transport::Tls,
             peer,
             label: label.to_owned(),
             cseq: "1 INVITE".to_owned(),
@@ -317,6 +376,50 @@ mod tests {
         );
         assert!(
             note_col > lines[3].find('>').expect("the IAM's arrow head"),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn lanes_and_hops_carry_the_recorded_transport() {
+        let caller: SocketAddr = "127.0.0.1:40000".parse().expect("address");
+        let desk: SocketAddr = "127.0.0.1:40002".parse().expect("address");
+        let gw: SocketAddr = "127.0.0.1:5070".parse().expect("address");
+        let mut udp = entry(1_200, Direction::Out, gw, "INVITE", "");
+        udp.transport = Transport::Udp;
+        let entries = [
+            entry(1_000, Direction::In, caller, "INVITE", ""),
+            entry(1_100, Direction::Out, desk, "INVITE", ""),
+            udp,
+            entry(1_300, Direction::In, desk, "180 Ringing", ""),
+            entry(1_400, Direction::In, gw, "180 Ringing", ""),
+        ];
+        let names = HashMap::from([
+            (caller, "caller".to_owned()),
+            (desk, "desktop".to_owned()),
+            (gw, "gateway".to_owned()),
+        ]);
+        assert_eq!(
+            hops(&entries, &names),
+            [
+                "caller -> trustring: TLS",
+                "trustring -> desktop: TLS",
+                "trustring -> gateway: UDP+TLS"
+            ]
+        );
+        let lanes = lane_names(&entries, &names);
+        assert_eq!(lanes[&caller], "caller (TLS)");
+        let header = ladder_text(&entries, &lanes);
+        assert!(
+            header.contains("desktop (TLS)") && header.contains("gateway (UDP+TLS)"),
+            "{header}"
+        );
+        // The ISUP lane still finds the gateway's.
+        let rows = [IsupRow::new(1_250, "IAM", true, None)];
+        let out = splice(&header, &entries, "gateway", "phone line", &rows);
+        assert!(
+            out.lines()
+                .any(|l| l.contains("ISUP IAM") && l.contains('>')),
             "{out}"
         );
     }

@@ -5,17 +5,21 @@
 //! (subscriber, number pool, EULA, enrolment code), enrols a phone with a software trusted
 //! zone and its own number over HTTPS with the enrolment URI the server issued, which pins the
 //! server's key (`trustring device init` / `enroll URI --number`, as a user would),
-//! registers a desktop softphone over SIP and attaches the phone to the gateway as a PSTN line
+//! registers a desktop softphone over SIP over TLS and attaches the phone to the gateway as a
+//! PSTN line
 //! (TR-ISUP over TLS with the gateway's key pinned; the gateway has the phone's zone prove
 //! its key to the server before it gives the line the number; the line records what it
-//! hears), and places a call to `sip:alice@localhost`. Both ring:
+//! hears), and places a call to `sip:alice@localhost` from its own caller, also over TLS (both
+//! pin the server's key, the fingerprint in the enrolment URI; plain UDP with
+//! `--plain-sip`). Both ring:
 //! the desktop directly, the phone through the gateway (INVITE with Trunk-Auth, then an IAM
 //! carrying the trust challenge). The phone answers with its zone's proof, the desktop is
 //! cancelled "elsewhere", the caller sends a 1 kHz tone as SRTP (RTP/SAVP, SDES keys; plain
 //! RTP with `--plain-rtp`) to the gateway for the hold time and hangs up.
 //!
 //! It then prints the ladder diagram the server recorded with the ISUP messages of the
-//! phone's line spliced in, the fork skew at the server and as the two devices saw it, the
+//! phone's line spliced in, each lane headed with the transport the server recorded for it,
+//! the transport of every hop, the fork skew at the server and as the two devices saw it, the
 //! trust proof result, the audio check (pitch and purity of what the phone recorded), the
 //! server's CDR and the gateway's own leg record of the call (linked by the Call-ID), checks
 //! each, and cleans up everything it started. It exits non-zero when a check fails.
@@ -60,6 +64,10 @@ pub(crate) struct DemoArgs {
     /// The caller offers plain RTP (RTP/AVP) instead of SRTP (RTP/SAVP with SDES keys).
     #[arg(long)]
     plain_rtp: bool,
+    /// The caller and the desktop softphone speak SIP over UDP instead of TLS (the SRTP keys
+    /// in their SDP then cross loopback in clear).
+    #[arg(long)]
+    plain_sip: bool,
 }
 
 /// A port free for UDP and TCP on 127.0.0.1.
@@ -190,8 +198,19 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         b.iter().map(|x| format!("{x:02x}")).collect::<String>()
     };
 
+    // The gateway's key (its line port and its SIP trunk), made here as an operator would
+    // before handing its fingerprint to the phones and to the server (the gateway finds and
+    // uses it under its data directory).
+    let gw_identity = tls::ServerIdentity::load_or_create(
+        &gw_data.join("tls"),
+        None,
+        None,
+        &["localhost".to_owned(), "127.0.0.1".to_owned()],
+    )
+    .context("making the gateway's TLS key")?;
+    let gw_fp = gw_identity.fingerprint;
     step(&format!(
-        "starting trustring serve (SIP {sip}, admin API http://{http}, enrolment https://{enrol}, gateway {gw_sip}, data {})",
+        "starting trustring serve (SIP {sip}, SIP over TLS {sip_tls}, admin API http://{http}, enrolment https://{enrol}, gateway {gw_sip}, data {})",
         data.display()
     ));
     let log = std::fs::File::create(dir.path().join("server.log"))?;
@@ -208,6 +227,9 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             &sip_tls.to_string(),
             "--gateway",
             &gw_sip.to_string(),
+            // The server dials the gateway's trunk over TLS with the gateway's key pinned.
+            "--gateway-fp",
+            &gw_fp.to_string(),
         ])
         .arg("--data")
         .arg(&data)
@@ -261,6 +283,12 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         .as_str()
         .context("the server gave no enrolment URI")?
         .to_owned();
+    // The server's key fingerprint: the enrolment URI carries it, and the demo's own SIP
+    // clients pin it too.
+    let server_fp = uri
+        .parse::<api::EnrolUri>()
+        .map_err(|e| anyhow::anyhow!("the server's enrolment URI: {e}"))?
+        .fingerprint;
 
     step(&format!(
         "enrolling the phone over HTTPS, the server's key pinned by the enrolment URI: trusted zone (software), sealed identifier + license key + SIP credentials, number {PHONE_NUMBER}"
@@ -305,18 +333,8 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         println!("    {l}");
     }
 
-    // The gateway's line-port key, made here as an operator would before handing its
-    // fingerprint to the phones (the gateway finds and uses it under its data directory).
-    let gw_identity = tls::ServerIdentity::load_or_create(
-        &gw_data.join("tls"),
-        None,
-        None,
-        &["localhost".to_owned(), "127.0.0.1".to_owned()],
-    )
-    .context("making the gateway's line TLS key")?;
-    let gw_fp = gw_identity.fingerprint;
     step(&format!(
-        "starting trustring gateway (SIP trunk {gw_sip}, phone lines {gw_lines} over TLS, key {gw_fp}, data {})",
+        "starting trustring gateway (SIP trunk {gw_sip} over TLS, phone lines {gw_lines} over TLS, key {gw_fp} for both, data {})",
         gw_data.display()
     ));
     let log = std::fs::File::create(dir.path().join("gateway.log"))?;
@@ -347,12 +365,30 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         .context("starting the gateway")?;
     let mut gateway = ChildProc(child);
 
+    // The proxy's address for the demo's SIP clients, and how they reach it.
+    let (proxy, sip_how) = if a.plain_sip {
+        (sip, "SIP over UDP (--plain-sip)".to_owned())
+    } else {
+        (
+            sip_tls,
+            format!("SIP over TLS to {sip_tls}, server key {server_fp} pinned"),
+        )
+    };
     step(&format!(
-        "registering the desktop softphone as alice; attaching the phone to the gateway as line {PHONE_NUMBER}"
+        "registering the desktop softphone as alice ({sip_how}); attaching the phone to the gateway as line {PHONE_NUMBER}"
     ));
-    let mut desk_cfg =
-        phone::PhoneConfig::new(sip, "localhost", "alice", "alice", desk_password, "desktop");
+    let mut desk_cfg = phone::PhoneConfig::new(
+        proxy,
+        "localhost",
+        "alice",
+        "alice",
+        desk_password,
+        "desktop",
+    );
     desk_cfg.local = SocketAddr::new(sip.ip(), 0);
+    if !a.plain_sip {
+        desk_cfg.transport = phone::SipTransport::Tls(phone::TlsClient::pinned(server_fp)?);
+    }
     let (desk, mut desk_events) = phone::Phone::start(desk_cfg, Box::new(NoProver)).await?;
     wait_for(&mut desk_events, "desktop", |e| {
         matches!(e, phone::PhoneEvent::Registered { .. })
@@ -398,6 +434,7 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             ..
         })
     );
+    let line_tls = matches!(attached_event, Some(LineEvent::Attached { tls: true, .. }));
     let attached = attached_event.map_or_else(|| "detached at once".to_owned(), |e| e.to_string());
     // That was the attach challenge's proof; the ladder shows the call's.
     if let Ok(mut proofs) = prover.proofs.lock() {
@@ -433,7 +470,11 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             }
         }
     });
-    let caller = uac::Uac::bind(sip).await?;
+    let mut caller = if a.plain_sip {
+        uac::Uac::udp(sip).await?
+    } else {
+        uac::Uac::tls(sip_tls, server_fp).await?
+    };
     let call = tokio::spawn({
         let hold = Duration::from_millis(a.hold_ms);
         let srtp = !a.plain_rtp;
@@ -493,15 +534,17 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         &format!("/api/v1/calls/{}/trace", result.call_id),
         None,
     )?;
+    // The API serves `sip_net::trace::TraceEntry` itself: read it back as that type.
     let entries: Vec<sip_net::trace::TraceEntry> =
-        serde_json::from_value::<Vec<TraceView>>(trace["messages"].clone())?
-            .into_iter()
-            .map(TraceView::into_entry)
-            .collect();
+        serde_json::from_value(trace["messages"].clone())?;
     let mut names = HashMap::new();
     names.insert(caller_addr, "caller".to_owned());
     names.insert(desk_addr, "desktop".to_owned());
-    names.insert(gw_sip, "gateway".to_owned());
+    // The gateway is every other peer: its trunk may reach the server from another address
+    // than its SIP listener (a connection's).
+    for e in &entries {
+        names.entry(e.peer).or_insert_with(|| "gateway".to_owned());
+    }
     let line_heard: Vec<(i64, LineEvent)> = heard
         .iter()
         .filter_map(|(at, h)| match h {
@@ -515,13 +558,36 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
     print!(
         "{}",
         ladder::splice(
-            &sip_net::trace::ladder_text(&entries, &names),
+            &sip_net::trace::ladder_text(&entries, &ladder::lane_names(&entries, &names)),
             &entries,
             "gateway",
             &format!("phone line {PHONE_NUMBER}"),
             &isup
         )
     );
+    // The signalling's transport, hop by hop, as the server recorded it.
+    let sip_hops = ladder::hops(&entries, &names);
+    println!(
+        "    transport by hop (SIP as the server's trace recorded it; ISUP as the line attached):"
+    );
+    for h in &sip_hops {
+        println!("      {h}");
+    }
+    println!(
+        "      gateway -> phone line {PHONE_NUMBER}: {}",
+        if line_tls {
+            "TR-ISUP over TLS (gateway key pinned)"
+        } else {
+            "TR-ISUP over plain TCP"
+        }
+    );
+    let want = if a.plain_sip { "UDP" } else { "TLS" };
+    let sip_over = |who: &str| {
+        ladder::peer_transports(&entries)
+            .iter()
+            .any(|(p, t)| names.get(p).is_some_and(|n| n == who) && t == want)
+    };
+    let clients_transport = sip_over("caller") && sip_over("desktop");
     // The media, hop by hop (the ladder above is the signalling).
     let media_hops = match &result.audio {
         Ok(s) => match s.srtp {
@@ -706,6 +772,14 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
             "the phone's line attached over TLS with its zone's proof",
             attach_proved,
         ),
+        (
+            if a.plain_sip {
+                "the caller's and the desktop's SIP went over UDP, as asked (--plain-sip)"
+            } else {
+                "the caller's and the desktop's SIP went over TLS"
+            },
+            clients_transport,
+        ),
         ("the phone answered through the gateway", line_answered),
         ("the caller got 200", result.status == 200),
         (
@@ -829,40 +903,6 @@ async fn wait_for(
             }
             Ok(Some(_)) => {}
             Ok(None) | Err(_) => bail!("the {who} did not register in time"),
-        }
-    }
-}
-
-/// A trace entry as the API returns it.
-#[derive(serde::Deserialize)]
-struct TraceView {
-    at_us: i64,
-    dir: String,
-    transport: String,
-    peer: SocketAddr,
-    label: String,
-    cseq: String,
-    notes: Vec<String>,
-}
-
-impl TraceView {
-    fn into_entry(self) -> sip_net::trace::TraceEntry {
-        sip_net::trace::TraceEntry {
-            at_us: self.at_us,
-            dir: if self.dir == "in" {
-                sip_net::trace::Direction::In
-            } else {
-                sip_net::trace::Direction::Out
-            },
-            transport: if self.transport == "TCP" {
-                "TCP"
-            } else {
-                "UDP"
-            },
-            peer: self.peer,
-            label: self.label,
-            cseq: self.cseq,
-            notes: self.notes,
         }
     }
 }

@@ -1,15 +1,20 @@
-//! The demo's caller: a minimal SIP UAC over UDP (RFC 3261 §8.1, §12, §13) that places one
-//! call offering G.711 (PCMU, PCMA), waits for the answer, talks for the hold time (a 1 kHz
-//! tone, 20 ms packets, to where the answer's SDP says), and hangs up. Just enough for a demo
-//! on loopback: it retransmits the INVITE and the BYE on T1 doubling, and follows the route
-//! set of the 2xx.
+//! The demo's caller: a minimal SIP UAC (RFC 3261 §8.1, §12, §13) that places one call
+//! offering G.711 (PCMU, PCMA), waits for the answer, talks for the hold time (a 1 kHz tone,
+//! 20 ms packets, to where the answer's SDP says), and hangs up. Just enough for a demo on
+//! loopback: it follows the route set of the 2xx and, over UDP, retransmits the INVITE and
+//! the BYE on T1 doubling.
+//!
+//! Its SIP goes over TLS by default (RFC 3261 §26): one connection to the proxy's TLS
+//! listener, the server's key pinned (the fingerprint the operator hands out, the one in the
+//! enrolment URI), stream framing by `sip_core::message::frame_stream`, Via `SIP/2.0/TLS`;
+//! plain UDP with `demo --plain-sip`.
 //!
 //! By default it offers SRTP (`RTP/SAVP`, RFC 3711) keyed by SDES (RFC 4568): one
 //! `a=crypto` line, AES_CM_128_HMAC_SHA1_80 with a fresh master key from the OS random number
 //! generator. The answer must be SRTP with our tag (else no audio is sent); the tone leaves
 //! protected under our key, and what comes back is opened with the answerer's key (packets
-//! that do not authenticate are counted, never played). The key is never printed. Its SIP
-//! hop is plain UDP on loopback here: SDES keys must only cross TLS-protected signalling.
+//! that do not authenticate are counted, never played). The key is never printed. SDES keys
+//! must only cross TLS-protected signalling: with `--plain-sip` they cross loopback in clear.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -19,9 +24,13 @@ use bytes::Bytes;
 use media::g711::{FRAME_SAMPLES, Law, SAMPLE_RATE};
 use media::sdp::Transport;
 use media::srtp::{Crypto, MasterKey, SrtpContext, Suite};
-use sip_core::message::{HeaderName, Message, Method, NameAddr, Request, Response, Uri, parse};
-use tokio::net::UdpSocket;
+use sip_core::message::{
+    Frame, HeaderName, Message, Method, NameAddr, Request, Response, Uri, frame_stream, parse,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
 use tokio::time::MissedTickBehavior;
+use tokio_rustls::client::TlsStream;
 
 /// The caller's test tone: the phone must hear this pitch.
 pub(crate) const TONE_HZ: f64 = 1000.0;
@@ -106,8 +115,19 @@ struct Protection {
     rx: SrtpContext,
 }
 
+/// How the caller's SIP reaches the proxy.
+enum Signalling {
+    /// Datagrams to the proxy's UDP port.
+    Udp(UdpSocket),
+    /// One TLS connection to the proxy's TLS port, and what was read but not yet framed.
+    Tls {
+        stream: Box<TlsStream<TcpStream>>,
+        pending: Vec<u8>,
+    },
+}
+
 pub(crate) struct Uac {
-    sock: UdpSocket,
+    sig: Signalling,
     local: SocketAddr,
     proxy: SocketAddr,
     /// The RTP socket named in the offer.
@@ -121,44 +141,139 @@ fn rand_hex(n: usize) -> String {
 }
 
 impl Uac {
-    pub(crate) async fn bind(proxy: SocketAddr) -> anyhow::Result<Self> {
+    /// A caller that sends its SIP to the proxy's UDP port `proxy`.
+    pub(crate) async fn udp(proxy: SocketAddr) -> anyhow::Result<Self> {
         let sock = UdpSocket::bind((proxy.ip(), 0)).await?;
         let local = sock.local_addr()?;
         let rtp = UdpSocket::bind((proxy.ip(), 0)).await?;
         Ok(Self {
-            sock,
+            sig: Signalling::Udp(sock),
             local,
             proxy,
             rtp,
         })
     }
 
+    /// A caller connected to the proxy's TLS listener `proxy`, trusting only the server key
+    /// `pin`.
+    pub(crate) async fn tls(proxy: SocketAddr, pin: tls::Fingerprint) -> anyhow::Result<Self> {
+        let config = tls::pinned_client_config(pin)?;
+        let tcp = tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(proxy))
+            .await
+            .context("connecting to the proxy's TLS port timed out")?
+            .with_context(|| format!("connecting to {proxy}"))?;
+        tcp.set_nodelay(true)?;
+        let local = tcp.local_addr()?;
+        let name = tls::pki_types::ServerName::from(proxy.ip());
+        let stream = tokio_rustls::TlsConnector::from(config)
+            .connect(name, tcp)
+            .await
+            .with_context(|| format!("TLS handshake with {proxy} (key pinned to {pin})"))?;
+        let rtp = UdpSocket::bind((proxy.ip(), 0)).await?;
+        Ok(Self {
+            sig: Signalling::Tls {
+                stream: Box::new(stream),
+                pending: Vec::new(),
+            },
+            local,
+            proxy,
+            rtp,
+        })
+    }
+
+    /// The caller's SIP address (its UDP socket's, or its TLS connection's local address):
+    /// what the server's trace names it by.
     pub(crate) fn local_addr(&self) -> SocketAddr {
         self.local
     }
 
-    async fn recv(&self, until: Instant) -> Option<Message> {
+    /// Whether the transport is reliable: then nothing is retransmitted (RFC 3261 §17.1).
+    fn reliable(&self) -> bool {
+        matches!(self.sig, Signalling::Tls { .. })
+    }
+
+    async fn send(&mut self, bytes: &[u8]) -> anyhow::Result<()> {
+        match &mut self.sig {
+            Signalling::Udp(sock) => {
+                sock.send_to(bytes, self.proxy).await?;
+            }
+            Signalling::Tls { stream, .. } => {
+                stream.write_all(bytes).await?;
+                stream.flush().await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The next message before `until`; `None` at the deadline (or when the connection
+    /// closed).
+    async fn recv(&mut self, until: Instant) -> Option<Message> {
         let mut buf = vec![0u8; 65_536];
         loop {
             let left = until.checked_duration_since(Instant::now())?;
-            let (n, _) = tokio::time::timeout(left, self.sock.recv_from(&mut buf))
-                .await
-                .ok()?
-                .ok()?;
-            if let Ok(m) = parse(&buf[..n]) {
-                return Some(m);
+            match &mut self.sig {
+                Signalling::Udp(sock) => {
+                    let (n, _) = tokio::time::timeout(left, sock.recv_from(&mut buf))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    if let Ok(m) = parse(&buf[..n]) {
+                        return Some(m);
+                    }
+                }
+                Signalling::Tls { stream, pending } => {
+                    match frame_stream(pending) {
+                        Ok(Frame::Message(n)) => {
+                            let rest = pending.split_off(n.min(pending.len()));
+                            let msg = std::mem::replace(pending, rest);
+                            if let Ok(m) = parse(&msg) {
+                                return Some(m);
+                            }
+                            continue;
+                        }
+                        Ok(Frame::KeepAlive(n)) => {
+                            pending.drain(..n.min(pending.len()));
+                            continue;
+                        }
+                        Ok(Frame::Incomplete) => {}
+                        // The stream cannot be resynchronised.
+                        Err(_) => return None,
+                    }
+                    let n = tokio::time::timeout(left, stream.read(&mut buf))
+                        .await
+                        .ok()?
+                        .ok()?;
+                    if n == 0 {
+                        return None;
+                    }
+                    pending.extend_from_slice(&buf[..n]);
+                }
             }
         }
     }
 
     fn via(&self, branch: &str) -> String {
-        format!("SIP/2.0/UDP {};branch=z9hG4bK{branch};rport", self.local)
+        let transport = if self.reliable() { "TLS" } else { "UDP" };
+        format!(
+            "SIP/2.0/{transport} {};branch=z9hG4bK{branch};rport",
+            self.local
+        )
+    }
+
+    /// The caller's Contact: `;transport=tls` over TLS (RFC 3261 §19.1.4).
+    fn contact(&self) -> String {
+        let param = if self.reliable() {
+            ";transport=tls"
+        } else {
+            ""
+        };
+        format!("<sip:caller@{}{param}>", self.local)
     }
 
     /// Calls `target` (e.g. `sip:alice@localhost`) offering SRTP when `srtp` (else clear
     /// RTP), talks on an answered call for `hold` (the tone), then sends BYE.
     pub(crate) async fn call(
-        &self,
+        &mut self,
         target: &str,
         hold: Duration,
         srtp: bool,
@@ -177,7 +292,7 @@ impl Uac {
         h.push(HeaderName::To, format!("<{target}>"));
         h.push(HeaderName::CallId, call_id.clone());
         h.push(HeaderName::CSeq, "1 INVITE");
-        h.push(HeaderName::Contact, format!("<sip:caller@{}>", self.local));
+        h.push(HeaderName::Contact, self.contact());
         h.push(HeaderName::ContentType, "application/sdp");
         let rtp = self.rtp.local_addr()?;
         let ours = if srtp { Some(fresh_crypto()?) } else { None };
@@ -200,7 +315,7 @@ impl Uac {
         };
         let bytes = invite.to_bytes();
         let t0 = Instant::now();
-        self.sock.send_to(&bytes, self.proxy).await?;
+        self.send(&bytes).await?;
         let mut provisional = Vec::new();
         let mut next_retx = Instant::now() + Duration::from_millis(500);
         let deadline = Instant::now() + Duration::from_secs(40);
@@ -219,8 +334,9 @@ impl Uac {
                 }
                 Some(_) => {}
                 None if Instant::now() >= deadline => bail!("no final answer to the INVITE"),
+                None if self.reliable() => next_retx = deadline,
                 None => {
-                    self.sock.send_to(&bytes, self.proxy).await?;
+                    self.send(&bytes).await?;
                     next_retx = Instant::now() + Duration::from_secs(1);
                 }
             }
@@ -243,7 +359,7 @@ impl Uac {
                 1,
                 &[],
             );
-            self.sock.send_to(&ack.to_bytes(), self.proxy).await?;
+            self.send(&ack.to_bytes()).await?;
             return Ok(CallResult {
                 call_id,
                 provisional,
@@ -277,7 +393,7 @@ impl Uac {
             1,
             &routes,
         );
-        self.sock.send_to(&ack.to_bytes(), self.proxy).await?;
+        self.send(&ack.to_bytes()).await?;
         let talk_start = Instant::now();
         let audio = match media::sdp::parse_audio(&answer.body) {
             Ok(sdp) => match (
@@ -307,7 +423,9 @@ impl Uac {
         );
         let bye_bytes = bye.to_bytes();
         for attempt in 0..4u32 {
-            self.sock.send_to(&bye_bytes, self.proxy).await?;
+            if attempt == 0 || !self.reliable() {
+                self.send(&bye_bytes).await?;
+            }
             let until = Instant::now() + Duration::from_millis(500 << attempt);
             while let Some(m) = self.recv(until).await {
                 match m {
@@ -324,7 +442,7 @@ impl Uac {
                     }
                     // A retransmitted 2xx: ACK it again.
                     Message::Response(r) if r.call_id() == call_id && r.status < 300 => {
-                        self.sock.send_to(&ack.to_bytes(), self.proxy).await?;
+                        self.send(&ack.to_bytes()).await?;
                     }
                     _ => {}
                 }

@@ -184,6 +184,20 @@ impl Server {
         body
     }
 
+    /// `user`'s registrations once `done` holds, or as they are after 5 s: the API lists
+    /// them from the store, which the server's writer updates just after the 200 OK, so a
+    /// reader right after a REGISTER may be a moment early.
+    pub fn registrations_when(&self, user: &str, done: impl Fn(&str) -> bool) -> String {
+        let t0 = Instant::now();
+        loop {
+            let body = self.registrations(user);
+            if done(&body) || t0.elapsed() > Duration::from_secs(5) {
+                return body;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// The server process's id (while it runs).
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)

@@ -139,7 +139,7 @@ impl Call {
             id,
             peer,
             key,
-            tx: ServerTx::new(true, false, ctx.cfg.timers),
+            tx: ServerTx::new(true, ctx.cfg.tls, ctx.cfg.timers),
             dialog,
             phase: Phase::Early,
             pending_ack: None,
@@ -579,7 +579,7 @@ impl Call {
         out.index.push(IndexOp::AddBranch(bye.branch.clone()));
         self.bye = Some(OutBye {
             branch: bye.branch,
-            tx: ClientTx::new(false, false, bytes, ctx.cfg.timers, now),
+            tx: ClientTx::new(false, ctx.cfg.tls, bytes, ctx.cfg.timers, now),
             to: bye.hop,
         });
     }

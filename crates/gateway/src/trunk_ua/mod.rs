@@ -36,8 +36,8 @@
 //! capped and expire after 64*T1.
 //!
 //! # Not done
-//! UDP only; no PRACK/UPDATE (405), no session timers; an SDP answer in an ACK (after an
-//! offerless INVITE) is not reported (the exchange refuses offerless INVITEs); merged requests (§8.2.2.2) are not
+//! No PRACK/UPDATE (405), no session timers; an SDP answer in an ACK (after an offerless
+//! INVITE) is not reported (the exchange refuses offerless INVITEs); merged requests (§8.2.2.2) are not
 //! detected, on purpose: a subscriber with two lines on one gateway gets two INVITEs with
 //! the same Call-ID, From tag and CSeq, which are two calls.
 
@@ -70,9 +70,12 @@ const BUSY_RETRY_AFTER: &str = "5";
 /// Configuration of a [`TrunkUa`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UaConfig {
-    /// The address advertised in Via and Contact (where the gateway's UDP socket is
+    /// The address advertised in Via and Contact (where the gateway's SIP listener is
     /// reachable from the proxy).
     pub local: SocketAddr,
+    /// The trunk is SIP over TLS: Via `SIP/2.0/TLS` and a `transport=tls` Contact (so the
+    /// proxy sends in-dialog requests over TLS too); else UDP.
+    pub tls: bool,
     /// The RFC 3261 timers (T1, T2, T4).
     pub timers: Timers,
     /// The `User-Agent` / `Server` header value; empty for none.
@@ -84,6 +87,7 @@ impl UaConfig {
     pub fn new(local: SocketAddr) -> Self {
         Self {
             local,
+            tls: false,
             timers: Timers::default(),
             user_agent: concat!("trustring-gateway/", env!("CARGO_PKG_VERSION")).to_owned(),
         }
@@ -237,7 +241,7 @@ pub enum UaError {
 /// Key of a non-INVITE server transaction: transaction key and method (§17.2.3).
 type NistKey = (TxKey, String);
 
-/// The gateway's trunk-side SIP user agent (one per gateway, UDP only). See the module
+/// The gateway's trunk-side SIP user agent (one per gateway). See the module
 /// docs for the contract.
 #[derive(Debug)]
 pub struct TrunkUa {
@@ -265,7 +269,11 @@ impl TrunkUa {
     /// A UA with no calls. `now` is the start of its time line.
     pub fn new(cfg: UaConfig, now: Instant) -> Self {
         let _ = now;
-        let contact = format!("<sip:{}>", cfg.local);
+        let contact = if cfg.tls {
+            format!("<sip:{};transport=tls>", cfg.local)
+        } else {
+            format!("<sip:{}>", cfg.local)
+        };
         Self {
             ctx: Ctx { cfg, contact },
             max_calls: DEFAULT_MAX_CALLS,
@@ -714,7 +722,7 @@ impl TrunkUa {
         let bytes = Bytes::from(resp.to_bytes());
         self.out.transmits.insert(at, (from, bytes.clone()));
         if self.nists.len() < MAX_SERVER_TXS {
-            let mut tx = ServerTx::new(false, false, self.ctx.cfg.timers);
+            let mut tx = ServerTx::new(false, self.ctx.cfg.tls, self.ctx.cfg.timers);
             tx.send_response(resp.status, bytes, now);
             if let Some(expiry) = tx.next_deadline() {
                 self.nist_expiry.push_back((expiry, nkey.clone()));

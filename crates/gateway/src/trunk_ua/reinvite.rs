@@ -160,7 +160,7 @@ impl Call {
         let mut inv = InInvite {
             key: key.clone(),
             peer: from,
-            tx: ServerTx::new(true, false, ctx.cfg.timers),
+            tx: ServerTx::new(true, ctx.cfg.tls, ctx.cfg.timers),
             answered: false,
             answer_by: now + ctx.cfg.timers.timeout() / 2,
             request: req,
@@ -265,7 +265,7 @@ impl Call {
         tracing::debug!(call = %self.id, hop = %inv.hop, "re-INVITE sent");
         self.out_invites.push(OutInvite {
             branch: inv.branch,
-            tx: ClientTx::new(true, false, bytes, ctx.cfg.timers, now),
+            tx: ClientTx::new(true, ctx.cfg.tls, bytes, ctx.cfg.timers, now),
             hop: inv.hop,
             request: inv.request,
             ack: None,

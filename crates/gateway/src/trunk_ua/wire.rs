@@ -114,7 +114,11 @@ impl Ctx {
     pub(super) fn via(&self) -> (String, String) {
         let branch = branch();
         (
-            format!("SIP/2.0/UDP {};branch={branch};rport", self.cfg.local),
+            format!(
+                "SIP/2.0/{} {};branch={branch};rport",
+                if self.cfg.tls { "TLS" } else { "UDP" },
+                self.cfg.local
+            ),
             branch,
         )
     }

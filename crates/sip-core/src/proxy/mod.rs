@@ -19,7 +19,8 @@
 //! otherwise; a `sips:` request must arrive over TLS (416 otherwise) and rings only the
 //! contacts registered over TLS (never the gateway).
 //!
-//! The proxy never opens a TLS connection itself: doing so safely means verifying the
+//! The proxy never opens a TLS connection to a client (only to the gateway, whose key the
+//! driver pins, see [`ProxyConfig::trunk_transport`]): doing so safely means verifying the
 //! client's certificate against a name, and phones have neither a name nor a certificate
 //! we could check. Instead a contact registered over TLS is reached over the connection its
 //! REGISTER came over, whatever its Contact says ([`Reach::Connection`], like an RFC 5626
@@ -78,9 +79,10 @@ pub enum Transport {
     Udp,
     /// TCP (reliable).
     Tcp,
-    /// TLS over TCP (reliable; RFC 3261 §26, RFC 5630). The proxy never opens a TLS
-    /// connection itself: it answers and forwards over connections clients opened (see
-    /// "SIP over TLS" in the module docs).
+    /// TLS over TCP (reliable; RFC 3261 §26, RFC 5630). Toward clients the driver opens no
+    /// TLS connection: it answers and forwards over connections they opened (see "SIP over
+    /// TLS" in the module docs). It dials only the gateway, whose key it pins
+    /// ([`ProxyConfig::trunk_transport`]).
     Tls,
 }
 
@@ -205,6 +207,10 @@ pub struct ProxyConfig {
     pub secret: [u8; 32],
     /// The IP->PSTN gateway phones with a number are rung through (R15), if any.
     pub trunk: Option<Trunk>,
+    /// The transport of the branches to the gateway: TLS in production (`trustring serve`
+    /// sets it, and the driver dials the gateway with its key pinned), so the SRTP keys in
+    /// the SDP never cross in clear; UDP by default here, for drivers without a TLS client.
+    pub trunk_transport: Transport,
     /// Which digest algorithms are offered to whom (R2; default learned per client).
     pub digest: DigestPolicy,
     /// Under `auto`, the products (comma-separated `User-Agent` substrings) offered SHA-256
@@ -233,6 +239,7 @@ impl ProxyConfig {
             nonce_ttl: Duration::from_secs(300),
             secret,
             trunk: None,
+            trunk_transport: Transport::Udp,
             digest: DigestPolicy::Auto,
             digest_sha256_agents: crate::auth::DEFAULT_SHA256_AGENTS.to_owned(),
             nat: NatConfig::default(),
@@ -462,6 +469,29 @@ impl Proxy {
         for c in self.clients.values_mut() {
             if c.target.conn == Some(conn) {
                 c.target.conn = None;
+            }
+        }
+    }
+
+    /// The driver could not open a connection to `addr` over `transport` (refused, timed
+    /// out, or a TLS peer with another key than the pinned one): every client transaction
+    /// toward it ends now, and the branches among them fail as if they had received 503
+    /// (RFC 3261 §16.9) instead of waiting 64*T1 for Timer B; the other branches of their
+    /// forks go on.
+    pub fn transport_failed(&mut self, transport: Transport, addr: SocketAddr, now: Instant) {
+        let dead: Vec<u64> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.target.transport == transport && c.target.addr == addr)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            let Some(e) = self.clients.remove(&id) else {
+                continue;
+            };
+            self.client_keys.remove(&e.key);
+            if let ClientKind::Branch { fork, branch } = e.kind {
+                self.branch_unreachable(fork, branch, now);
             }
         }
     }

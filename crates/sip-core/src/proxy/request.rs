@@ -414,13 +414,21 @@ impl Proxy {
             })
             .filter_map(|d| {
                 let number = d.number.as_deref()?;
-                let uri =
-                    crate::message::Uri::parse(&format!("sip:{number}@{};user=phone", trunk.addr))
-                        .ok()?;
+                let transport = self.cfg.trunk_transport;
+                let param = match transport {
+                    Transport::Udp => "",
+                    Transport::Tcp => ";transport=tcp",
+                    Transport::Tls => ";transport=tls",
+                };
+                let uri = crate::message::Uri::parse(&format!(
+                    "sip:{number}@{};user=phone{param}",
+                    trunk.addr
+                ))
+                .ok()?;
                 Some(super::fork::BranchTarget {
                     uri: Some(uri),
                     target: Target {
-                        transport: Transport::Udp,
+                        transport,
                         addr: trunk.addr,
                         conn: None,
                     },

@@ -27,7 +27,7 @@ pub const TRUNK_AUTH: &str = "Trunk-Auth";
 /// Where the gateway is and the secret it shares with the server.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Trunk {
-    /// The gateway's SIP address (UDP).
+    /// The gateway's SIP address (over [`super::ProxyConfig::trunk_transport`]).
     pub addr: SocketAddr,
     /// The shared secret (at least 16 bytes).
     pub secret: Vec<u8>,

@@ -35,6 +35,18 @@ pub struct Server {
 impl Server {
     /// A proxy for `localhost` with subscriber alice (MD5 digest), TLS when `tls`.
     pub async fn start(tls: bool, limits: StreamLimits) -> Self {
+        Self::start_with(
+            tls,
+            NetOptions {
+                limits,
+                ..NetOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// [`Server::start`] with the transports' `options` (limits, TLS peers to dial).
+    pub async fn start_with(tls: bool, options: NetOptions) -> Self {
         let dir = tempfile::tempdir().unwrap();
         // UDP takes a free port and TCP the same one, which another test may hold: retry.
         let mut tries = 0;
@@ -75,10 +87,6 @@ impl Server {
             ring_delays: Vec::new(),
         });
         let (events_tx, events) = mpsc::channel(sip_net::EVENT_QUEUE);
-        let options = NetOptions {
-            limits,
-            ..NetOptions::default()
-        };
         let (handle, task) = sip_net::spawn_with(proxy, sockets, events_tx, options);
         Self {
             addr,

@@ -1,5 +1,8 @@
 //! Security events (R14): ids are assigned and increase; reading pages by id.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use super::NOW;
 use trustring_store::{SecurityEvent, Store};
 
@@ -78,4 +81,52 @@ pub(crate) fn battery_security_events(store: &dyn Store) {
         seen.extend(page);
     }
     assert_eq!(seen, newest);
+}
+
+/// Writers on every node while a reader pages by `since_id` (as the console's live feed
+/// does): the reader sees every event exactly once, in id order; none committed late behind
+/// the cursor.
+pub(crate) fn battery_concurrent_security_events(nodes: &[Arc<dyn Store>]) {
+    const WRITERS: usize = 4;
+    const EACH: usize = 50;
+    let done = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let store = Arc::clone(&nodes[0]);
+        let done = Arc::clone(&done);
+        std::thread::spawn(move || {
+            let mut seen: Vec<i64> = Vec::new();
+            loop {
+                let finished = done.load(Ordering::SeqCst);
+                let since = seen.last().copied().unwrap_or(0);
+                let page = store.security_events(since, 1_000).unwrap();
+                seen.extend(page.iter().map(|e| e.id));
+                if finished && page.is_empty() {
+                    return seen;
+                }
+            }
+        })
+    };
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let store = Arc::clone(&nodes[w % nodes.len()]);
+            std::thread::spawn(move || {
+                (0..EACH)
+                    .map(|_| {
+                        store
+                            .add_security_event(&event("wrong-proof", None))
+                            .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut written: Vec<i64> = writers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    done.store(true, Ordering::SeqCst);
+    let seen = reader.join().unwrap();
+    written.sort_unstable();
+    assert_eq!(written.len(), WRITERS * EACH);
+    assert_eq!(seen, written, "the reader missed or repeated events");
 }

@@ -249,6 +249,15 @@ impl Proxy {
         self.apply_fork(id, out, now);
     }
 
+    /// Branch `i` of fork `id` could not be sent: its target is unreachable (503, §16.9).
+    pub(in crate::proxy) fn branch_unreachable(&mut self, id: u64, i: usize, now: Instant) {
+        let mut out = Vec::new();
+        if let Some(f) = self.forks.get_mut(&id) {
+            f.on_branch_failed(i, 503, "Service Unavailable", &mut out);
+        }
+        self.apply_fork(id, out, now);
+    }
+
     /// A response (our Via removed) on branch `i` of fork `id`.
     pub(in crate::proxy) fn branch_response(
         &mut self,

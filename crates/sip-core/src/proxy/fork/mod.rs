@@ -417,18 +417,30 @@ impl Fork {
 
     /// Branch `i`'s client transaction timed out (Timer B, or abandoned after CANCEL).
     pub(super) fn on_branch_timeout(&mut self, i: usize, out: &mut Vec<ForkAction>) {
+        self.on_branch_failed(i, 408, "Request Timeout", out);
+    }
+
+    /// Branch `i` ended without a response of its own: `status` is what it counts as (408
+    /// for a timeout; 503 when the transport could not reach its target, RFC 3261 §16.9).
+    pub(super) fn on_branch_failed(
+        &mut self,
+        i: usize,
+        status: u16,
+        reason: &str,
+        out: &mut Vec<ForkAction>,
+    ) {
         let Some(b) = self.branches.get_mut(i) else {
             return;
         };
         if !b.is_final() {
-            b.state = BranchState::Completed { status: 408 };
+            b.state = BranchState::Completed { status };
             out.push(ForkAction::BranchFinal {
                 branch: i,
-                status: 408,
+                status,
                 outcome: None,
             });
             if !self.finished && self.best.is_none() {
-                self.best = Some(own_response(&self.request, 408, "Request Timeout", None));
+                self.best = Some(own_response(&self.request, status, reason, None));
             }
         }
         self.check_complete(out);

@@ -264,3 +264,44 @@ fn voicemail_on_the_pstn_leg_is_no_answer_not_an_attack() {
     // Every branch ended without an answer: 480 to the caller.
     assert_eq!(statuses(&out), [480]);
 }
+
+#[test]
+fn an_unreachable_branch_counts_as_503_and_the_others_go_on() {
+    let now = Instant::now();
+    let mut f = fork(
+        now,
+        vec![
+            branch(0, None, false, None),
+            branch(1, Some("p1"), true, None),
+        ],
+    );
+    let mut out = Vec::new();
+    // The gateway cannot be reached: the phone's branch ends, nothing goes upstream yet.
+    f.on_branch_failed(1, 503, "Service Unavailable", &mut out);
+    assert!(out.iter().any(|a| matches!(
+        a,
+        ForkAction::BranchFinal {
+            branch: 1,
+            status: 503,
+            ..
+        }
+    )));
+    assert!(statuses(&out).is_empty(), "the desktop still rings");
+    out.clear();
+    f.on_response(0, response(200, "d0"), now, None, &mut out);
+    assert_eq!(statuses(&out), [200], "the desktop answers the call");
+    assert!(
+        cancels(&out).is_empty(),
+        "nothing to cancel on the failed branch"
+    );
+
+    // Alone, the failed branch is the call's answer.
+    let mut f = fork(now, vec![branch(0, Some("p1"), true, None)]);
+    let mut out = Vec::new();
+    f.on_branch_failed(0, 503, "Service Unavailable", &mut out);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, ForkAction::Failed { status: 503, .. })),
+        "{out:?}"
+    );
+}
