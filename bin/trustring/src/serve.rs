@@ -586,8 +586,9 @@ pub(crate) fn unix_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Persists binding events in order on a thread of its own, timing each store call into
-/// `metrics`.
+/// Persists the proxy's events on a thread of its own, in the order they came (CDRs in
+/// their order among themselves: each chunk's CDRs are committed together after its other
+/// events), timing each store call into `metrics`.
 fn spawn_writer(
     store: Arc<dyn Store>,
     mut events: mpsc::Receiver<Event>,
@@ -595,84 +596,113 @@ fn spawn_writer(
     metrics: Arc<Metrics>,
 ) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
-        while let Some(e) = events.blocking_recv() {
-            let op = match &e {
-                Event::BindingSaved { .. } | Event::BindingRemoved { .. } => {
-                    Some(StoreOp::Registration)
+        let mut chunk = Vec::with_capacity(WRITE_BATCH);
+        while let Some(first) = events.blocking_recv() {
+            // Group commit: what queued up while the last write ran goes in one go, so under
+            // load CDRs share a commit (and its fsync and signed head) instead of one each.
+            chunk.push(first);
+            while chunk.len() < WRITE_BATCH
+                && let Ok(e) = events.try_recv()
+            {
+                chunk.push(e);
+            }
+            let mut cdrs = Vec::new();
+            for e in chunk.drain(..) {
+                match e {
+                    Event::CallEnded(call) => {
+                        let enterprise = store
+                            .subscriber(&call.called)
+                            .ok()
+                            .flatten()
+                            .map_or_else(|| call.called.clone(), |s| s.enterprise);
+                        cdrs.push(crate::cdr::from_call(
+                            &call,
+                            &domain,
+                            &enterprise,
+                            crate::cdr::instant_to_unix_ms(),
+                        ));
+                    }
+                    other => persist(&*store, &other, &metrics),
                 }
-                Event::CallEnded(_) => Some(StoreOp::Cdr),
-                Event::Security { .. } => Some(StoreOp::SecurityEvent),
-                _ => None,
-            };
+            }
+            if cdrs.is_empty() {
+                continue;
+            }
+            // R18: the CDRs are committed (synchronous=FULL) before anything reports them.
             let started = Instant::now();
-            let res = match &e {
-                Event::BindingSaved {
-                    user,
-                    binding,
-                    expires_in,
-                } => {
-                    let reg = Registration {
-                        user: user.clone(),
-                        contact: binding.contact.clone(),
-                        transport: binding.source.transport.as_str().to_owned(),
-                        source: binding.source.addr.to_string(),
-                        local: String::new(),
-                        call_id: binding.call_id.clone(),
-                        cseq: binding.cseq,
-                        expires_at_ms: unix_ms() + expires_in.as_millis() as i64,
-                        q: binding.q,
-                        device_id: binding.device.clone(),
-                    };
-                    store.put_registration(&reg).map(|_| ())
-                }
-                Event::BindingRemoved { user, contact } => {
-                    store.delete_registration(user, contact).map(|_| ())
-                }
-                Event::CallEnded(call) => {
-                    // R18: the CDR is committed (synchronous=FULL) before anything reports it.
-                    let enterprise = store
-                        .subscriber(&call.called)
-                        .ok()
-                        .flatten()
-                        .map_or_else(|| call.called.clone(), |s| s.enterprise);
-                    let cdr = crate::cdr::from_call(
-                        call,
-                        &domain,
-                        &enterprise,
-                        crate::cdr::instant_to_unix_ms(),
-                    );
-                    store.append_cdr(&cdr).map(|c| {
+            let res = store.append_cdrs(&cdrs);
+            metrics.observe_store(StoreOp::Cdr, started.elapsed());
+            match res {
+                Ok(stored) => {
+                    for c in stored {
                         tracing::info!(cdr = c.id, call_id = %c.call_id, status = c.final_status,
                             duration_ms = c.duration_ms, released_by = %c.released_by, "call ended");
-                    })
+                    }
                 }
-                Event::Security {
-                    kind,
-                    user,
-                    device,
-                    call_id,
-                    detail,
-                } => store
-                    .add_security_event(&SecurityEvent {
-                        id: 0,
-                        at_ms: unix_ms(),
-                        kind: kind.clone(),
-                        user: Some(user.clone()),
-                        device_id: Some(device.clone()),
-                        call_id: Some(call_id.clone()),
-                        detail: detail.clone(),
-                    })
-                    .map(|_| ()),
-                _ => Ok(()),
-            };
-            if let Some(op) = op {
-                metrics.observe_store(op, started.elapsed());
-            }
-            if let Err(err) = res {
-                tracing::error!(error = %err, "persisting a registration change failed");
+                Err(err) => {
+                    tracing::error!(error = %err, records = cdrs.len(), "writing CDRs failed");
+                }
             }
         }
     })
+}
+
+/// Most events the store writer takes at once (one CDR commit for all of its calls).
+const WRITE_BATCH: usize = 256;
+
+/// Writes one registration change or security event, timed into the store metrics.
+fn persist(store: &dyn Store, e: &Event, metrics: &Metrics) {
+    let started = Instant::now();
+    let (op, res) = match e {
+        Event::BindingSaved {
+            user,
+            binding,
+            expires_in,
+        } => {
+            let reg = Registration {
+                user: user.clone(),
+                contact: binding.contact.clone(),
+                transport: binding.source.transport.as_str().to_owned(),
+                source: binding.source.addr.to_string(),
+                local: String::new(),
+                call_id: binding.call_id.clone(),
+                cseq: binding.cseq,
+                expires_at_ms: unix_ms() + expires_in.as_millis() as i64,
+                q: binding.q,
+                device_id: binding.device.clone(),
+            };
+            (StoreOp::Registration, store.put_registration(&reg))
+        }
+        Event::BindingRemoved { user, contact } => (
+            StoreOp::Registration,
+            store.delete_registration(user, contact).map(|_| ()),
+        ),
+        Event::Security {
+            kind,
+            user,
+            device,
+            call_id,
+            detail,
+        } => (
+            StoreOp::SecurityEvent,
+            store
+                .add_security_event(&SecurityEvent {
+                    id: 0,
+                    at_ms: unix_ms(),
+                    kind: kind.clone(),
+                    user: Some(user.clone()),
+                    device_id: Some(device.clone()),
+                    call_id: Some(call_id.clone()),
+                    detail: detail.clone(),
+                })
+                .map(|_| ()),
+        ),
+        _ => return,
+    };
+    metrics.observe_store(op, started.elapsed());
+    if let Err(err) = res {
+        tracing::error!(error = %err, op = op.as_str(), "persisting a store change failed");
+    }
 }
 
 pub(crate) async fn shutdown_signal() {

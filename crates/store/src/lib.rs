@@ -673,6 +673,13 @@ pub trait Store: Send + Sync + 'static {
     /// caller put there is ignored) in the same transaction as the insert, and returns the
     /// record as stored. Durable when this returns.
     fn append_cdr(&self, cdr: &Cdr) -> Result<Cdr, StoreError>;
+    /// Appends `cdrs` in order, as [`Store::append_cdr`] would one by one, and returns them
+    /// as stored. A backend may commit them together (one sync for all: the server's store
+    /// writer hands over what queued up while it was busy); all are durable when this
+    /// returns. On error, none or a prefix of them was stored.
+    fn append_cdrs(&self, cdrs: &[Cdr]) -> Result<Vec<Cdr>, StoreError> {
+        cdrs.iter().map(|c| self.append_cdr(c)).collect()
+    }
     /// CDRs whose setup time is in `[from_ms, to_ms)`, naming `entity` as a billing entity
     /// if given, in id order.
     fn cdrs(&self, from_ms: i64, to_ms: i64, entity: Option<&str>) -> Result<Vec<Cdr>, StoreError>;

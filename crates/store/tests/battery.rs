@@ -34,34 +34,7 @@ macro_rules! backends {
     };
 }
 
-backends!(
-    battery_subscribers_crud,
-    battery_subscriber_conflict,
-    battery_profile_round_trip,
-    battery_registration_put_replace,
-    battery_registration_order,
-    battery_expiry_and_purge,
-    battery_delete_registrations,
-    battery_delete_subscriber_cascades,
-    battery_concurrent,
-    battery_pool_add_and_count,
-    battery_pool_quarantine_release,
-    battery_eula_publish_and_current,
-    battery_eula_text_round_trip,
-    battery_enrolment_codes,
-    battery_enrol_success,
-    battery_enrol_refusals,
-    battery_enrol_without_eula,
-    battery_code_bound_to_first_key,
-    battery_device_service,
-    battery_device_number,
-    battery_device_registrations,
-    battery_revoke_device,
-    battery_delete_subscriber_revokes_devices,
-    battery_device_debug_redacts,
-    battery_security_events,
-    battery_cdrs_append_query_verify,
-);
+battery::with_battery_tests!(backends);
 
 #[test]
 fn sqlite_file_durable_across_reopen() {

@@ -70,62 +70,84 @@ pub(super) fn append(
     cdr: &Cdr,
     signer: Option<&CdrSigner>,
 ) -> Result<Cdr, StoreError> {
-    let body = serde_json::to_string(&Body::of(cdr))
-        .map_err(|e| StoreError::Database(format!("append_cdr: encode: {e}")))?;
-    let entities = entities_of(&cdr.legs);
+    let mut stored = append_all(conn, std::slice::from_ref(cdr), signer)?;
+    stored
+        .pop()
+        .ok_or_else(|| StoreError::Database("append_cdr: nothing stored".into()))
+}
+
+/// Appends `cdrs` in order in one transaction (one commit, one fsync, one signed head for
+/// all of them: the store writer's group commit under load), each chained to the one before.
+pub(super) fn append_all(
+    conn: &mut Connection,
+    cdrs: &[Cdr],
+    signer: Option<&CdrSigner>,
+) -> Result<Vec<Cdr>, StoreError> {
+    if cdrs.is_empty() {
+        return Ok(Vec::new());
+    }
     let tx = immediate(conn, "append_cdr")?;
-    let (last_id, prev) = last(&tx, "append_cdr")?.unwrap_or_else(|| (0, GENESIS.to_owned()));
-    let id = last_id
-        .checked_add(1)
-        .ok_or_else(|| StoreError::Database("append_cdr: ids exhausted".into()))?;
-    let refs: Vec<&str> = entities.iter().map(String::as_str).collect();
-    let hash = cdr_hash(
-        &prev,
-        id,
-        &cdr.call_id,
-        cdr.setup_ms,
-        cdr.end_ms,
-        &refs,
-        &body,
-    );
-    let sig = signer.map(|s| s.sign_record(id, &hash));
-    tx.execute(
-        "INSERT INTO cdrs (id, call_id, setup_ms, end_ms, body, prev_hash, hash, version, sig) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![
+    let (mut last_id, mut prev) =
+        last(&tx, "append_cdr")?.unwrap_or_else(|| (0, GENESIS.to_owned()));
+    let mut out = Vec::with_capacity(cdrs.len());
+    for cdr in cdrs {
+        let body = serde_json::to_string(&Body::of(cdr))
+            .map_err(|e| StoreError::Database(format!("append_cdr: encode: {e}")))?;
+        let entities = entities_of(&cdr.legs);
+        let id = last_id
+            .checked_add(1)
+            .ok_or_else(|| StoreError::Database("append_cdr: ids exhausted".into()))?;
+        let refs: Vec<&str> = entities.iter().map(String::as_str).collect();
+        let hash = cdr_hash(
+            &prev,
             id,
-            cdr.call_id,
+            &cdr.call_id,
             cdr.setup_ms,
             cdr.end_ms,
-            body,
-            prev,
-            hash,
-            VERSION,
-            sig
-        ],
-    )
-    .map_err(db("append_cdr"))?;
-    for e in &entities {
+            &refs,
+            &body,
+        );
+        let sig = signer.map(|s| s.sign_record(id, &hash));
         tx.execute(
-            "INSERT INTO cdr_entities (cdr_id, entity) VALUES (?1, ?2)",
-            params![id, e],
+            "INSERT INTO cdrs (id, call_id, setup_ms, end_ms, body, prev_hash, hash, version, sig) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![
+                id,
+                cdr.call_id,
+                cdr.setup_ms,
+                cdr.end_ms,
+                body,
+                prev,
+                hash,
+                VERSION,
+                sig
+            ],
         )
         .map_err(db("append_cdr"))?;
+        for e in &entities {
+            tx.execute(
+                "INSERT INTO cdr_entities (cdr_id, entity) VALUES (?1, ?2)",
+                params![id, e],
+            )
+            .map_err(db("append_cdr"))?;
+        }
+        let mut stored = cdr.clone();
+        stored.id = id;
+        stored.prev_hash = std::mem::replace(&mut prev, hash.clone());
+        stored.hash = hash;
+        stored.sig = sig;
+        last_id = id;
+        out.push(stored);
     }
     tx.commit().map_err(db("append_cdr"))?;
     if let Some(s) = signer {
         // After the commit: a head never names a record that is not durable. If this fails
         // the head lags behind, which verification accepts (the records after it are signed).
-        if let Err(e) = s.write_head(&s.head(id, &hash, now_ms())) {
-            tracing::error!(cdr = id, error = %e, "CDR head not written");
+        if let Err(e) = s.write_head(&s.head(last_id, &prev, now_ms())) {
+            tracing::error!(cdr = last_id, error = %e, "CDR head not written");
         }
     }
-    let mut stored = cdr.clone();
-    stored.id = id;
-    stored.prev_hash = prev;
-    stored.hash = hash;
-    stored.sig = sig;
-    Ok(stored)
+    Ok(out)
 }
 
 /// Which records of a period [`query`] returns.

@@ -368,6 +368,10 @@ impl Store for SqliteStore {
         super::cdrs::append(&mut self.conn(), cdr, self.signer.as_ref())
     }
 
+    fn append_cdrs(&self, cdrs: &[Cdr]) -> Result<Vec<Cdr>, StoreError> {
+        super::cdrs::append_all(&mut self.conn(), cdrs, self.signer.as_ref())
+    }
+
     fn cdrs(&self, from_ms: i64, to_ms: i64, entity: Option<&str>) -> Result<Vec<Cdr>, StoreError> {
         super::cdrs::query(&self.conn(), from_ms, to_ms, entity, super::cdrs::Page::ALL)
     }

@@ -105,6 +105,38 @@ pub(crate) fn battery_cdrs_append_query_verify(store: &dyn Store) {
     assert_eq!(report.first_bad, None);
 }
 
+/// A group of records appended at once (the store writer's group commit) chains exactly as
+/// one-by-one appends do, after and before them, and verifies.
+pub(crate) fn battery_cdrs_append_batch(store: &dyn Store) {
+    assert_eq!(store.append_cdrs(&[]).unwrap(), Vec::<Cdr>::new());
+    let a = store.append_cdr(&cdr("c1", 1_000, &["acme"])).unwrap();
+    let batch = store
+        .append_cdrs(&[
+            cdr("c2", 2_000, &["acme"]),
+            cdr("c3", 3_000, &["acme", "alice"]),
+            cdr("c4", 4_000, &["globex"]),
+        ])
+        .unwrap();
+    let d = store.append_cdr(&cdr("c5", 5_000, &["acme"])).unwrap();
+    assert_eq!(batch.len(), 3);
+    let ids: Vec<i64> = batch.iter().map(|c| c.id).collect();
+    assert_eq!(ids, [a.id + 1, a.id + 2, a.id + 3]);
+    assert_eq!(batch[0].prev_hash, a.hash);
+    assert_eq!(batch[1].prev_hash, batch[0].hash);
+    assert_eq!(batch[2].prev_hash, batch[1].hash);
+    assert_eq!(d.prev_hash, batch[2].hash);
+    let mut all = vec![a];
+    all.extend(batch);
+    all.push(d);
+    assert_eq!(
+        store.cdrs(0, i64::MAX, None).unwrap(),
+        all,
+        "stored as returned"
+    );
+    let r = store.verify_cdrs().unwrap();
+    assert_eq!((r.records, r.first_bad), (5, None));
+}
+
 /// Appenders on every node at once (8 threads, 25 records each): ids 1..=200 each once, every
 /// record chained to the one before, and the chain verifies on every node.
 pub(crate) fn battery_concurrent_cdr_appends(nodes: &[Arc<dyn Store>]) {

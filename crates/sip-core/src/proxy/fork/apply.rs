@@ -179,13 +179,15 @@ impl Proxy {
         }
     }
 
+    /// A copy of branch `i` of fork `id`'s request and its target (to send from it while
+    /// the proxy is borrowed mutably).
+    fn branch_copy(&self, id: u64, i: usize) -> Option<(Request, Target)> {
+        let (req, target) = self.forks.get(&id)?.branch_request(i)?;
+        Some((req.clone(), target))
+    }
+
     fn send_branch(&mut self, id: u64, i: usize, now: Instant) {
-        let Some((req, target)) = self
-            .forks
-            .get(&id)
-            .and_then(|f| f.branch_request(i))
-            .map(|(r, t)| (r.clone(), t))
-        else {
+        let Some((req, target)) = self.branch_copy(id, i) else {
             return;
         };
         let client = self.send_request(
@@ -296,12 +298,7 @@ impl Proxy {
         bye: bool,
         now: Instant,
     ) {
-        let Some((branch_req, target)) = self
-            .forks
-            .get(&id)
-            .and_then(|f| f.branch_request(i))
-            .map(|(r, t)| (r.clone(), t))
-        else {
+        let Some((branch_req, target)) = self.branch_copy(id, i) else {
             return;
         };
         let Some(contact) = resp
