@@ -25,7 +25,7 @@ use sip_core::proxy::{
     Binding, Event, Proxy, ProxyConfig, Reach, SubscriberEntry, Target, Transport,
 };
 use sip_net::{Control, Metrics, SipSockets, StoreOp};
-use store::{Device, Registration, SecurityEvent, Store, Subscriber};
+use store::{Device, Registration, RegistrationChange, SecurityEvent, Store, Subscriber};
 use tokio::sync::mpsc;
 
 use crate::ServeArgs;
@@ -586,9 +586,11 @@ pub(crate) fn unix_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Persists the proxy's events on a thread of its own, in the order they came (CDRs in
-/// their order among themselves: each chunk's CDRs are committed together after its other
-/// events), timing each store call into `metrics`.
+/// Persists the proxy's events on a thread of its own, timing each store call into
+/// `metrics`. Each chunk (what queued up while the last write ran) is written as: its
+/// security events one by one, then its registration changes in order in one commit, then
+/// its CDRs in order in one commit (the three tables are independent; order within each
+/// is kept).
 fn spawn_writer(
     store: Arc<dyn Store>,
     mut events: mpsc::Receiver<Event>,
@@ -607,8 +609,28 @@ fn spawn_writer(
                 chunk.push(e);
             }
             let mut cdrs = Vec::new();
+            let mut registrations = Vec::new();
             for e in chunk.drain(..) {
                 match e {
+                    Event::BindingSaved {
+                        user,
+                        binding,
+                        expires_in,
+                    } => registrations.push(RegistrationChange::Put(Registration {
+                        user,
+                        contact: binding.contact,
+                        transport: binding.source.transport.as_str().to_owned(),
+                        source: binding.source.addr.to_string(),
+                        local: String::new(),
+                        call_id: binding.call_id,
+                        cseq: binding.cseq,
+                        expires_at_ms: unix_ms() + expires_in.as_millis() as i64,
+                        q: binding.q,
+                        device_id: binding.device,
+                    })),
+                    Event::BindingRemoved { user, contact } => {
+                        registrations.push(RegistrationChange::Delete { user, contact });
+                    }
                     Event::CallEnded(call) => {
                         let enterprise = store
                             .subscriber(&call.called)
@@ -623,6 +645,19 @@ fn spawn_writer(
                         ));
                     }
                     other => persist(&*store, &other, &metrics),
+                }
+            }
+            if !registrations.is_empty() {
+                // In the order the proxy made them, one commit for all.
+                let started = Instant::now();
+                let res = store.apply_registrations(&registrations);
+                metrics.observe_store(StoreOp::Registration, started.elapsed());
+                let failed = match res {
+                    Ok(results) => results.into_iter().filter_map(Result::err).collect(),
+                    Err(err) => vec![err],
+                };
+                for err in failed {
+                    tracing::error!(error = %err, "persisting a registration change failed");
                 }
             }
             if cdrs.is_empty() {
@@ -650,58 +685,31 @@ fn spawn_writer(
 /// Most events the store writer takes at once (one CDR commit for all of its calls).
 const WRITE_BATCH: usize = 256;
 
-/// Writes one registration change or security event, timed into the store metrics.
+/// Writes one security event, timed into the store metrics.
 fn persist(store: &dyn Store, e: &Event, metrics: &Metrics) {
-    let started = Instant::now();
-    let (op, res) = match e {
-        Event::BindingSaved {
-            user,
-            binding,
-            expires_in,
-        } => {
-            let reg = Registration {
-                user: user.clone(),
-                contact: binding.contact.clone(),
-                transport: binding.source.transport.as_str().to_owned(),
-                source: binding.source.addr.to_string(),
-                local: String::new(),
-                call_id: binding.call_id.clone(),
-                cseq: binding.cseq,
-                expires_at_ms: unix_ms() + expires_in.as_millis() as i64,
-                q: binding.q,
-                device_id: binding.device.clone(),
-            };
-            (StoreOp::Registration, store.put_registration(&reg))
-        }
-        Event::BindingRemoved { user, contact } => (
-            StoreOp::Registration,
-            store.delete_registration(user, contact).map(|_| ()),
-        ),
-        Event::Security {
-            kind,
-            user,
-            device,
-            call_id,
-            detail,
-        } => (
-            StoreOp::SecurityEvent,
-            store
-                .add_security_event(&SecurityEvent {
-                    id: 0,
-                    at_ms: unix_ms(),
-                    kind: kind.clone(),
-                    user: Some(user.clone()),
-                    device_id: Some(device.clone()),
-                    call_id: Some(call_id.clone()),
-                    detail: detail.clone(),
-                })
-                .map(|_| ()),
-        ),
-        _ => return,
+    let Event::Security {
+        kind,
+        user,
+        device,
+        call_id,
+        detail,
+    } = e
+    else {
+        return;
     };
-    metrics.observe_store(op, started.elapsed());
+    let started = Instant::now();
+    let res = store.add_security_event(&SecurityEvent {
+        id: 0,
+        at_ms: unix_ms(),
+        kind: kind.clone(),
+        user: Some(user.clone()),
+        device_id: Some(device.clone()),
+        call_id: Some(call_id.clone()),
+        detail: detail.clone(),
+    });
+    metrics.observe_store(StoreOp::SecurityEvent, started.elapsed());
     if let Err(err) = res {
-        tracing::error!(error = %err, op = op.as_str(), "persisting a store change failed");
+        tracing::error!(error = %err, "recording a security event failed");
     }
 }
 

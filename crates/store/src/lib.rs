@@ -202,6 +202,20 @@ pub struct RingDelay {
     pub delay_ms: u32,
 }
 
+/// A change to the registrations ([`Store::apply_registrations`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistrationChange {
+    /// Insert or replace this binding ([`Store::put_registration`]).
+    Put(Registration),
+    /// Remove `user`'s binding of `contact` ([`Store::delete_registration`]).
+    Delete {
+        /// The subscriber.
+        user: String,
+        /// The contact URI as registered.
+        contact: String,
+    },
+}
+
 /// One registered contact of a subscriber (RFC 3261 §10).
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Registration {
@@ -575,6 +589,24 @@ pub trait Store: Send + Sync + 'static {
     fn put_registration(&self, reg: &Registration) -> Result<(), StoreError>;
     /// Deletes one registration; `false` if there was none.
     fn delete_registration(&self, user: &str, contact: &str) -> Result<bool, StoreError>;
+    /// Applies `changes` in order and returns each one's result (a refused `Put` does not
+    /// stop the others). A backend may commit them together (one sync for all: the server's
+    /// store writer hands over what queued up while it was busy); the outer error means none
+    /// was applied.
+    fn apply_registrations(
+        &self,
+        changes: &[RegistrationChange],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        Ok(changes
+            .iter()
+            .map(|c| match c {
+                RegistrationChange::Put(reg) => self.put_registration(reg),
+                RegistrationChange::Delete { user, contact } => {
+                    self.delete_registration(user, contact).map(|_| ())
+                }
+            })
+            .collect())
+    }
     /// Deletes every registration of `user`; returns how many.
     fn delete_registrations(&self, user: &str) -> Result<usize, StoreError>;
     /// Registrations of `user` (all users if `None`) that have not expired at `now_ms`,

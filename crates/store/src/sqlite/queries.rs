@@ -10,7 +10,8 @@ use rusqlite::{OptionalExtension, Row, params};
 use super::{SqliteStore, provisioning};
 use crate::{
     Cdr, ChainReport, Device, EnrolError, Enrolled, Enrolment, Eula, NewDevice, PoolCounts,
-    Registration, RingDelay, RoutingProfile, SecurityEvent, Store, StoreError, Subscriber,
+    Registration, RegistrationChange, RingDelay, RoutingProfile, SecurityEvent, Store, StoreError,
+    Subscriber,
 };
 
 /// `SELECT <every subscriber column> FROM subscribers <rest>`, in [`subscriber_from_row`] order.
@@ -179,72 +180,34 @@ impl Store for SqliteStore {
         const OP: &str = "put_registration";
         let mut conn = self.conn();
         let tx = provisioning::immediate(&mut conn, OP)?;
-        if let Some(device_id) = &reg.device_id {
-            let device: Option<(String, Option<i64>)> = tx
-                .prepare_cached("SELECT username, revoked_at_ms FROM devices WHERE id = ?1")
-                .and_then(|mut stmt| {
-                    stmt.query_row([device_id], |r| Ok((r.get(0)?, r.get(1)?)))
-                        .optional()
-                })
-                .map_err(db(OP))?;
-            match device {
-                Some((owner, None)) if owner == reg.user => {}
-                Some((owner, Some(_))) if owner == reg.user => {
-                    return Err(StoreError::Conflict(format!(
-                        "revocation of device {device_id}"
-                    )));
-                }
-                _ => {
-                    return Err(StoreError::NotFound(format!(
-                        "device {device_id} of subscriber {}",
-                        reg.user
-                    )));
-                }
-            }
-        }
-        let result = tx
-            .prepare_cached(
-                "INSERT INTO registrations (username, contact, transport, source, local, \
-                 call_id, cseq, expires_at_ms, q, device_id) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
-                 ON CONFLICT (username, contact) DO UPDATE SET transport = excluded.transport, \
-                 source = excluded.source, local = excluded.local, call_id = excluded.call_id, \
-                 cseq = excluded.cseq, expires_at_ms = excluded.expires_at_ms, q = excluded.q, \
-                 device_id = excluded.device_id",
-            )
-            .and_then(|mut stmt| {
-                stmt.execute(params![
-                    reg.user,
-                    reg.contact,
-                    reg.transport,
-                    reg.source,
-                    reg.local,
-                    reg.call_id,
-                    reg.cseq,
-                    reg.expires_at_ms,
-                    reg.q,
-                    reg.device_id,
-                ])
-            });
-        match result {
-            Ok(_) => tx.commit().map_err(db(OP)),
-            // The device was checked above: the subscriber is missing.
-            Err(e) if is_foreign_key_violation(&e) => {
-                Err(StoreError::NotFound(format!("subscriber {}", reg.user)))
-            }
-            Err(e) => Err(db(OP)(e)),
-        }
+        put_registration_in(&tx, reg)?;
+        tx.commit().map_err(db(OP))
     }
 
     fn delete_registration(&self, user: &str, contact: &str) -> Result<bool, StoreError> {
-        let conn = self.conn();
-        let mut stmt = conn
-            .prepare_cached("DELETE FROM registrations WHERE username = ?1 AND contact = ?2")
-            .map_err(db("delete_registration"))?;
-        let n = stmt
-            .execute([user, contact])
-            .map_err(db("delete_registration"))?;
-        Ok(n > 0)
+        delete_registration_in(&self.conn(), user, contact)
+    }
+
+    /// One transaction for all of them (one sync): the server's store writer hands over the
+    /// registration changes that queued up while it was busy.
+    fn apply_registrations(
+        &self,
+        changes: &[RegistrationChange],
+    ) -> Result<Vec<Result<(), StoreError>>, StoreError> {
+        const OP: &str = "apply_registrations";
+        let mut conn = self.conn();
+        let tx = provisioning::immediate(&mut conn, OP)?;
+        let results = changes
+            .iter()
+            .map(|c| match c {
+                RegistrationChange::Put(reg) => put_registration_in(&tx, reg),
+                RegistrationChange::Delete { user, contact } => {
+                    delete_registration_in(&tx, user, contact).map(|_| ())
+                }
+            })
+            .collect();
+        tx.commit().map_err(db(OP))?;
+        Ok(results)
     }
 
     fn delete_registrations(&self, user: &str) -> Result<usize, StoreError> {
@@ -412,4 +375,82 @@ impl Store for SqliteStore {
     ) -> Result<Vec<SecurityEvent>, StoreError> {
         provisioning::security_events_newest(&self.conn(), before_id, limit)
     }
+}
+
+/// Upserts `reg` inside `tx`, checking its device (see `put_registration`).
+fn put_registration_in(
+    tx: &rusqlite::Transaction<'_>,
+    reg: &Registration,
+) -> Result<(), StoreError> {
+    const OP: &str = "put_registration";
+    if let Some(device_id) = &reg.device_id {
+        let device: Option<(String, Option<i64>)> = tx
+            .prepare_cached("SELECT username, revoked_at_ms FROM devices WHERE id = ?1")
+            .and_then(|mut stmt| {
+                stmt.query_row([device_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(db(OP))?;
+        match device {
+            Some((owner, None)) if owner == reg.user => {}
+            Some((owner, Some(_))) if owner == reg.user => {
+                return Err(StoreError::Conflict(format!(
+                    "revocation of device {device_id}"
+                )));
+            }
+            _ => {
+                return Err(StoreError::NotFound(format!(
+                    "device {device_id} of subscriber {}",
+                    reg.user
+                )));
+            }
+        }
+    }
+    let result = tx
+        .prepare_cached(
+            "INSERT INTO registrations (username, contact, transport, source, local, \
+             call_id, cseq, expires_at_ms, q, device_id) \
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10) \
+             ON CONFLICT (username, contact) DO UPDATE SET transport = excluded.transport, \
+             source = excluded.source, local = excluded.local, call_id = excluded.call_id, \
+             cseq = excluded.cseq, expires_at_ms = excluded.expires_at_ms, q = excluded.q, \
+             device_id = excluded.device_id",
+        )
+        .and_then(|mut stmt| {
+            stmt.execute(params![
+                reg.user,
+                reg.contact,
+                reg.transport,
+                reg.source,
+                reg.local,
+                reg.call_id,
+                reg.cseq,
+                reg.expires_at_ms,
+                reg.q,
+                reg.device_id,
+            ])
+        });
+    match result {
+        Ok(_) => Ok(()),
+        // The device was checked above: the subscriber is missing.
+        Err(e) if is_foreign_key_violation(&e) => {
+            Err(StoreError::NotFound(format!("subscriber {}", reg.user)))
+        }
+        Err(e) => Err(db(OP)(e)),
+    }
+}
+
+/// Deletes one binding; whether it existed.
+fn delete_registration_in(
+    conn: &rusqlite::Connection,
+    user: &str,
+    contact: &str,
+) -> Result<bool, StoreError> {
+    let mut stmt = conn
+        .prepare_cached("DELETE FROM registrations WHERE username = ?1 AND contact = ?2")
+        .map_err(db("delete_registration"))?;
+    let n = stmt
+        .execute([user, contact])
+        .map_err(db("delete_registration"))?;
+    Ok(n > 0)
 }

@@ -128,6 +128,7 @@ macro_rules! with_battery_tests {
             battery_profile_round_trip,
             battery_registration_put_replace,
             battery_registration_order,
+            battery_registration_changes_batch,
             battery_expiry_and_purge,
             battery_delete_registrations,
             battery_delete_subscriber_cascades,

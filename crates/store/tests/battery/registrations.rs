@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::{LATER, NOW, reg, sub};
-use trustring_store::{Registration, Store, StoreError};
+use trustring_store::{Registration, RegistrationChange, Store, StoreError};
 
 pub(crate) fn battery_registration_put_replace(store: &dyn Store) {
     store.create_subscriber(&sub("alice")).unwrap();
@@ -221,4 +221,41 @@ pub(crate) fn battery_concurrent(store: &dyn Store) {
         .map(|r| (r.user.clone(), u16::MAX - r.q, r.contact.clone()))
         .collect();
     assert!(order.is_sorted(), "ordered by user, q desc, contact");
+}
+
+/// A batch of changes (the store writer's group commit) applies in order, each with its own
+/// result: a refused put does not stop the others.
+pub(crate) fn battery_registration_changes_batch(store: &dyn Store) {
+    store.create_subscriber(&sub("alice")).unwrap();
+    assert!(store.apply_registrations(&[]).unwrap().is_empty());
+    let a = reg("alice", "sip:alice@192.0.2.1", 1000, LATER);
+    let b = reg("alice", "sip:alice@192.0.2.2", 500, LATER);
+    let a2 = Registration {
+        cseq: 2,
+        ..a.clone()
+    };
+    let results = store
+        .apply_registrations(&[
+            RegistrationChange::Put(a.clone()),
+            RegistrationChange::Put(b.clone()),
+            RegistrationChange::Put(reg("nobody", "sip:x@192.0.2.3", 1000, LATER)),
+            RegistrationChange::Delete {
+                user: "alice".into(),
+                contact: a.contact.clone(),
+            },
+            RegistrationChange::Put(a2.clone()),
+        ])
+        .unwrap();
+    assert_eq!(results.len(), 5);
+    assert!(results[0].is_ok() && results[1].is_ok(), "{results:?}");
+    assert!(
+        matches!(results[2], Err(StoreError::NotFound(_))),
+        "{results:?}"
+    );
+    assert!(results[3].is_ok() && results[4].is_ok(), "{results:?}");
+    // Deleted, then put again with a newer CSeq: the order was kept.
+    assert_eq!(
+        store.registrations(Some("alice"), NOW).unwrap(),
+        vec![a2, b]
+    );
 }
