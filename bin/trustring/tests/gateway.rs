@@ -1606,6 +1606,51 @@ fn srtp_without_a_usable_key_gets_488_and_plain_rtp_stays_plain() {
     assert_eq!(refused_packets(&r, "source"), 0.0);
 }
 
+impl Rig {
+    /// The phone attached as a line that answers after `answer_ms`, records what it hears
+    /// into `wav` and plays a 1 kHz tone.
+    fn attach_tone_phone(&self, answer_ms: &str, wav: &Path) -> Proc {
+        self.attach_phone(
+            &[
+                "--answer-after-ms",
+                answer_ms,
+                "--record",
+                wav.to_str().unwrap(),
+                "--play-tone",
+                "1000",
+            ],
+            false,
+        )
+    }
+
+    /// bob in baresip, registered over SIP over TLS (the server's certificate as its CA),
+    /// sending a 1 kHz tone and offering only SRTP (`mediaenc=srtp-mand`).
+    fn srtp_bob(&self, name: &str) -> common::baresip::Baresip {
+        use common::baresip::{Account, Baresip, Transport};
+        let cert = self.s.data.join("tls").join(tls::CERT_FILE);
+        let bob = Baresip::start(
+            name,
+            Account::new("bob", "b0b-passw0rd", Transport::Tls, self.s.sip_tls)
+                .cafile(&cert)
+                .tone(1000)
+                .mediaenc("srtp-mand"),
+        );
+        bob.wait_registered(&self.s, "bob", |reg| reg["transport"] == "TLS");
+        bob
+    }
+}
+
+/// bob hangs up the call the phone answered: the line is released (cause 16), the phone was
+/// challenged, and it heard bob's tone in `wav`.
+fn hang_up_and_check_the_phone(bob: &common::baresip::Baresip, mut phone: Proc, wav: &Path) {
+    bob.command("hangup", None);
+    bob.wait_event("CALL_CLOSED", WAIT);
+    phone.wait_for("cause 16");
+    let phone_out = phone.stop();
+    assert!(phone_out.contains("trust challenge"), "{phone_out}");
+    assert_tone(wav);
+}
+
 /// A real SDES client (issue 11's test list): baresip (libre's SRTP) registers as bob over SIP
 /// over TLS, so its keys never cross a clear hop to the server, and calls alice with
 /// `mediaenc=srtp-mand` (it offers only RTP/SAVP and refuses a clear answer). The phone
@@ -1614,41 +1659,17 @@ fn srtp_without_a_usable_key_gets_488_and_plain_rtp_stays_plain() {
 /// warn about a clear caller hop.
 #[test]
 fn baresip_over_tls_with_srtp_calls_the_phone_through_the_gateway() {
-    use common::baresip::{Account, Baresip, Transport};
     let _g = serial();
     common::baresip::require();
     let r = rig(&[]);
     let wav = r.dir.path().join("heard.wav");
-    let mut phone = r.attach_phone(
-        &[
-            "--answer-after-ms",
-            "300",
-            "--record",
-            wav.to_str().unwrap(),
-            "--play-tone",
-            "1000",
-        ],
-        false,
-    );
-    let cert = r.s.data.join("tls").join(tls::CERT_FILE);
-    let bob = Baresip::start(
-        "bob-srtp",
-        Account::new("bob", "b0b-passw0rd", Transport::Tls, r.s.sip_tls)
-            .cafile(&cert)
-            .tone(1000)
-            .mediaenc("srtp-mand"),
-    );
-    bob.wait_registered(&r.s, "bob", |reg| reg["transport"] == "TLS");
+    let phone = r.attach_tone_phone("300", &wav);
+    let bob = r.srtp_bob("bob-srtp");
     bob.command("dial", Some("sip:alice@localhost"));
     bob.wait_event("CALL_ESTABLISHED", WAIT);
     std::thread::sleep(Duration::from_millis(2500));
-    bob.command("hangup", None);
-    bob.wait_event("CALL_CLOSED", WAIT);
-    phone.wait_for("cause 16");
-    let phone_out = phone.stop();
-    assert!(phone_out.contains("trust challenge"), "{phone_out}");
     // The phone heard baresip's tone, and baresip the phone's.
-    assert_tone(&wav);
+    hang_up_and_check_the_phone(&bob, phone, &wav);
     let heard = bob.recording(Duration::from_millis(1500));
     let n = heard.samples.len();
     let mid = &heard.samples[n / 4..n * 3 / 4];
@@ -1693,17 +1714,7 @@ fn a_fork_to_a_tls_desktop_a_udp_desktop_and_the_phone_completes() {
     common::baresip::require();
     let r = rig(&[]);
     let wav = r.dir.path().join("heard3.wav");
-    let mut phone = r.attach_phone(
-        &[
-            "--answer-after-ms",
-            "800",
-            "--record",
-            wav.to_str().unwrap(),
-            "--play-tone",
-            "1000",
-        ],
-        false,
-    );
+    let phone = r.attach_tone_phone("800", &wav);
     let cert = r.s.data.join("tls").join(tls::CERT_FILE);
     // The desktops take SRTP too (bob offers only RTP/SAVP); they ring and never answer.
     let desk_tls = Baresip::start(
@@ -1718,14 +1729,7 @@ fn a_fork_to_a_tls_desktop_a_udp_desktop_and_the_phone_completes() {
     );
     desk_tls.wait_registered(&r.s, "alice", |reg| reg["transport"] == "TLS");
     desk_udp.wait_registered(&r.s, "alice", |reg| reg["transport"] == "UDP");
-    let bob = Baresip::start(
-        "bob-3way",
-        Account::new("bob", "b0b-passw0rd", Transport::Tls, r.s.sip_tls)
-            .cafile(&cert)
-            .tone(1000)
-            .mediaenc("srtp-mand"),
-    );
-    bob.wait_registered(&r.s, "bob", |reg| reg["transport"] == "TLS");
+    let bob = r.srtp_bob("bob-3way");
     bob.command("dial", Some("sip:alice@localhost"));
     desk_tls.wait_event("CALL_INCOMING", WAIT);
     desk_udp.wait_event("CALL_INCOMING", WAIT);
@@ -1733,12 +1737,7 @@ fn a_fork_to_a_tls_desktop_a_udp_desktop_and_the_phone_completes() {
     desk_tls.wait_event("CALL_CLOSED", WAIT);
     desk_udp.wait_event("CALL_CLOSED", WAIT);
     std::thread::sleep(Duration::from_millis(2000));
-    bob.command("hangup", None);
-    bob.wait_event("CALL_CLOSED", WAIT);
-    phone.wait_for("cause 16");
-    let phone_out = phone.stop();
-    assert!(phone_out.contains("trust challenge"), "{phone_out}");
-    assert_tone(&wav);
+    hang_up_and_check_the_phone(&bob, phone, &wav);
     for (desk, transport) in [(&desk_tls, "TLS"), (&desk_udp, "UDP")] {
         let cancels = desk.traced("CANCEL ");
         assert!(
