@@ -72,6 +72,9 @@ impl Phone {
         let media = StdUdpSocket::bind(SocketAddr::new(media_ip, 0)).map_err(PhoneError::Socket)?;
         let media_port = media.local_addr().map_err(PhoneError::Socket)?.port();
         let agent = Agent::new(config, advertised, media_port, prover, Instant::now())?;
+        // Unbounded on purpose: commands come only from the phone's owner through
+        // `PhoneHandle` (answer, hang up, shut down: a user's actions, never the network),
+        // and the agent task takes each at once; a bound would make those calls async.
         let (commands, command_rx) = mpsc::unbounded_channel();
         let (event_tx, events) = mpsc::channel(EVENT_BUFFER);
         tracing::info!(local = %advertised, transport = link_name(&link), "phone agent started");

@@ -451,7 +451,10 @@ async fn demo(a: DemoArgs) -> anyhow::Result<()> {
         uac::TONE_HZ,
         a.hold_ms
     ));
-    // Each device's events, stamped the moment they arrive, on one channel.
+    // Each device's events, stamped the moment they arrive, on one channel. Unbounded on
+    // purpose: it carries the events of one demo call (a few dozen, from the demo's own two
+    // devices) and is drained until the call ends; a full bounded queue would delay the
+    // timestamps the fork-skew figures are made of.
     let (heard_tx, mut heard_rx) = tokio::sync::mpsc::unbounded_channel::<(i64, Heard)>();
     tokio::spawn({
         let tx = heard_tx.clone();
